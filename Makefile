@@ -1,0 +1,51 @@
+# camp — `make help` lists the targets. Everything runs inside .venv (created by `make setup`).
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+SWEEP  ?= sweeps/default.yaml
+PORT   ?= 5000
+SHARED := ../shared/datasets/clothing-small
+export MLFLOW_TRACKING_URI ?= sqlite:///mlruns/mlflow.db
+
+.DEFAULT_GOAL := help
+.PHONY: help setup data sweep train test test-fast ui predict clean-cache
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or make PYTHON=/path/to/python3.11)"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+setup: $(STAMP) ## create .venv and install camp with its test tools
+
+data: ## get clothing-small: link ../shared when present, else clone the public dataset
+	@mkdir -p data
+	@if [ -e data/clothing-small ]; then echo "data/clothing-small already present"; \
+	elif [ -d $(SHARED) ]; then ln -s "$$(cd $(SHARED) && pwd)" data/clothing-small && echo "linked $(SHARED)"; \
+	else git clone --depth 1 https://github.com/alexeygrigorev/clothing-dataset-small data/clothing-small; fi
+
+sweep: setup data ## run the default study (about 30 min on 2 cores), register the champion
+	$(BIN)/camp sweep $(SWEEP)
+
+train: setup data ## one tracked run of the recipe defaults (sweeps/baseline.yaml)
+	$(BIN)/camp train sweeps/baseline.yaml
+
+test: setup ## the whole test suite (uses ../shared when present)
+	$(BIN)/python -m pytest -q
+
+test-fast: setup ## tests not marked slow
+	$(BIN)/python -m pytest -q -m "not slow"
+
+ui: setup ## MLflow UI on http://127.0.0.1:$(PORT) over the local store
+	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port $(PORT)
+
+predict: setup ## classify images with the champion: make predict IMAGES="a.jpg b.jpg"
+	$(BIN)/camp predict $(IMAGES)
+
+clean-cache: ## delete derived arrays (.cache/camp); raw images and mlruns are untouched
+	rm -rf .cache/camp

@@ -1,0 +1,182 @@
+"""The `camp` command line: data summary, preprocess show, train, sweep, predict."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up chatter
+
+
+def _data_summary(args) -> int:
+    from camp import data, images, plots
+
+    root = data.resolve_data_path(args.data)
+    dataset = data.load_dataset(root, args.label_map, seed=args.seed)
+    fingerprint = data.fingerprint(dataset.items)
+    _, skipped = images.load_decoded(dataset.items, fingerprint, 2, progress=not args.json)
+    skipped_items = [item for item in dataset.items if item.relpath in skipped]
+    readable = [item for item in dataset.items if item.relpath not in skipped]
+    dataset_readable = data.Dataset(dataset.root, dataset.labels, readable, dataset.dropped, dataset.drop_reasons)
+    counts = dataset_readable.counts()
+    skipped_counts: dict = {}
+    for item in skipped_items:
+        skipped_counts.setdefault(item.split, {}).setdefault(dataset.labels[item.label], 0)
+        skipped_counts[item.split][dataset.labels[item.label]] += 1
+    leaks = data.duplicates_across_splits(readable)
+    summary = {"root": str(root), "label_map": args.label_map, "fingerprint": fingerprint, "splits": counts,
+               "skipped": {"count": len(skipped), "by_split": skipped_counts, "files": skipped},
+               "dropped": {source: {"count": count, "reason": dataset.drop_reasons[source]}
+                           for source, count in dataset.dropped.items()},
+               "validation_derived": dataset.derived_validation,
+               "duplicates_across_splits": leaks}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    chart = plots.counts_bar_chart(counts, out / "label_counts.png", f"Images per label ({args.label_map})")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    labels = list(dataset.labels)
+    width = max(len(label) for label in labels + ["label"]) + 2
+    print(f"dataset {root} (label map {args.label_map}, fingerprint {fingerprint})")
+    print("label".ljust(width) + "".join(split.rjust(12) for split in counts))
+    for label in labels:
+        print(label.ljust(width) + "".join(str(counts[split][label]).rjust(12) for split in counts))
+    print("total".ljust(width) + "".join(str(sum(counts[split].values())).rjust(12) for split in counts))
+    for source, info in summary["dropped"].items():
+        print(f"left out: {info['count']} '{source}' images ({info['reason']})")
+    if skipped:
+        print(f"warning: skipped {len(skipped)} unreadable file(s):", file=sys.stderr)
+        for relpath, reason in list(skipped.items())[:20]:
+            print(f"  {reason}", file=sys.stderr)
+    if leaks:
+        print(f"warning: {len(leaks)} identical file(s) appear in more than one split (leakage): {leaks[:5]}", file=sys.stderr)
+    if dataset.derived_validation:
+        print("no validation split on disk: a seeded, stratified one was carved from train")
+    print(f"bar chart: {chart}")
+    return 0
+
+
+def _preprocess_show(args) -> int:
+    from camp import config as config_module
+    from camp import images, plots
+    from camp.train import fixed_run_config, prepare_dataset
+
+    study_file = config_module.load_study_file(args.config)
+    run_config = fixed_run_config(study_file, args.data)
+    dataset, fingerprint = prepare_dataset(run_config)
+    decoded, _ = images.load_decoded(dataset.items, fingerprint, run_config.preprocess.decode_reduction)
+    examples = plots.pick_examples(dataset.items, decoded, dataset.labels, args.per_label, run_config.seed)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    plots.preprocessing_grid(examples, dataset.labels, run_config.preprocess, out)
+    print(f"preprocessing grid: {out}")
+    return 0
+
+
+def _train(args) -> int:
+    from camp import config as config_module
+    from camp.train import fixed_run_config, train
+
+    study_file = config_module.load_study_file(args.config)
+    run_config = fixed_run_config(study_file, args.data)
+    result = train(run_config, run_name=args.run_name or study_file.study.name)
+    print(json.dumps({"run_id": result.run_id, run_config.metric: round(result.value, 4),
+                      "val/accuracy": round(result.metrics["val/accuracy"], 4), "best_epoch": result.best_epoch + 1,
+                      "epochs": result.epochs_run, "seconds": round(result.seconds, 1),
+                      "recall": {label: round(result.metrics[f"val/recall/{label}"], 3) for label in result.labels}}))
+    return 0
+
+
+def _sweep(args) -> int:
+    from camp.sweep import run_sweep
+
+    return run_sweep(args)
+
+
+def _predict(args) -> int:
+    import mlflow
+    import pandas as pd
+
+    from camp import tracking
+
+    tracking.setup()
+    model = mlflow.pyfunc.load_model(args.model)
+    output = model.predict(pd.DataFrame({"image": [str(path) for path in args.images]}))
+    failed = 0
+    for path, (_, row) in zip(args.images, output.iterrows()):
+        record = {"path": str(path), "label": row["label"] or None,
+                  "probabilities": {c[2:]: (None if row[c] != row[c] else round(float(row[c]), 4))
+                                    for c in output.columns if c.startswith("p_")}}
+        if row["error"]:
+            record["error"] = row["error"]
+            failed += 1
+        print(json.dumps(record))
+    return 1 if failed else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="camp", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    data_parser = commands.add_parser("data", help="dataset commands")
+    data_commands = data_parser.add_subparsers(dest="data_command", required=True)
+    summary = data_commands.add_parser("summary", help="labels and image counts per split (table, JSON, PNG)")
+    summary.add_argument("--data", help="dataset folder or manifest CSV (default: $CAMP_DATA or data/clothing-small)")
+    summary.add_argument("--label-map", default="camp5", help="label map name or YAML path (default camp5)")
+    summary.add_argument("--seed", type=int, default=42, help="seed for a derived validation split")
+    summary.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    summary.add_argument("--out", default="reports/data", help="where summary.json and label_counts.png go")
+    summary.set_defaults(handler=_data_summary)
+
+    pre_parser = commands.add_parser("preprocess", help="preprocessing commands")
+    pre_commands = pre_parser.add_subparsers(dest="preprocess_command", required=True)
+    show = pre_commands.add_parser("show", help="PNG grid: original with crop box, binarized, model input")
+    show.add_argument("--config", default="sweeps/baseline.yaml", help="study file with fixed preprocess knobs")
+    show.add_argument("--data")
+    show.add_argument("--per-label", type=int, default=3)
+    show.add_argument("--out", default="reports/preprocessing.png")
+    show.set_defaults(handler=_preprocess_show)
+
+    train_parser = commands.add_parser("train", help="one tracked training run from a study file with fixed knobs")
+    train_parser.add_argument("config", help="study file, e.g. sweeps/baseline.yaml")
+    train_parser.add_argument("--data")
+    train_parser.add_argument("--run-name")
+    train_parser.set_defaults(handler=_train)
+
+    sweep_parser = commands.add_parser("sweep", help="an Optuna study; every trial an MLflow run; best registered")
+    sweep_parser.add_argument("config", help="study file, e.g. sweeps/default.yaml")
+    sweep_parser.add_argument("--n-trials", type=int, help="total finished trials the study should reach")
+    sweep_parser.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
+    sweep_parser.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
+    sweep_parser.add_argument("--storage", help="Optuna storage URL (default: journal file under mlruns/)")
+    sweep_parser.add_argument("--data")
+    sweep_parser.add_argument("--no-register", action="store_true", help="do not register the best trial")
+    sweep_parser.add_argument("--worker-of", help=argparse.SUPPRESS)  # parent MLflow run id, for worker processes
+    sweep_parser.set_defaults(handler=_sweep)
+
+    predict_parser = commands.add_parser("predict", help="classify image files with a registered model")
+    predict_parser.add_argument("images", nargs="+", type=Path)
+    predict_parser.add_argument("--model", default="models:/camp-classifier@champion")
+    predict_parser.set_defaults(handler=_predict)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"camp: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("camp: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

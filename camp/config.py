@@ -1,0 +1,218 @@
+"""Study files (`sweeps/*.yaml`) and the frozen dataclasses they resolve to.
+
+A study file has five sections: `study` (name, metric, direction, sampler, pruner, budget),
+`data` (where and how to read the dataset), `seed`, and the `preprocess` / `model` knobs, each
+either a fixed value or a search range (see `camp.space`). Unknown or mistyped keys are a
+`ValueError` naming the file and the key, before anything runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from camp import metrics
+
+SAMPLERS = ("tpe", "random")
+PRUNERS = ("median", "hyperband", "none")
+
+
+def build_dataclass(cls: type, mapping: Any, where: str):
+    """Build the frozen dataclass `cls` from a mapping, naming `where.key` in every error."""
+    if mapping is None:
+        mapping = {}
+    if not isinstance(mapping, dict):
+        raise ValueError(f"{where}: expected a mapping of keys, got {type(mapping).__name__} {mapping!r}")
+    fields = {field.name: field for field in dataclasses.fields(cls)}
+    unknown = sorted(set(mapping) - set(fields))
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {', '.join(map(str, unknown))}; allowed keys: {', '.join(fields)}")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for key, value in mapping.items():
+        values[key] = coerce(value, hints[key], f"{where}.{key}")
+    try:
+        return cls(**values)
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from None
+
+
+def coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check `value` against a simple type hint (int, float, str, bool, Optional, dataclass)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        (inner,) = [option for option in options if option is not type(None)]
+        return coerce(value, inner, where)
+    if dataclasses.is_dataclass(hint):
+        return build_dataclass(hint, value, where)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    else:
+        return value
+    raise ValueError(f"{where}: expected {hint.__name__}, got {type(value).__name__} {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerConfig:
+    """Optuna sampler: TPE (multivariate, seeded) or random, for comparisons."""
+
+    name: str = "tpe"
+    seed: int = 42
+    n_startup_trials: int = 8
+    multivariate: bool = True
+
+    def __post_init__(self):
+        if self.name not in SAMPLERS:
+            raise ValueError(f"sampler.name must be one of {SAMPLERS}, got {self.name!r}")
+        if self.n_startup_trials < 0:
+            raise ValueError("sampler.n_startup_trials must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class PrunerConfig:
+    """Optuna pruner over the per-epoch objective metric."""
+
+    name: str = "median"
+    n_startup_trials: int = 3
+    n_warmup_steps: int = 3
+
+    def __post_init__(self):
+        if self.name not in PRUNERS:
+            raise ValueError(f"pruner.name must be one of {PRUNERS}, got {self.name!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyConfig:
+    """What to optimise and for how long."""
+
+    name: str = "camp"
+    metric: str = metrics.VAL_MACRO_F1
+    direction: Optional[str] = None
+    n_trials: int = 20
+    timeout: Optional[float] = None
+    max_failures: int = 10
+    sampler: SamplerConfig = SamplerConfig()
+    pruner: PrunerConfig = PrunerConfig()
+
+    def __post_init__(self):
+        if self.metric not in metrics.OBJECTIVES:
+            raise ValueError(f"study.metric must be one of {sorted(metrics.OBJECTIVES)}, got {self.metric!r}")
+        if self.direction is None:
+            object.__setattr__(self, "direction", metrics.OBJECTIVES[self.metric])
+        if self.direction not in ("maximize", "minimize"):
+            raise ValueError(f"study.direction must be maximize or minimize, got {self.direction!r}")
+        if self.n_trials < 1:
+            raise ValueError(f"study.n_trials must be >= 1, got {self.n_trials}")
+        if self.timeout is not None and self.timeout <= 0:
+            raise ValueError(f"study.timeout must be > 0 seconds, got {self.timeout}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where the dataset is and how to read it."""
+
+    path: Optional[str] = None
+    label_map: str = "camp5"
+    validation_fraction: float = 0.1
+    exclude: Optional[str] = None
+    max_per_class: Optional[int] = None
+
+    def __post_init__(self):
+        if not 0.0 < self.validation_fraction < 1.0:
+            raise ValueError(f"data.validation_fraction must be in (0, 1), got {self.validation_fraction}")
+        if self.max_per_class is not None and self.max_per_class < 1:
+            raise ValueError(f"data.max_per_class must be >= 1, got {self.max_per_class}")
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyFile:
+    """A parsed study file: the sections, with the knob sections still raw (fixed values or ranges)."""
+
+    path: str
+    study: StudyConfig
+    data: DataConfig
+    seed: int
+    preprocess: dict
+    model: dict
+
+
+SECTIONS = ("study", "data", "seed", "preprocess", "model")
+
+
+def load_yaml(path: str | os.PathLike) -> dict:
+    """Read a YAML mapping; a syntax error names the file, line and column."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such study file")
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(error, "problem", None) or str(error)
+        raise ValueError(f"{path}: YAML syntax error at {where}{problem}") from None
+    if document is None:
+        document = {}
+    if not isinstance(document, dict):
+        raise ValueError(f"{path}: expected a mapping with keys {', '.join(SECTIONS)}")
+    return document
+
+
+def load_study_file(path: str | os.PathLike) -> StudyFile:
+    """Parse and check a study file; the knob sections are validated by `camp.space.parse_space`."""
+    document = load_yaml(path)
+    unknown = sorted(set(document) - set(SECTIONS))
+    if unknown:
+        raise ValueError(f"{path}: unknown section(s) {', '.join(unknown)}; allowed: {', '.join(SECTIONS)}")
+    seed = document.get("seed", 42)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ValueError(f"{path}: seed must be an integer, got {seed!r}")
+    for section in ("preprocess", "model"):
+        if not isinstance(document.get(section) or {}, dict):
+            raise ValueError(f"{path}: {section} must be a mapping of knobs")
+    study_section = dict(document.get("study") or {})
+    study_section.setdefault("name", Path(path).stem)
+    return StudyFile(
+        path=str(path),
+        study=build_dataclass(StudyConfig, study_section, f"{path}: study"),
+        data=build_dataclass(DataConfig, document.get("data"), f"{path}: data"),
+        seed=seed,
+        preprocess=dict(document.get("preprocess") or {}),
+        model=dict(document.get("model") or {}),
+    )
+
+
+def to_dict(config) -> dict:
+    """A dataclass as a plain dict (for logging and hashing)."""
+    return dataclasses.asdict(config)
+
+
+def flatten(mapping: dict, prefix: str = "") -> dict[str, Any]:
+    """`{"a": {"b": 1}}` -> `{"a.b": 1}`, for MLflow params."""
+    out: dict[str, Any] = {}
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out

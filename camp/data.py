@@ -1,0 +1,250 @@
+"""Datasets: find the images, map source classes to camp labels, split, fingerprint, count.
+
+Two layouts: image folders (`<split>/<class>/*.jpg|png`, or `<class>/*` for one split) and a CSV
+manifest (`path,label[,split]`, paths relative to the CSV). A dataset without a validation split
+gets a seeded, stratified one carved from train. Raw images are only ever read.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import os
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+SPLITS = ("train", "validation", "test")
+SPLIT_ALIASES = {"train": "train", "validation": "validation", "val": "validation", "valid": "validation", "test": "test"}
+LABEL_MAP_DIR = Path(__file__).parent / "labelmaps"
+DEFAULT_DATA = Path("data/clothing-small")
+GET_DATA_HINT = (
+    "run `make data` (links ../shared/datasets/clothing-small when present, else clones "
+    "https://github.com/alexeygrigorev/clothing-dataset-small), or pass --data DIR / set CAMP_DATA"
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelMap:
+    """Source class -> camp label; `drop` names source classes left out, with the reason."""
+
+    name: str
+    labels: tuple[str, ...]
+    mapping: dict
+    drop: dict
+
+    def label_of(self, source: str, where: str) -> str | None:
+        if source in self.mapping:
+            return self.mapping[source]
+        if source in self.drop:
+            return None
+        raise ValueError(
+            f"{where}: label {source!r} is not in label map {self.name!r} "
+            f"(known: {', '.join(sorted(self.mapping))}; dropped: {', '.join(sorted(self.drop)) or 'none'})"
+        )
+
+
+def load_label_map(name_or_path: str) -> LabelMap:
+    """A label map by name (`camp5`, `identity`) or path to a YAML file with labels/map/drop."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = LABEL_MAP_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in LABEL_MAP_DIR.glob("*.yaml")))
+        raise ValueError(f"data.label_map: no label map {name_or_path!r} (built in: {known}; or a path to a YAML file)")
+    document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    unknown = set(document) - {"labels", "map", "drop"}
+    if unknown:
+        raise ValueError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}; allowed: labels, map, drop")
+    labels = tuple(document.get("labels") or ())
+    mapping = dict(document.get("map") or {})
+    if not labels:
+        raise ValueError(f"{path}: `labels` must list at least one label")
+    bad = sorted({target for target in mapping.values() if target not in labels})
+    if bad:
+        raise ValueError(f"{path}: map targets {bad} are not among labels {list(labels)}")
+    return LabelMap(name=path.stem, labels=labels, mapping=mapping, drop=dict(document.get("drop") or {}))
+
+
+@dataclasses.dataclass(frozen=True)
+class Item:
+    """One image: where it is, its source class, its camp label index and its split."""
+
+    path: str
+    relpath: str
+    source: str
+    label: int
+    split: str
+
+
+@dataclasses.dataclass
+class Dataset:
+    """The items of every split, the label names, and what was left out."""
+
+    root: Path
+    labels: tuple[str, ...]
+    items: list[Item]
+    dropped: dict  # source class -> count, with the label map's reason in `drop_reasons`
+    drop_reasons: dict
+    excluded: list[str] = dataclasses.field(default_factory=list)
+    derived_validation: bool = False
+
+    def split(self, name: str) -> list[Item]:
+        return [item for item in self.items if item.split == name]
+
+    @property
+    def splits(self) -> list[str]:
+        return [name for name in SPLITS if any(item.split == name for item in self.items)]
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        out = {}
+        for split in self.splits:
+            counter = Counter(self.labels[item.label] for item in self.split(split))
+            out[split] = {label: counter.get(label, 0) for label in self.labels}
+        return out
+
+
+def resolve_data_path(cli_path: str | None = None, config_path: str | None = None) -> Path:
+    """--data, else the study file's data.path, else CAMP_DATA, else data/clothing-small."""
+    for candidate in (cli_path, config_path, os.environ.get("CAMP_DATA"), DEFAULT_DATA):
+        if candidate:
+            path = Path(candidate).expanduser()
+            if not path.exists():
+                raise FileNotFoundError(f"dataset not found at {path}: {GET_DATA_HINT}")
+            return path
+    raise FileNotFoundError(GET_DATA_HINT)  # unreachable: DEFAULT_DATA is always a candidate
+
+
+def _source_files(root: Path, label_map: LabelMap) -> list[tuple[Path, str, str]]:
+    """(file, source class, split) for an image-folder tree."""
+    if root.is_file() and root.suffix.lower() == ".csv":
+        return _manifest_files(root)
+    manifest = root / "manifest.csv"
+    if manifest.is_file():
+        return _manifest_files(manifest)
+    split_dirs = [child for child in sorted(root.iterdir()) if child.is_dir() and child.name.lower() in SPLIT_ALIASES]
+    layout = [(SPLIT_ALIASES[d.name.lower()], d) for d in split_dirs] or [("train", root)]
+    files = []
+    for split, split_dir in layout:
+        for class_dir in sorted(child for child in split_dir.iterdir() if child.is_dir()):
+            for file in sorted(class_dir.iterdir()):
+                if file.is_file() and file.suffix.lower() in IMAGE_SUFFIXES:
+                    files.append((file, class_dir.name, split))
+    if not files:
+        raise ValueError(f"{root}: no images found; expected <split>/<class>/*.jpg, <class>/*.jpg or manifest.csv")
+    return files
+
+
+def _manifest_files(manifest: Path) -> list[tuple[Path, str, str]]:
+    with manifest.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        columns = set(reader.fieldnames or ())
+        if not {"path", "label"} <= columns:
+            raise ValueError(f"{manifest}: a manifest needs columns path,label[,split]; found {sorted(columns)}")
+        files = []
+        for line, row in enumerate(reader, start=2):
+            split = SPLIT_ALIASES.get((row.get("split") or "train").strip().lower())
+            if split is None:
+                raise ValueError(f"{manifest}: line {line}: split {row['split']!r} is not one of {', '.join(SPLITS)}")
+            files.append((manifest.parent / row["path"], row["label"].strip(), split))
+    return files
+
+
+def load_dataset(root: str | Path, label_map: str | LabelMap = "camp5", validation_fraction: float = 0.1,
+                 seed: int = 0, exclude: str | None = None, max_per_class: int | None = None) -> Dataset:
+    """Read a dataset's file list and labels (no image is decoded here)."""
+    root = Path(root)
+    label_map = load_label_map(label_map) if isinstance(label_map, str) else label_map
+    base = root.parent if root.is_file() else root
+    items, dropped = [], Counter()
+    for file, source, split in _source_files(root, label_map):
+        label = label_map.label_of(source, str(file))
+        if label is None:
+            dropped[source] += 1
+            continue
+        relpath = os.path.relpath(file, base)
+        items.append(Item(str(file), relpath, source, label_map.labels.index(label), split))
+    dataset = Dataset(root, label_map.labels, items, dict(dropped), {k: label_map.drop[k] for k in dropped})
+    if exclude:
+        _apply_exclusions(dataset, Path(exclude))
+    if max_per_class:
+        dataset.items = _subsample(dataset.items, max_per_class, seed)
+    if not dataset.split("validation"):
+        dataset.items = _derive_validation(dataset.items, validation_fraction, seed)
+        dataset.derived_validation = True
+    return dataset
+
+
+def _apply_exclusions(dataset: Dataset, exclude: Path) -> None:
+    """Drop training items listed (by relative path) in an exclusion file; other splits never change."""
+    if not exclude.is_file():
+        raise ValueError(f"data.exclude: no such file {exclude}")
+    listed = set()
+    for line in exclude.read_text(encoding="utf-8").splitlines():
+        entry = line.split("#", 1)[0].strip()
+        if entry:
+            listed.add(entry)
+    dataset.excluded = sorted(item.relpath for item in dataset.items if item.split == "train" and item.relpath in listed)
+    dataset.items = [item for item in dataset.items if not (item.split == "train" and item.relpath in listed)]
+
+
+def _subsample(items: list[Item], max_per_class: int, seed: int) -> list[Item]:
+    rng = np.random.default_rng(seed)
+    kept = []
+    groups: dict[tuple, list[Item]] = {}
+    for item in items:
+        groups.setdefault((item.split, item.label), []).append(item)
+    for key in sorted(groups):
+        group = groups[key]
+        chosen = sorted(rng.choice(len(group), size=min(max_per_class, len(group)), replace=False))
+        kept.extend(group[index] for index in chosen)
+    return kept
+
+
+def _derive_validation(items: list[Item], fraction: float, seed: int) -> list[Item]:
+    """Move a seeded, stratified `fraction` of each label's train items to validation."""
+    rng = np.random.default_rng(seed)
+    moved = set()
+    by_label: dict[int, list[int]] = {}
+    for index, item in enumerate(items):
+        if item.split == "train":
+            by_label.setdefault(item.label, []).append(index)
+    for label in sorted(by_label):
+        indices = by_label[label]
+        count = int(round(len(indices) * fraction))
+        if len(indices) >= 2:
+            count = min(max(count, 1), len(indices) - 1)
+            moved.update(rng.choice(indices, size=count, replace=False).tolist())
+    return [dataclasses.replace(item, split="validation") if index in moved else item for index, item in enumerate(items)]
+
+
+def file_digest(path: str) -> str:
+    """Content hash of one file (empty string when unreadable)."""
+    try:
+        with open(path, "rb") as handle:
+            return hashlib.blake2b(handle.read(), digest_size=16).hexdigest()
+    except OSError:
+        return ""
+
+
+def fingerprint(items: list[Item]) -> str:
+    """A hash of the item list: relative paths, labels, splits and file contents."""
+    digest = hashlib.blake2b(digest_size=12)
+    for item in items:
+        digest.update(f"{item.relpath}|{item.label}|{item.split}|{file_digest(item.path)}\n".encode())
+    return digest.hexdigest()
+
+
+def duplicates_across_splits(items: list[Item]) -> list[list[str]]:
+    """Groups of files with identical bytes that sit in different splits (train/test leakage)."""
+    by_digest: dict[str, list[Item]] = {}
+    for item in items:
+        digest = file_digest(item.path)
+        if digest:
+            by_digest.setdefault(digest, []).append(item)
+    return [sorted(f"{i.split}:{i.relpath}" for i in group) for group in by_digest.values()
+            if len({i.split for i in group}) > 1]

@@ -1,0 +1,154 @@
+"""The CNN: a frozen `ModelConfig`, a Keras 3 Functional model, and the losses (plain, balanced, focal).
+
+The model takes uint8 images (the preprocessing output) and rescales them itself, so training and
+the served model feed the same arrays.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+LOSS_WEIGHTINGS = ("none", "balanced", "focal")
+FOCAL_ALPHAS = ("none", "balanced")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Architecture, optimiser, budget, augmentation and class-imbalance handling."""
+
+    conv_blocks: int = 3
+    filters: int = 32
+    kernel_size: int = 3
+    batch_norm: bool = True
+    dropout: float = 0.25
+    dense_units: int = 128
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    batch_size: int = 64
+    max_epochs: int = 20
+    patience: int = 5
+    augmentation: bool = True
+    loss_weighting: str = "balanced"
+    focal_gamma: float = 2.0
+    focal_alpha: str = "balanced"
+    label_smoothing: float = 0.0
+
+    def __post_init__(self):
+        if not 1 <= self.conv_blocks <= 6:
+            raise ValueError(f"conv_blocks must be in [1, 6], got {self.conv_blocks}")
+        if not 4 <= self.filters <= 512:
+            raise ValueError(f"filters must be in [4, 512], got {self.filters}")
+        if self.kernel_size not in (3, 5, 7):
+            raise ValueError(f"kernel_size must be 3, 5 or 7, got {self.kernel_size}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not 0 <= self.dense_units <= 4096:
+            raise ValueError(f"dense_units must be in [0, 4096] (0 = no dense layer), got {self.dense_units}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if not 0.0 < self.learning_rate <= 1.0:
+            raise ValueError(f"learning_rate must be in (0, 1], got {self.learning_rate}")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not 1 <= self.batch_size <= 4096:
+            raise ValueError(f"batch_size must be in [1, 4096], got {self.batch_size}")
+        if self.max_epochs < 1:
+            raise ValueError(f"max_epochs must be >= 1, got {self.max_epochs}")
+        if self.patience < 1:
+            raise ValueError(f"patience must be >= 1, got {self.patience}")
+        if self.loss_weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {self.loss_weighting!r}")
+        if not 0.0 <= self.focal_gamma <= 10.0:
+            raise ValueError(f"focal_gamma must be in [0, 10], got {self.focal_gamma}")
+        if self.focal_alpha not in FOCAL_ALPHAS:
+            raise ValueError(f"focal_alpha must be one of {FOCAL_ALPHAS}, got {self.focal_alpha!r}")
+        if not 0.0 <= self.label_smoothing < 0.5:
+            raise ValueError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
+
+
+def balanced_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
+    """scikit-learn's 'balanced' weights, n / (k * count), with 0 for absent classes."""
+    counts = np.bincount(y, minlength=n_classes).astype(np.float64)
+    weights = np.zeros(n_classes)
+    present = counts > 0
+    weights[present] = len(y) / (present.sum() * counts[present])
+    return weights
+
+
+def build_model(input_shape: tuple[int, int, int], n_classes: int, config: ModelConfig):
+    """Conv blocks (conv-BN-ReLU x2, max-pool, filters doubling) -> global pooling -> dense -> softmax."""
+    import keras
+    from keras import layers
+
+    inputs = keras.Input(shape=input_shape, name="image", dtype="uint8")
+    x = layers.Rescaling(1.0 / 255.0)(inputs)
+    if config.augmentation:
+        x = layers.RandomFlip("horizontal")(x)
+        x = layers.RandomTranslation(0.08, 0.08, fill_mode="nearest")(x)
+        x = layers.RandomZoom(0.1, fill_mode="nearest")(x)
+    filters = config.filters
+    for _ in range(config.conv_blocks):
+        for _ in range(2):
+            x = layers.Conv2D(filters, config.kernel_size, padding="same", use_bias=not config.batch_norm)(x)
+            if config.batch_norm:
+                x = layers.BatchNormalization()(x)
+            x = layers.Activation("relu")(x)
+        if min(x.shape[1], x.shape[2]) >= 2:
+            x = layers.MaxPooling2D()(x)
+        filters = min(filters * 2, 512)
+    x = layers.GlobalAveragePooling2D()(x)
+    if config.dropout:
+        x = layers.Dropout(config.dropout)(x)
+    if config.dense_units:
+        x = layers.Dense(config.dense_units, activation="relu")(x)
+        if config.dropout:
+            x = layers.Dropout(config.dropout)(x)
+    outputs = layers.Dense(n_classes, activation="softmax", name="probabilities")(x)
+    return keras.Model(inputs, outputs, name="camp_cnn")
+
+
+def make_optimizer(config: ModelConfig):
+    import keras
+
+    if config.optimizer == "adam":
+        return keras.optimizers.Adam(config.learning_rate)
+    if config.optimizer == "adamw":
+        return keras.optimizers.AdamW(config.learning_rate, weight_decay=config.weight_decay)
+    if config.optimizer == "sgd":
+        return keras.optimizers.SGD(config.learning_rate, momentum=config.momentum, nesterov=True)
+    return keras.optimizers.RMSprop(config.learning_rate)
+
+
+def make_loss(config: ModelConfig, class_weights: np.ndarray):
+    """Cross-entropy on one-hot targets, or focal loss with per-class alpha (normalised weights)."""
+    import keras
+    from keras import ops
+
+    n_classes = len(class_weights)
+    if config.loss_weighting != "focal":
+        return keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)
+    if config.focal_alpha == "balanced":
+        alpha = class_weights / class_weights.sum()
+    else:
+        alpha = np.full(n_classes, 1.0 / n_classes)
+    alpha = ops.convert_to_tensor(alpha.astype("float32"))
+    gamma, smoothing = config.focal_gamma, config.label_smoothing
+
+    def focal_loss(y_true, y_pred):
+        y_true = ops.cast(y_true, "float32")
+        if smoothing:
+            y_true = y_true * (1.0 - smoothing) + smoothing / n_classes
+        probabilities = ops.clip(y_pred, 1e-7, 1.0 - 1e-7)
+        cross_entropy = -y_true * ops.log(probabilities)
+        modulating = ops.power(1.0 - probabilities, gamma)
+        # alpha rescaled so the balanced focal loss has the magnitude of the plain one
+        return ops.sum(alpha * n_classes * modulating * cross_entropy, axis=-1)
+
+    return focal_loss

@@ -1,0 +1,95 @@
+"""Pictures people would rather see than read: label counts, confusion matrix, preprocessing grid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def counts_bar_chart(counts: dict[str, dict[str, int]], path: str | Path, title: str = "Images per label") -> Path:
+    """Grouped bars: one group per label, one bar per split."""
+    splits = list(counts)
+    labels = list(next(iter(counts.values()))) if counts else []
+    figure, axes = plt.subplots(figsize=(1.6 * max(len(labels), 3) + 2, 4))
+    width = 0.8 / max(len(splits), 1)
+    positions = np.arange(len(labels))
+    for index, split in enumerate(splits):
+        values = [counts[split][label] for label in labels]
+        bars = axes.bar(positions + index * width, values, width, label=split)
+        axes.bar_label(bars, fontsize=7)
+    axes.set_xticks(positions + width * (len(splits) - 1) / 2, labels)
+    axes.set_ylabel("images")
+    axes.set_title(title)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return Path(path)
+
+
+def confusion_matrix_plot(matrix: np.ndarray, labels, path: str | Path, title: str = "Confusion matrix") -> Path:
+    """Counts with row-normalised colour (recall per true label)."""
+    matrix = np.asarray(matrix)
+    normalised = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    figure, axes = plt.subplots(figsize=(1.1 * len(labels) + 2.5, 1.0 * len(labels) + 2))
+    image = axes.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
+    for row in range(len(labels)):
+        for column in range(len(labels)):
+            colour = "white" if normalised[row, column] > 0.5 else "black"
+            axes.text(column, row, f"{matrix[row, column]}\n{normalised[row, column]:.0%}", ha="center",
+                      va="center", fontsize=8, color=colour)
+    axes.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
+    axes.set_yticks(range(len(labels)), labels)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    axes.set_title(title)
+    figure.colorbar(image, ax=axes, fraction=0.046, label="share of true label")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return Path(path)
+
+
+def preprocessing_grid(examples, labels, config, path: str | Path) -> Path:
+    """Rows of (original with crop box | binarized | model input) for (label index, relpath, decoded BGR)."""
+    import cv2
+
+    from camp.preprocess import preprocess_steps
+
+    rows = max(len(examples), 1)
+    figure, axes = plt.subplots(rows, 3, figsize=(7.5, 2.3 * rows), squeeze=False)
+    for row, (label, relpath, decoded) in enumerate(examples):
+        steps = preprocess_steps(decoded, config)
+        x, y, width, height = steps.box
+        original = cv2.cvtColor(steps.working, cv2.COLOR_BGR2RGB).copy()
+        thickness = max(2, original.shape[1] // 100)
+        cv2.rectangle(original, (x, y), (x + width - 1, y + height - 1), (255, 0, 0), thickness)
+        output = steps.output[:, :, 0] if steps.output.shape[2] == 1 else steps.output
+        panels = [(original, None, f"{labels[label]}  box {width * height / (original.shape[0] * original.shape[1]):.0%}"),
+                  (steps.binary, "gray", "binarized"),
+                  (output, "gray" if output.ndim == 2 else None, f"input {config.mode} {config.size}x{config.size}")]
+        for column, (picture, cmap, title) in enumerate(panels):
+            axes[row][column].imshow(picture, cmap=cmap, vmin=0, vmax=255)
+            axes[row][column].set_title(title, fontsize=8)
+            axes[row][column].axis("off")
+        axes[row][0].text(0, -0.02, Path(relpath).name[:24], transform=axes[row][0].transAxes, fontsize=6, va="top")
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+    return Path(path)
+
+
+def pick_examples(items, decoded_images, labels, per_label: int = 2, seed: int = 0):
+    """A few (label, relpath, decoded) per label, seeded, from readable items."""
+    rng = np.random.default_rng(seed)
+    examples = []
+    for label in range(len(labels)):
+        candidates = [i for i, item in enumerate(items) if item.label == label and decoded_images[i] is not None]
+        for index in sorted(rng.choice(candidates, size=min(per_label, len(candidates)), replace=False)) if candidates else []:
+            examples.append((label, items[index].relpath, decoded_images[index]))
+    return examples

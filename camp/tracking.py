@@ -1,0 +1,53 @@
+"""MLflow set-up shared by every command: the store, the experiment, and run provenance."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+DEFAULT_EXPERIMENT = "camp"
+
+
+def tracking_uri() -> str:
+    """$MLFLOW_TRACKING_URI when set, else a SQLite store under ./mlruns (artifacts beside it)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def setup(experiment: str = DEFAULT_EXPERIMENT) -> str:
+    """Point MLflow at camp's store and experiment; returns the experiment id."""
+    import mlflow
+
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    existing = mlflow.get_experiment_by_name(experiment)
+    if existing is None:  # with the SQLite default, artifacts land in ./mlruns/<experiment id>/
+        experiment_id = mlflow.create_experiment(experiment)
+    else:
+        experiment_id = existing.experiment_id
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
+def git_commit() -> str:
+    """The commit of the camp checkout (suffixed `-dirty` with uncommitted changes), or `unknown`."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{commit}-dirty" if dirty else commit
+
+
+def mask_url(url: str | None) -> str | None:
+    """A storage URL with its password replaced by ***, for anything printed or logged."""
+    if url is None:
+        return None
+    return re.sub(r"(?<=://)([^:/@]+):([^@]+)@", r"\1:***@", url)

@@ -1,0 +1,281 @@
+"""One training run: `train(config)` loads the data, preprocesses it, fits the CNN, selects the best
+epoch on validation and logs everything to one MLflow run. `camp train` and every sweep trial call it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import yaml
+
+from camp import metrics, tracking
+from camp.config import DataConfig, StudyFile, build_dataclass, flatten
+from camp.data import Dataset, fingerprint, load_dataset, resolve_data_path
+from camp.model import ModelConfig, balanced_weights, build_model, make_loss, make_optimizer
+from camp.preprocess import PreprocessConfig, load_arrays
+from camp.space import parse_space, resolve
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Everything one run needs; `camp train FILE` and each sweep trial resolve to one of these."""
+
+    data: DataConfig = DataConfig()
+    preprocess: PreprocessConfig = PreprocessConfig()
+    model: ModelConfig = ModelConfig()
+    seed: int = 42
+    metric: str = metrics.VAL_MACRO_F1
+    direction: str = "maximize"
+    data_path: Optional[str] = None  # --data, overrides data.path
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def run_config_from(study_file: StudyFile, preprocess_values: dict, model_values: dict,
+                    data_path: str | None = None) -> RunConfig:
+    where = study_file.path
+    return RunConfig(
+        data=study_file.data,
+        preprocess=build_dataclass(PreprocessConfig, preprocess_values, f"{where}: preprocess"),
+        model=build_dataclass(ModelConfig, model_values, f"{where}: model"),
+        seed=study_file.seed,
+        metric=study_file.study.metric,
+        direction=study_file.study.direction,
+        data_path=data_path,
+    )
+
+
+def fixed_run_config(study_file: StudyFile, data_path: str | None = None) -> RunConfig:
+    """The run a study file describes when every knob is fixed (e.g. sweeps/baseline.yaml)."""
+    pre = parse_space("preprocess", study_file.preprocess, PreprocessConfig, study_file.path)
+    mod = parse_space("model", study_file.model, ModelConfig, study_file.path)
+    return run_config_from(study_file, resolve(pre, defaults=dataclasses.asdict(PreprocessConfig())),
+                           resolve(mod, defaults=dataclasses.asdict(ModelConfig())), data_path)
+
+
+@dataclasses.dataclass
+class TrainResult:
+    run_id: str
+    value: float  # the objective metric at the selected epoch
+    metrics: dict
+    best_epoch: int
+    epochs_run: int
+    labels: tuple
+    y_val: np.ndarray
+    val_probabilities: np.ndarray
+    val_relpaths: list
+    cache_hit: bool
+    seconds: float
+
+
+_DATASETS: dict = {}
+
+
+def prepare_dataset(config: RunConfig) -> tuple[Dataset, str]:
+    """The dataset and its fingerprint (memoised per process: sweeps ask for it once per trial)."""
+    root = resolve_data_path(config.data_path, config.data.path)
+    key = (str(root.resolve()), config.data, config.seed)
+    if key not in _DATASETS:
+        dataset = load_dataset(root, config.data.label_map, config.data.validation_fraction, config.seed,
+                               config.data.exclude, config.data.max_per_class)
+        _DATASETS[key] = (dataset, fingerprint(dataset.items))
+    return _DATASETS[key]
+
+
+def configure_tensorflow() -> None:
+    """Quiet logs and honour CAMP_THREADS (threads per process) before TensorFlow starts."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    threads = os.environ.get("CAMP_THREADS")
+    import tensorflow as tf
+
+    if threads:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(int(threads))
+            tf.config.threading.set_inter_op_parallelism_threads(int(threads))
+        except RuntimeError:
+            pass  # already initialised in this process
+
+
+def train(config: RunConfig, *, epoch_callback: Callable[[int, dict], None] | None = None,
+          log_model: bool = True, progress: bool = True, run_name: str | None = None) -> TrainResult:
+    """Fit one model and log one MLflow run (or into the active run, for sweep trials)."""
+    import mlflow
+
+    started = time.time()
+    if mlflow.active_run() is None:
+        tracking.setup()
+        with mlflow.start_run(run_name=run_name) as run:
+            return _train_in_run(config, run.info.run_id, epoch_callback, log_model, progress, started)
+    return _train_in_run(config, mlflow.active_run().info.run_id, epoch_callback, log_model, progress, started)
+
+
+def _train_in_run(config, run_id, epoch_callback, log_model, progress, started) -> TrainResult:
+    import mlflow
+
+    try:
+        return _fit(config, run_id, epoch_callback, log_model, progress, started)
+    except BaseException as error:
+        if type(error).__name__ != "TrialPruned":
+            mlflow.log_text("".join(traceback.format_exception(error)), "error.txt")
+            mlflow.set_tag("camp.error", f"{type(error).__name__}: {error}"[:500])
+        raise
+
+
+def _fit(config: RunConfig, run_id: str, epoch_callback, log_model: bool, progress: bool, started: float) -> TrainResult:
+    import mlflow
+
+    dataset, data_fp = prepare_dataset(config)
+    arrays = load_arrays(dataset.items, data_fp, config.preprocess, progress=progress)
+    mlflow.log_params({k: v for k, v in flatten(config.to_dict()).items()})
+    mlflow.set_tags({"camp.git_commit": tracking.git_commit(), "camp.data_fingerprint": data_fp,
+                     "camp.data_root": str(dataset.root), "camp.seed": config.seed,
+                     "camp.cache": "hit" if arrays.cache_hit else "miss", "camp.cache_key": arrays.key,
+                     "camp.skipped_images": len(arrays.skipped)})
+    mlflow.log_text(yaml.safe_dump(config.to_dict(), sort_keys=False), "config.yaml")
+    if arrays.skipped:
+        mlflow.log_dict(arrays.skipped, "skipped_images.json")
+        print(f"warning: skipped {len(arrays.skipped)} unreadable image(s), e.g. "
+              f"{next(iter(arrays.skipped.values()))} (full list in the run's skipped_images.json)", file=sys.stderr)
+    split = np.array([item.split for item in arrays.items])
+    y_all = np.array([item.label for item in arrays.items])
+    train_mask, val_mask = split == "train", split == "validation"
+    if not train_mask.any() or not val_mask.any():
+        raise ValueError(f"{dataset.root}: need readable train and validation images "
+                         f"(have {train_mask.sum()} train, {val_mask.sum()} validation)")
+    x_train, y_train = arrays.x[train_mask], y_all[train_mask]
+    x_val, y_val = arrays.x[val_mask], y_all[val_mask]
+    labels = dataset.labels
+    n_classes = len(labels)
+
+    configure_tensorflow()
+    import keras
+    import tensorflow as tf
+
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(config.seed)
+    tf.config.experimental.enable_op_determinism()
+    model_config = config.model
+    weights = balanced_weights(y_train, n_classes)
+    model = build_model(config.preprocess.input_shape, n_classes, model_config)
+    model.compile(optimizer=make_optimizer(model_config), loss=make_loss(model_config, weights))
+    class_weight = ({i: float(w) for i, w in enumerate(weights) if w > 0}
+                    if model_config.loss_weighting == "balanced" else None)
+    tracker = _EpochTracker(config, x_val, y_val, n_classes, epoch_callback, progress)
+    model.fit(x_train, keras.utils.to_categorical(y_train, n_classes), batch_size=model_config.batch_size,
+              epochs=model_config.max_epochs, class_weight=class_weight, callbacks=[tracker], verbose=0, shuffle=True)
+    if tracker.error is not None:
+        raise tracker.error
+    model.set_weights(tracker.best_weights)
+    probabilities = model.predict(x_val, batch_size=256, verbose=0)
+    predicted = probabilities.argmax(axis=1)
+    final = {**metrics.classification_metrics(y_val, predicted),
+             **metrics.per_label_metrics(y_val, predicted, list(labels)),
+             metrics.VAL_LOSS: _cross_entropy(y_val, probabilities), "best_epoch": tracker.best_epoch}
+    # logged at the step after the last epoch, so a run's latest value is the selected model's
+    mlflow.log_metrics(final, step=tracker.epochs_run)
+    _log_pictures(dataset, data_fp, y_val, predicted, labels, config)
+    with tempfile.TemporaryDirectory() as directory:
+        model_dir = save_model_bundle(model, config, labels, Path(directory) / "bundle")
+        mlflow.log_artifacts(str(model_dir), "bundle")
+        if log_model:
+            from camp.registry import log_pyfunc
+
+            log_pyfunc(model_dir, x_example=dataset.split("validation")[0].path)
+    val_items = [item for item in arrays.items if item.split == "validation"]
+    return TrainResult(run_id, final[config.metric], final, tracker.best_epoch, tracker.epochs_run, labels, y_val,
+                       probabilities, [i.relpath for i in val_items], arrays.cache_hit, time.time() - started)
+
+
+def _cross_entropy(y: np.ndarray, probabilities: np.ndarray) -> float:
+    return float(-np.mean(np.log(np.clip(probabilities[np.arange(len(y)), y], 1e-7, 1.0))))
+
+
+def save_model_bundle(model, config: RunConfig, labels, directory: Path) -> Path:
+    """The trained Keras model plus what the served model needs to preprocess raw images."""
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save(directory / "model.keras")
+    (directory / "camp.json").write_text(json.dumps(
+        {"labels": list(labels), "preprocess": dataclasses.asdict(config.preprocess), "metric": config.metric,
+         "direction": config.direction, "config": config.to_dict()}, indent=2))
+    return directory
+
+
+def _log_pictures(dataset, data_fp, y_val, predicted, labels, config) -> None:
+    import mlflow
+    from sklearn.metrics import confusion_matrix
+
+    from camp import images as image_io
+    from camp.plots import confusion_matrix_plot, pick_examples, preprocessing_grid
+
+    with tempfile.TemporaryDirectory() as directory:
+        matrix = confusion_matrix(y_val, predicted, labels=list(range(len(labels))))
+        mlflow.log_dict({"labels": list(labels), "matrix": matrix.tolist()}, "confusion_matrix.json")
+        mlflow.log_artifact(str(confusion_matrix_plot(matrix, labels, Path(directory) / "confusion_matrix.png",
+                                                      "Validation confusion matrix")))
+        decoded, _ = image_io.load_decoded(dataset.items, data_fp,
+                                           config.preprocess.decode_reduction, progress=False)
+        examples = pick_examples(dataset.items, decoded, labels, per_label=2, seed=config.seed)
+        mlflow.log_artifact(str(preprocessing_grid(examples, labels, config.preprocess,
+                                                   Path(directory) / "preprocessing.png")))
+
+
+class _EpochTracker:
+    """Keras callback: per-epoch validation metrics to MLflow, best-epoch weights, early stopping."""
+
+    def __new__(cls, *args, **kwargs):
+        import keras
+
+        class Tracker(keras.callbacks.Callback):
+            def __init__(self, config, x_val, y_val, n_classes, epoch_callback, progress):
+                super().__init__()
+                self.config, self.x_val, self.y_val = config, x_val, y_val
+                self.epoch_callback, self.progress = epoch_callback, progress
+                self.maximize = config.direction == "maximize"
+                self.best_value, self.best_epoch, self.best_weights = None, -1, None
+                self.epochs_run, self.since_best, self.error = 0, 0, None
+                self.epoch_started = time.time()
+
+            def on_epoch_begin(self, epoch, logs=None):
+                self.epoch_started = time.time()
+
+            def on_epoch_end(self, epoch, logs=None):
+                import mlflow
+
+                logs = logs or {}
+                probabilities = self.model.predict(self.x_val, batch_size=256, verbose=0)
+                values = {metrics.TRAIN_LOSS: float(logs.get("loss", np.nan)),
+                          metrics.VAL_LOSS: _cross_entropy(self.y_val, probabilities),
+                          **metrics.classification_metrics(self.y_val, probabilities.argmax(axis=1))}
+                self.epochs_run = epoch + 1
+                mlflow.log_metrics(values, step=epoch)
+                value = values[self.config.metric]
+                if not np.isfinite(values[metrics.TRAIN_LOSS]):
+                    self.error = FloatingPointError(f"training loss is {values[metrics.TRAIN_LOSS]} at epoch {epoch}")
+                    self.model.stop_training = True
+                    return
+                improved = self.best_value is None or (value > self.best_value if self.maximize else value < self.best_value)
+                if improved:
+                    self.best_value, self.best_epoch, self.since_best = value, epoch, 0
+                    self.best_weights = self.model.get_weights()
+                else:
+                    self.since_best += 1
+                if self.progress:
+                    print(f"  epoch {epoch + 1:>3}/{self.config.model.max_epochs}  "
+                          + "  ".join(f"{k} {v:.4f}" for k, v in values.items())
+                          + f"  ({time.time() - self.epoch_started:.1f}s){' *' if improved else ''}", file=sys.stderr)
+                if self.epoch_callback is not None:
+                    self.epoch_callback(epoch, values)  # may raise optuna.TrialPruned
+                if self.since_best >= self.config.model.patience:
+                    self.model.stop_training = True
+
+        return Tracker(*args, **kwargs)
