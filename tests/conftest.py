@@ -1,0 +1,36 @@
+"""Shared fixtures: synthetic datasets, an isolated MLflow store and cache per test."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.synthetic import make_image_folder
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets" / "clothing-small"
+
+
+@pytest.fixture(scope="session")
+def synthetic_data(tmp_path_factory) -> Path:
+    """A small image-folder dataset: 5 camp5 source classes, train/validation/test."""
+    return make_image_folder(tmp_path_factory.mktemp("synthetic"), splits=("train", "validation", "test"))
+
+
+@pytest.fixture()
+def isolated(tmp_path, monkeypatch) -> Path:
+    """Run in a temp dir with its own MLflow store (SQLite) and cache; returns the dir."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    monkeypatch.setenv("CAMP_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "mlruns").mkdir()
+    return tmp_path
+
+
+@pytest.fixture()
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/datasets/clothing-small is not present")
+    return SHARED_DATA
