@@ -19,10 +19,11 @@ def draw_garment(shape: str, height: int, width: int, rng: np.random.Generator, 
     """One BGR image with a garment-like shape; returns (image, (x, y, w, h) box of the shape)."""
     image = _background(height, width, rng, background)
     colour = tuple(int(c) for c in rng.integers(0, 90, size=3))  # dark garment on a lighter background
-    garment_height = int(height * rng.uniform(0.35, 0.5))
-    garment_width = int(width * rng.uniform(0.35, 0.5))
-    x = int(rng.integers(width // 5, width - width // 5 - garment_width))
-    y = int(rng.integers(height // 4, height - height // 3 - garment_height))
+    # inside the recipe's default margins (top 20%, bottom 30%, sides 5%)
+    garment_height = int(height * rng.uniform(0.25, 0.4))
+    garment_width = int(width * rng.uniform(0.35, 0.6))
+    x = int(rng.integers(int(width * 0.08), int(width * 0.92) - garment_width))
+    y = int(rng.integers(int(height * 0.22), int(height * 0.68) - garment_height + 1))
     mask = np.zeros((height, width), np.uint8)
     if shape == "circle":
         cv2.ellipse(mask, (x + garment_width // 2, y + garment_height // 2), (garment_width // 2, garment_height // 2), 0, 0, 360, 255, -1)
