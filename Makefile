@@ -4,6 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SWEEP  ?= sweeps/default.yaml
+WORKERS ?= 2
 PORT   ?= 5000
 SHARED := ../shared/datasets/clothing-small
 export MLFLOW_TRACKING_URI ?= sqlite:///mlruns/mlflow.db
@@ -30,7 +31,7 @@ data: ## get clothing-small: link ../shared when present, else clone the public 
 	else git clone --depth 1 https://github.com/alexeygrigorev/clothing-dataset-small data/clothing-small; fi
 
 sweep: setup data ## run the default study (about 30 min on 2 cores), register the champion
-	$(BIN)/camp sweep $(SWEEP)
+	$(BIN)/camp sweep $(SWEEP) --workers $(WORKERS)
 
 train: setup data ## one tracked run of the recipe defaults (sweeps/baseline.yaml)
 	$(BIN)/camp train sweeps/baseline.yaml

@@ -1,0 +1,122 @@
+"""What a sweep leaves behind: Optuna's plots and a best-trials table on the parent run, a summary,
+the best trial registered as `camp-classifier` (champion only if it improves), and where to look next."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import warnings
+from pathlib import Path
+
+import optuna
+
+from camp import tracking
+
+STATE = optuna.trial.TrialState
+
+
+def summarise(study: optuna.Study, plan, before: int, seconds: float) -> dict:
+    """Counts, best values (overall and per preprocessing mode), cache hit rate; logged to the active run."""
+    import mlflow
+
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == STATE.COMPLETE]
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    summary = {"study": study.study_name, "metric": plan.study_file.study.metric, "wall_seconds": round(seconds, 1),
+               "trials_total": len(trials), "trials_this_run": len(trials) - before,
+               "complete": len(complete), "pruned": sum(t.state == STATE.PRUNED for t in trials),
+               "failed": sum(t.state == STATE.FAIL for t in trials)}
+    hits = [t.user_attrs["cache_hit"] for t in complete if "cache_hit" in t.user_attrs]
+    summary["cache_hit_rate"] = round(sum(hits) / len(hits), 3) if hits else None
+    by_mode: dict = {}
+    for trial in complete:
+        mode = trial.params.get("preprocess.mode", "fixed")
+        current = by_mode.get(mode)
+        if current is None or (trial.value > current["value"] if maximize else trial.value < current["value"]):
+            by_mode[mode] = {"value": round(trial.value, 4), "trial": trial.number}
+    summary["best_by_mode"] = by_mode
+    if complete:
+        best = study.best_trial
+        summary.update({"best_value": round(best.value, 4), "best_trial": best.number,
+                        "best_run_id": best.user_attrs.get("mlflow_run_id"), "best_params": best.params})
+        mlflow.log_metric(f"best/{plan.study_file.study.metric}", best.value)
+    mlflow.log_metrics({"trials/complete": summary["complete"], "trials/pruned": summary["pruned"],
+                        "trials/failed": summary["failed"]})
+    if summary["cache_hit_rate"] is not None:
+        mlflow.log_metric("cache/hit_rate", summary["cache_hit_rate"])
+    with tempfile.TemporaryDirectory() as directory:
+        directory = Path(directory)
+        (directory / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        (directory / "best_trials.md").write_text(best_trials_table(study))
+        _study_plots(study, directory)
+        mlflow.log_artifacts(str(directory), "study")
+    return summary
+
+
+def best_trials_table(study: optuna.Study, top: int = 10) -> str:
+    """A Markdown table of the best complete trials with their params."""
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state == STATE.COMPLETE]
+    reverse = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    complete.sort(key=lambda t: t.value, reverse=reverse)
+    names = sorted({name for t in complete[:top] for name in t.params})
+    lines = ["| trial | value | " + " | ".join(names) + " |", "|---" * (len(names) + 2) + "|"]
+    for trial in complete[:top]:
+        cells = [_cell(trial.params.get(name, "")) for name in names]
+        lines.append(f"| {trial.number} | {trial.value:.4f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _study_plots(study: optuna.Study, directory: Path) -> None:
+    """Optimization history, parameter importances, parallel coordinates (PNG); each skipped if it cannot be drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as optuna_plots
+
+    plots = {"optimization_history.png": optuna_plots.plot_optimization_history,
+             "param_importances.png": optuna_plots.plot_param_importances,
+             "parallel_coordinate.png": optuna_plots.plot_parallel_coordinate}
+    for name, plot in plots.items():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                axes = plot(study)
+            figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
+            figure.set_size_inches(11, 6)
+            figure.tight_layout()
+            figure.savefig(directory / name, dpi=100)
+            plt.close(figure)
+        except (ValueError, RuntimeError, ZeroDivisionError, IndexError) as error:
+            (directory / name.replace(".png", ".txt")).write_text(f"not drawn: {error}\n")
+
+
+def register_best(study: optuna.Study, plan, summary: dict) -> None:
+    """Log the best trial's pyfunc into its run, register it, and move @champion only on improvement."""
+    from camp import registry
+    from camp.sweep import config_for
+    from camp.train import prepare_dataset
+
+    best = study.best_trial
+    run_id = best.user_attrs["mlflow_run_id"]
+    config = config_for(optuna.trial.FixedTrial(best.params), plan)
+    _, fingerprint = prepare_dataset(config)
+    info = registry.log_pyfunc_for_run(run_id)
+    version, promoted = registry.register_and_promote(info.model_uri, run_id, best.value, config, fingerprint)
+    summary.update({"registered_version": version.version, "champion_moved": promoted})
+
+
+def print_next_steps(summary: dict) -> None:
+    print(json.dumps({k: v for k, v in summary.items() if k != "best_params"}, default=str))
+    if summary.get("best_run_id"):
+        print(f"\nbest trial #{summary['best_trial']}: {summary['metric']} {summary['best_value']:.4f}")
+        for name, value in sorted(summary.get("best_params", {}).items()):
+            print(f"  {name} = {value}")
+    print("\nwhere to look next:")
+    print(f"  make ui                      # MLflow UI at http://127.0.0.1:5000 (experiment 'camp', run 'sweep-{summary['study']}')")
+    print(f"  camp predict IMAGE.jpg       # classify with models:/camp-classifier@champion")
+    print(f"  store: {tracking.mask_url(tracking.tracking_uri())}")
