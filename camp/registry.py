@@ -86,8 +86,8 @@ class CampClassifier(mlflow.pyfunc.PythonModel):
         probabilities = np.full((len(values), len(self.labels)), np.nan)
         if inputs:
             probabilities[rows] = self.model.predict(np.stack(inputs), batch_size=256, verbose=0)
-        frame = pd.DataFrame({"label": [self.labels[i] if i in set(rows) else "" for i in range(len(values))]})
         predicted = np.nan_to_num(probabilities, nan=-1).argmax(axis=1)
+        frame = pd.DataFrame(index=range(len(values)))
         frame["label"] = [self.labels[predicted[i]] if not np.isnan(probabilities[i, 0]) else "" for i in range(len(values))]
         for column, label in enumerate(self.labels):
             frame[f"p_{label}"] = probabilities[:, column]

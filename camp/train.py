@@ -112,6 +112,7 @@ def train(config: RunConfig, *, epoch_callback: Callable[[int, dict], None] | No
     import mlflow
 
     started = time.time()
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if mlflow.active_run() is None:
         tracking.setup()
         with mlflow.start_run(run_name=run_name) as run:
@@ -184,6 +185,10 @@ def _fit(config: RunConfig, run_id: str, epoch_callback, log_model: bool, progre
     # logged at the step after the last epoch, so a run's latest value is the selected model's
     mlflow.log_metrics(final, step=tracker.epochs_run)
     _log_pictures(dataset, data_fp, y_val, predicted, labels, config)
+    val_items = [item for item in arrays.items if item.split == "validation"]
+    mlflow.log_dict({"labels": list(labels), "relpaths": [item.relpath for item in val_items],
+                     "y_true": y_val.tolist(), "y_pred": predicted.tolist(),
+                     "probabilities": probabilities.round(6).tolist()}, "val_predictions.json")
     with tempfile.TemporaryDirectory() as directory:
         model_dir = save_model_bundle(model, config, labels, Path(directory) / "bundle")
         mlflow.log_artifacts(str(model_dir), "bundle")
@@ -191,7 +196,6 @@ def _fit(config: RunConfig, run_id: str, epoch_callback, log_model: bool, progre
             from camp.registry import log_pyfunc
 
             log_pyfunc(model_dir, x_example=dataset.split("validation")[0].path)
-    val_items = [item for item in arrays.items if item.split == "validation"]
     return TrainResult(run_id, final[config.metric], final, tracker.best_epoch, tracker.epochs_run, labels, y_val,
                        probabilities, [i.relpath for i in val_items], arrays.cache_hit, time.time() - started)
 

@@ -1,0 +1,181 @@
+"""The sweep end to end on synthetic data: nested runs, registry, served predictions, resume, workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+
+from camp import cli
+
+REPO = Path(__file__).resolve().parent.parent
+SMOKE = str(REPO / "sweeps" / "smoke.yaml")
+
+
+def _runs(experiment="camp"):
+    import mlflow
+
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    return mlflow.search_runs(experiment_names=[experiment], output_format="list", max_results=1000)
+
+
+def _study(journal: Path, name="smoke"):
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+@pytest.fixture()
+def smoke_sweep(isolated, synthetic_data):
+    journal = isolated / "optuna.journal"
+    code = cli.main(["sweep", SMOKE, "--data", str(synthetic_data), "--storage", str(journal)])
+    assert code == 0
+    return isolated, journal
+
+
+def test_smoke_sweep_tracks_every_trial_and_registers_a_champion(smoke_sweep, synthetic_data):
+    import mlflow
+    from mlflow import MlflowClient
+
+    directory, journal = smoke_sweep
+    runs = _runs()
+    parents = [run for run in runs if run.data.tags.get("camp.role") == "sweep"]
+    assert len(parents) == 1
+    parent = parents[0]
+    children = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 3
+    study = _study(journal)
+    assert len(study.trials) == 3
+    for trial in study.trials:
+        run = next(run for run in children if run.info.run_id == trial.user_attrs["mlflow_run_id"])
+        assert run.data.tags["optuna.trial"] == str(trial.number)
+        assert run.data.tags["optuna.study"] == "smoke"
+        assert run.data.tags["optuna.state"] == trial.state.name
+        assert "preprocess.mode" in run.data.params and "model.learning_rate" in run.data.params
+    client = MlflowClient()
+    parent_artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "study")}
+    assert {"study/optimization_history.png", "study/best_trials.md", "study/summary.json"} <= parent_artifacts
+    champion = client.get_model_version_by_alias("camp-classifier", "champion")
+    assert champion.tags["camp.run_id"] == study.best_trial.user_attrs["mlflow_run_id"]
+    assert abs(float(champion.tags["camp.value"]) - study.best_trial.value) < 1e-6
+    del mlflow
+
+
+def test_served_model_in_a_fresh_process_matches_the_trial(smoke_sweep, synthetic_data, tmp_path_factory):
+    """Load models:/camp-classifier@champion in a new Python started outside the repository."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    directory, journal = smoke_sweep
+    best_run = _study(journal).best_trial.user_attrs["mlflow_run_id"]
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    recorded = json.loads(Path(MlflowClient().download_artifacts(best_run, "val_predictions.json",
+                                                                 str(tmp_path_factory.mktemp("dl")))).read_text())
+    paths = [str(synthetic_data / relpath) for relpath in recorded["relpaths"]]
+    script = (
+        "import json, sys, mlflow, pandas as pd\n"
+        "model = mlflow.pyfunc.load_model('models:/camp-classifier@champion')\n"
+        "out = model.predict(pd.DataFrame({'image': json.loads(sys.argv[1])}))\n"
+        "print(json.dumps(out[[c for c in out.columns if c.startswith('p_')]].values.tolist()))\n"
+    )
+    outside = tmp_path_factory.mktemp("outside")
+    environment = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run([sys.executable, "-c", script, json.dumps(paths)], cwd=outside, env=environment,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    served = np.array(json.loads(result.stdout.strip().splitlines()[-1]))
+    np.testing.assert_allclose(served, np.array(recorded["probabilities"]), atol=1e-4)
+    assert (served.argmax(axis=1) == np.array(recorded["y_pred"])).all()
+
+
+def test_camp_predict_prints_one_json_line_per_image(smoke_sweep, synthetic_data, capsys):
+    images = sorted((synthetic_data / "test" / "hat").glob("*.jpg"))[:2]
+    bad = smoke_sweep[0] / "not-an-image.jpg"
+    bad.write_text("hello")
+    capsys.readouterr()
+    code = cli.main(["predict", *map(str, images), str(bad)])
+    lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert code == 1  # one item could not be read
+    assert [line["path"] for line in lines] == [*map(str, images), str(bad)]
+    assert all(line["label"] in {"cap_and_hat", "outerwear", "tops", "bottoms", "shoes"} for line in lines[:2])
+    assert abs(sum(lines[0]["probabilities"].values()) - 1.0) < 1e-3
+    assert lines[2]["label"] is None and "not-an-image.jpg" in lines[2]["error"]
+
+
+def test_a_worse_model_never_takes_the_champion_alias(smoke_sweep, synthetic_data):
+    from mlflow import MlflowClient
+
+    from camp import registry
+    from camp.sweep import config_for, make_plan
+    from camp.train import prepare_dataset
+
+    directory, journal = smoke_sweep
+    study = _study(journal)
+    worst = min((t for t in study.trials if t.value is not None), key=lambda t: t.value)
+    args = cli.build_parser().parse_args(["sweep", SMOKE, "--data", str(synthetic_data)])
+    plan = make_plan(args)
+    config = config_for(optuna.trial.FixedTrial(worst.params), plan)
+    _, fingerprint = prepare_dataset(config)
+    before = MlflowClient().get_model_version_by_alias("camp-classifier", "champion").version
+    info = registry.log_pyfunc_for_run(worst.user_attrs["mlflow_run_id"])
+    version, promoted = registry.register_and_promote(info.model_uri, worst.user_attrs["mlflow_run_id"],
+                                                      worst.value - 0.5, config, fingerprint, log=lambda *_: None)
+    assert not promoted
+    assert MlflowClient().get_model_version_by_alias("camp-classifier", "champion").version == before
+    assert int(version.version) > int(before)
+
+
+def test_a_stopped_study_resumes_to_the_asked_number_of_trials(isolated, synthetic_data):
+    journal = isolated / "optuna.journal"
+    assert cli.main(["sweep", SMOKE, "--data", str(synthetic_data), "--storage", str(journal), "--n-trials", "2",
+                     "--no-register"]) == 0
+    assert len(_study(journal).trials) == 2
+    assert cli.main(["sweep", SMOKE, "--data", str(synthetic_data), "--storage", str(journal), "--no-register"]) == 0
+    study = _study(journal)
+    assert sum(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for t in study.trials) == 3
+    assert len([run for run in _runs() if run.data.tags.get("camp.role") == "sweep"]) == 2
+
+
+def test_two_workers_share_one_journal(isolated, synthetic_data):
+    journal = isolated / "optuna.journal"
+    assert cli.main(["sweep", SMOKE, "--data", str(synthetic_data), "--storage", str(journal), "--n-trials", "4",
+                     "--workers", "2", "--no-register"]) == 0
+    study = _study(journal)
+    numbers = [t.number for t in study.trials]
+    assert len(numbers) == len(set(numbers)) >= 4
+    trial_runs = [run for run in _runs() if "optuna.trial" in run.data.tags]
+    run_ids = [t.user_attrs["mlflow_run_id"] for t in study.trials]
+    assert sorted(run.info.run_id for run in trial_runs) == sorted(run_ids)  # exactly one run per trial
+    assert {run.data.tags["optuna.trial"] for run in trial_runs} == {str(n) for n in numbers}
+
+
+def test_bad_search_space_is_rejected_before_any_trial(isolated, synthetic_data, capsys):
+    bad = isolated / "bad.yaml"
+    bad.write_text("study: {name: bad}\npreprocess:\n  threshold_block: {int: [4, 12], step: 2}\n")
+    journal = isolated / "optuna.journal"
+    assert cli.main(["sweep", str(bad), "--data", str(synthetic_data), "--storage", str(journal)]) == 2
+    assert "preprocess.threshold_block" in capsys.readouterr().err
+    assert not journal.exists()
+
+
+def test_same_seed_gives_the_same_trial_parameters(isolated, synthetic_data):
+    """Two fresh studies from the same file and seed sample identical parameters."""
+    from camp.sweep import config_for, make_plan, make_sampler
+
+    args = cli.build_parser().parse_args(["sweep", SMOKE, "--data", str(synthetic_data)])
+    plan = make_plan(args)
+    sampled = []
+    for _ in range(2):
+        study = optuna.create_study(sampler=make_sampler(plan.study_file, 0), direction="maximize")
+        configs = []
+        for _ in range(4):
+            trial = study.ask()
+            configs.append(config_for(trial, plan))
+            study.tell(trial, 0.5)
+        sampled.append(configs)
+    assert sampled[0] == sampled[1]
