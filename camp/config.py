@@ -30,7 +30,7 @@ def build_dataclass(cls: type, mapping: Any, where: str):
     if not isinstance(mapping, dict):
         raise ValueError(f"{where}: expected a mapping of keys, got {type(mapping).__name__} {mapping!r}")
     fields = {field.name: field for field in dataclasses.fields(cls)}
-    unknown = sorted(set(mapping) - set(fields))
+    unknown = sorted(set(mapping) - set(fields), key=str)  # YAML keys may be ints or bools
     if unknown:
         raise ValueError(f"{where}: unknown key(s) {', '.join(map(str, unknown))}; allowed keys: {', '.join(fields)}")
     hints = typing.get_type_hints(cls)
@@ -180,9 +180,9 @@ def load_yaml(path: str | os.PathLike) -> dict:
 def load_study_file(path: str | os.PathLike) -> StudyFile:
     """Parse and check a study file; the knob sections are validated by `camp.space.parse_space`."""
     document = load_yaml(path)
-    unknown = sorted(set(document) - set(SECTIONS))
+    unknown = sorted(set(document) - set(SECTIONS), key=str)
     if unknown:
-        raise ValueError(f"{path}: unknown section(s) {', '.join(unknown)}; allowed: {', '.join(SECTIONS)}")
+        raise ValueError(f"{path}: unknown section(s) {', '.join(map(str, unknown))}; allowed: {', '.join(SECTIONS)}")
     seed = document.get("seed", 42)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise ValueError(f"{path}: seed must be an integer, got {seed!r}")

@@ -150,6 +150,8 @@ def _manifest_files(manifest: Path) -> list[tuple[Path, str, str]]:
             split = SPLIT_ALIASES.get((row.get("split") or "train").strip().lower())
             if split is None:
                 raise ValueError(f"{manifest}: line {line}: split {row['split']!r} is not one of {', '.join(SPLITS)}")
+            if not (row.get("path") or "").strip() or not (row.get("label") or "").strip():
+                raise ValueError(f"{manifest}: line {line}: needs a path and a label, got {row!r}")
             files.append((manifest.parent / row["path"], row["label"].strip(), split))
     return files
 

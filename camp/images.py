@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -138,11 +139,12 @@ def _write_decoded(data_file: Path, index_file: Path, images: list, skipped: dic
     data_file.parent.mkdir(parents=True, exist_ok=True)
     shapes = [list(image.shape) if image is not None else None for image in images]
     flat = np.concatenate([image.reshape(-1) for image in images if image is not None] or [np.zeros(0, np.uint8)])
-    temporary = data_file.with_suffix(".tmp.npy")
+    unique = f"{os.getpid()}-{threading.get_ident()}"  # sweep workers may write the same entry at once
+    temporary = data_file.with_name(f"{data_file.stem}.{unique}.tmp.npy")
     np.save(temporary, flat)
     os.replace(temporary, data_file)
     index = {"shapes": shapes, "skipped": skipped, "checksum": checksum(flat)}
-    temporary_index = index_file.with_suffix(".tmp")
+    temporary_index = index_file.with_name(f"{index_file.stem}.{unique}.tmp")
     temporary_index.write_text(json.dumps(index))
     os.replace(temporary_index, index_file)
 
@@ -154,19 +156,22 @@ def _read_decoded(data_file: Path, index_file: Path, count: int):
     try:
         index = json.loads(index_file.read_text())
         flat = np.load(data_file)
-    except (ValueError, OSError, EOFError):
+        shapes, skipped = index["shapes"], index["skipped"]
+        if len(shapes) != count or checksum(flat) != index["checksum"]:
+            return None
+        if sum(int(np.prod(shape)) for shape in shapes if shape is not None) != flat.size:
+            return None  # the index does not describe this payload
+        images, offset = [], 0
+        for shape in shapes:
+            if shape is None:
+                images.append(None)
+                continue
+            size = int(np.prod(shape))
+            images.append(flat[offset:offset + size].reshape(shape))
+            offset += size
+    except (ValueError, OSError, EOFError, KeyError, TypeError):
         return None
-    if len(index.get("shapes", [])) != count or checksum(flat) != index.get("checksum"):
-        return None
-    images, offset = [], 0
-    for shape in index["shapes"]:
-        if shape is None:
-            images.append(None)
-            continue
-        size = int(np.prod(shape))
-        images.append(flat[offset:offset + size].reshape(shape))
-        offset += size
-    return images, index["skipped"]
+    return images, skipped
 
 
 def checksum(array: np.ndarray) -> str:

@@ -54,9 +54,9 @@ class Knob:
 def parse_space(section: str, raw: dict, config_class: type, where: str) -> list[Knob]:
     """Parse one knob section against its config class; errors name `where: section.knob`."""
     fields = {field.name: field for field in dataclasses.fields(config_class)}
-    unknown = sorted(set(raw) - set(fields))
+    unknown = sorted(set(raw) - set(fields), key=str)  # YAML keys may be ints or bools
     if unknown:
-        raise ValueError(f"{where}: unknown {section} knob(s) {', '.join(unknown)}; known: {', '.join(fields)}")
+        raise ValueError(f"{where}: unknown {section} knob(s) {', '.join(map(str, unknown))}; known: {', '.join(fields)}")
     knobs = [_parse_knob(section, name, spec, f"{where}: {section}.{name}") for name, spec in raw.items()]
     for knob in knobs:
         for clause in knob.when:
@@ -70,9 +70,9 @@ def parse_space(section: str, raw: dict, config_class: type, where: str) -> list
 def _parse_knob(section: str, name: str, spec: Any, where: str) -> Knob:
     if not isinstance(spec, dict):
         return Knob(section, name, "fixed", value=spec)
-    unknown = sorted(set(spec) - SPEC_KEYS)
+    unknown = sorted(set(spec) - SPEC_KEYS, key=str)
     if unknown:
-        raise ValueError(f"{where}: unknown range key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(SPEC_KEYS))}")
+        raise ValueError(f"{where}: unknown range key(s) {', '.join(map(str, unknown))}; allowed: {', '.join(sorted(SPEC_KEYS))}")
     kinds = [kind for kind in ("int", "float", "choice") if kind in spec]
     if len(kinds) != 1:
         raise ValueError(f"{where}: give exactly one of int: [low, high], float: [low, high] or choice: [...]")
@@ -96,7 +96,7 @@ def _parse_knob(section: str, name: str, spec: Any, where: str) -> Knob:
     step, log = spec.get("step"), bool(spec.get("log", False))
     if step is not None and (not isinstance(step, (int, float)) or step <= 0 or (kind == "int" and not isinstance(step, int))):
         raise ValueError(f"{where}: step must be a positive {'integer' if kind == 'int' else 'number'}, got {step!r}")
-    if log and (low <= 0 or step not in (None, 1)):
+    if log and (low <= 0 or step not in ((None, 1) if kind == "int" else (None,))):  # Optuna: no step with log floats
         raise ValueError(f"{where}: log ranges need low > 0 and no step")
     if kind == "int" and step and (high - low) % step:
         raise ValueError(f"{where}: high - low ({high - low}) must be a multiple of step {step}")
@@ -109,6 +109,8 @@ def _parse_when(when: Any, where: str) -> tuple:
     if when is None:
         return ()
     clauses = when if isinstance(when, list) else [when]
+    if not clauses:
+        raise ValueError(f"{where}: when must be a mapping {{knob: value(s)}} or a list of them, got an empty list")
     parsed = []
     for clause in clauses:
         if not isinstance(clause, dict) or not clause:

@@ -1,0 +1,121 @@
+"""camp.model: the CNN's shapes, the class weights, the focal loss, and ModelConfig validation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from camp.model import ModelConfig, balanced_weights, build_model, make_loss, make_optimizer
+
+keras = pytest.importorskip("keras")
+
+
+@pytest.mark.parametrize("input_shape, n_classes, knobs", [
+    ((32, 32, 1), 5, dict(conv_blocks=2, filters=8)),
+    ((16, 16, 3), 3, dict(conv_blocks=1, filters=4, batch_norm=False, dense_units=0, dropout=0.0)),
+    ((8, 8, 1), 5, dict(conv_blocks=6, filters=4, augmentation=False, kernel_size=5)),  # pools stop at 1x1
+    ((48, 48, 3), 2, dict(conv_blocks=3, filters=8, dense_units=16, kernel_size=7)),
+])
+def test_build_model_output_shape(input_shape, n_classes, knobs):
+    model = build_model(input_shape, n_classes, ModelConfig(**knobs))
+    assert model.input_shape == (None, *input_shape)
+    assert model.output_shape == (None, n_classes)
+    assert model.inputs[0].dtype == "uint8"
+    batch = np.random.default_rng(0).integers(0, 256, (3, *input_shape), dtype=np.uint8)
+    probabilities = model.predict(batch, verbose=0)
+    assert probabilities.shape == (3, n_classes)
+    assert np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_architecture_knobs_change_the_model():
+    small = build_model((32, 32, 1), 5, ModelConfig(conv_blocks=2, filters=8, dense_units=0))
+    wider = build_model((32, 32, 1), 5, ModelConfig(conv_blocks=2, filters=16, dense_units=0))
+    deeper = build_model((32, 32, 1), 5, ModelConfig(conv_blocks=3, filters=8, dense_units=0))
+    assert small.count_params() < wider.count_params()
+    assert small.count_params() < deeper.count_params()
+    names = [layer.__class__.__name__ for layer in small.layers]
+    assert names.count("Conv2D") == 4 and names.count("MaxPooling2D") == 2 and names[1] == "Rescaling"
+    assert "RandomFlip" in names
+    plain = build_model((32, 32, 1), 5, ModelConfig(conv_blocks=2, filters=8, batch_norm=False, augmentation=False))
+    plain_names = [layer.__class__.__name__ for layer in plain.layers]
+    assert "BatchNormalization" not in plain_names and "RandomFlip" not in plain_names
+
+
+def test_balanced_weights():
+    weights = balanced_weights(np.array([0, 0, 0, 1]), 3)
+    assert np.allclose(weights, [4 / (2 * 3), 4 / (2 * 1), 0.0])  # n / (k * count); absent class 0
+    assert np.allclose(balanced_weights(np.array([0, 1, 2, 0, 1, 2]), 3), 1.0)
+    y = np.array([0] * 90 + [1] * 10)
+    weights = balanced_weights(y, 2)
+    assert np.isclose((weights[y]).sum(), len(y))  # the weighted sample count is preserved
+    assert weights[1] / weights[0] == pytest.approx(9.0)
+
+
+def loss_values(loss, y_true, y_pred) -> np.ndarray:
+    from keras import ops
+
+    return np.asarray(ops.convert_to_numpy(loss(ops.convert_to_tensor(y_true, "float32"),
+                                                ops.convert_to_tensor(y_pred, "float32"))))
+
+
+def test_focal_loss_is_finite_and_lower_for_confident_correct_predictions():
+    weights = balanced_weights(np.array([0, 0, 1, 2, 3, 4]), 5)
+    loss = make_loss(ModelConfig(loss_weighting="focal", focal_gamma=2.0), weights)
+    y_true = np.eye(5)[[0, 0, 0, 0, 1]]
+    y_pred = np.array([
+        [0.96, 0.01, 0.01, 0.01, 0.01],  # confident, right
+        [0.40, 0.15, 0.15, 0.15, 0.15],  # unsure, right
+        [0.01, 0.96, 0.01, 0.01, 0.01],  # confident, wrong
+        [1.00, 0.00, 0.00, 0.00, 0.00],  # saturated: clipped, still finite
+        [1.00, 0.00, 0.00, 0.00, 0.00],  # saturated and wrong
+    ])
+    values = loss_values(loss, y_true, y_pred)
+    assert values.shape == (5,)
+    assert np.all(np.isfinite(values)) and np.all(values >= 0)
+    assert values[0] < values[1] < values[2]
+    assert values[3] < values[0]
+    assert values[4] > values[2]
+
+
+def test_focal_loss_reduces_to_cross_entropy_at_gamma_zero():
+    weights = np.ones(4)
+    focal = make_loss(ModelConfig(loss_weighting="focal", focal_gamma=0.0, focal_alpha="none"), weights)
+    y_true = np.eye(4)[[0, 1, 2, 3]]
+    y_pred = np.random.default_rng(0).dirichlet(np.ones(4), size=4)
+    expected = -np.log(y_pred[np.arange(4), [0, 1, 2, 3]])
+    assert np.allclose(loss_values(focal, y_true, y_pred), expected, rtol=1e-4)
+    # and the focusing term makes easy examples count for less than cross-entropy does
+    focused = make_loss(ModelConfig(loss_weighting="focal", focal_gamma=2.0, focal_alpha="none"), weights)
+    assert np.all(loss_values(focused, y_true, y_pred) < expected)
+
+
+def test_balanced_focal_alpha_weights_rare_classes_up():
+    weights = balanced_weights(np.array([0] * 9 + [1]), 2)
+    loss = make_loss(ModelConfig(loss_weighting="focal", focal_alpha="balanced"), weights)
+    same_mistake = np.array([[0.3, 0.7], [0.7, 0.3]])
+    common_wrong, rare_wrong = loss_values(loss, np.eye(2)[[0, 1]], same_mistake)
+    assert rare_wrong > common_wrong * 5
+
+
+def test_other_weightings_use_categorical_cross_entropy():
+    for weighting in ("none", "balanced"):
+        loss = make_loss(ModelConfig(loss_weighting=weighting, label_smoothing=0.1), np.ones(3))
+        assert isinstance(loss, keras.losses.CategoricalCrossentropy)
+
+
+@pytest.mark.parametrize("name, cls", [("adam", "Adam"), ("adamw", "AdamW"), ("sgd", "SGD"), ("rmsprop", "RMSprop")])
+def test_make_optimizer(name, cls):
+    optimizer = make_optimizer(ModelConfig(optimizer=name, learning_rate=0.01))
+    assert optimizer.__class__.__name__ == cls
+    assert float(optimizer.learning_rate) == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize("name, value", [
+    ("conv_blocks", 0), ("conv_blocks", 7), ("filters", 2), ("kernel_size", 4), ("dropout", 1.0),
+    ("dense_units", -1), ("optimizer", "lion"), ("learning_rate", 0.0), ("learning_rate", 2.0), ("momentum", 1.0),
+    ("weight_decay", -0.1), ("batch_size", 0), ("max_epochs", 0), ("patience", 0), ("loss_weighting", "inverse"),
+    ("focal_gamma", -1.0), ("focal_gamma", 11.0), ("focal_alpha", "uniform"), ("label_smoothing", 0.5),
+])
+def test_invalid_model_config_names_the_knob(name, value):
+    with pytest.raises(ValueError, match=name):
+        ModelConfig(**{name: value})

@@ -1,0 +1,166 @@
+"""camp.train: one tracked training run on tiny data: what lands in MLflow, determinism, the real data."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from camp import config as config_module
+from camp import data
+from camp.images import UnreadableImage
+from camp.train import fixed_run_config, train
+
+LABELS = ("cap_and_hat", "outerwear", "tops", "bottoms", "shoes")
+TINY = """
+study: {name: tiny}
+seed: 7
+preprocess: {mode: gray, size: 32}
+model: {conv_blocks: 2, filters: 8, dense_units: 16, batch_size: 16, max_epochs: %(epochs)d, patience: 5}
+"""
+
+
+def run_config(tmp_path: Path, data_path, epochs: int = 2, extra: str = ""):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY % {"epochs": epochs} + extra)
+    return fixed_run_config(config_module.load_study_file(path), data_path=str(data_path))
+
+
+def client():
+    from mlflow import MlflowClient
+
+    return MlflowClient()
+
+
+def history(run_id: str, key: str) -> list[tuple[int, float]]:
+    return sorted((metric.step, metric.value) for metric in client().get_metric_history(run_id, key))
+
+
+def artifact_paths(run_id: str, path: str | None = None) -> set[str]:
+    out = set()
+    for info in client().list_artifacts(run_id, path):
+        out |= artifact_paths(run_id, info.path) if info.is_dir else {info.path}
+    return out
+
+
+def test_fixed_run_config_needs_fixed_knobs(tmp_path, synthetic_data):
+    config = run_config(tmp_path, synthetic_data)
+    assert config.preprocess.mode == "gray" and config.model.filters == 8 and config.seed == 7
+    assert config.data_path == str(synthetic_data)
+    (tmp_path / "range.yaml").write_text("model: {filters: {int: [8, 16]}}\n")
+    with pytest.raises(ValueError, match=r"model\.filters is a search range"):
+        fixed_run_config(config_module.load_study_file(tmp_path / "range.yaml"))
+    (tmp_path / "bad.yaml").write_text("preprocess: {threshold_block: 4}\n")
+    with pytest.raises(ValueError, match=r"bad.yaml: preprocess.threshold_block=4"):
+        fixed_run_config(config_module.load_study_file(tmp_path / "bad.yaml"))
+
+
+def test_train_logs_one_complete_run(isolated, synthetic_data):
+    import mlflow
+
+    config = run_config(isolated, synthetic_data)
+    result = train(config, progress=False, run_name="tiny")
+    assert result.epochs_run == 2 and result.best_epoch in (0, 1)
+    assert result.labels == LABELS and len(result.y_val) == 30 and result.val_probabilities.shape == (30, 5)
+    assert not result.cache_hit
+
+    runs = client().search_runs([mlflow.get_experiment_by_name("camp").experiment_id])
+    assert [run.info.run_id for run in runs] == [result.run_id]
+    run = runs[0]
+    assert run.info.status == "FINISHED" and run.info.run_name == "tiny"
+
+    params = run.data.params
+    assert params["model.conv_blocks"] == "2" and params["model.filters"] == "8"
+    assert params["preprocess.mode"] == "gray" and params["preprocess.size"] == "32"
+    assert params["seed"] == "7" and params["data.label_map"] == "camp5"
+
+    for key in ("train/loss", "val/loss", "val/accuracy", "val/macro_f1"):
+        assert [step for step, _ in history(result.run_id, key)][:2] == [0, 1], key
+    assert len(history(result.run_id, "train/loss")) == 2
+    f1 = history(result.run_id, "val/macro_f1")
+    # the selected (best) epoch's value is logged once more, after the last epoch
+    assert f1[-1] == (2, pytest.approx(max(value for _, value in f1[:2])))
+    assert result.value == pytest.approx(f1[-1][1]) == pytest.approx(result.metrics["val/macro_f1"])
+    assert run.data.metrics["best_epoch"] == result.best_epoch
+    for label in LABELS:
+        assert 0.0 <= run.data.metrics[f"val/recall/{label}"] <= 1.0
+        assert run.data.metrics[f"val/support/{label}"] == 6
+
+    tags = run.data.tags
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                          text=True).stdout.strip()
+    assert tags["camp.git_commit"] in (head, f"{head}-dirty")
+    assert tags["camp.data_fingerprint"] == data.fingerprint(data.load_dataset(synthetic_data).items)
+    assert tags["camp.cache"] == "miss" and tags["camp.skipped_images"] == "0"
+
+    artifacts = artifact_paths(result.run_id)
+    for expected in ("confusion_matrix.png", "preprocessing.png", "config.yaml", "bundle/model.keras",
+                     "bundle/camp.json"):
+        assert expected in artifacts
+    logged = mlflow.artifacts.download_artifacts(run_id=result.run_id, artifact_path="config.yaml",
+                                                 dst_path=str(isolated / "download"))
+    assert yaml.safe_load(Path(logged).read_text()) == yaml.safe_load(yaml.safe_dump(config.to_dict()))
+
+    models = mlflow.search_logged_models(filter_string=f"source_run_id = '{result.run_id}'", output_format="list")
+    assert len(models) == 1 and models[0].name == "model"
+    served = mlflow.pyfunc.load_model(models[0].model_uri)
+    import pandas as pd
+
+    image = data.load_dataset(synthetic_data).split("test")[0].path
+    output = served.predict(pd.DataFrame({"image": [image, str(isolated / "missing.jpg")]}))
+    assert output.loc[0, "label"] in LABELS and output.loc[0, "error"] == ""
+    assert output.loc[1, "label"] == "" and "missing.jpg" in output.loc[1, "error"]
+
+
+def test_same_config_and_seed_give_the_same_history(isolated, synthetic_data):
+    config = run_config(isolated, synthetic_data)
+    first = train(config, progress=False, log_model=False)
+    second = train(config, progress=False, log_model=False)
+    assert first.run_id != second.run_id and second.cache_hit
+    for key in ("val/macro_f1", "train/loss", "val/loss"):
+        assert history(first.run_id, key) == history(second.run_id, key), key
+    assert (first.val_probabilities == second.val_probabilities).all()
+
+
+def test_a_failing_run_is_marked_with_the_error(isolated, synthetic_data, monkeypatch):
+    import mlflow
+
+    from camp import train as train_module
+
+    def explode(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(train_module, "build_model", explode)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        train(run_config(isolated, synthetic_data), progress=False, log_model=False)
+    (run,) = client().search_runs([mlflow.get_experiment_by_name("camp").experiment_id])
+    assert run.info.status == "FAILED"
+    assert run.data.tags["camp.error"] == "RuntimeError: disk on fire"
+    assert "error.txt" in artifact_paths(run.info.run_id)
+
+
+@pytest.mark.xfail(raises=UnreadableImage, strict=True, reason="camp/train.py logs the pyfunc with dataset.split('validation')[0].path as "
+                                       "input example, which may be an unreadable (skipped) file; use the first "
+                                       "readable validation item (remove this mark with the fix)")
+def test_an_unreadable_first_validation_image_does_not_fail_the_run(isolated, tmp_path, synthetic_data):
+    root = tmp_path / "copy"
+    shutil.copytree(synthetic_data, root)
+    (root / "validation" / "hat" / "aaa_broken.jpg").write_text("not an image")  # sorts first
+    result = train(run_config(isolated, root, epochs=1), progress=False)
+    assert result.y_val.shape == (30,)
+
+
+@pytest.mark.slow
+def test_train_on_a_subset_of_the_real_data(isolated, shared_data):
+    config = run_config(isolated, shared_data, epochs=1, extra="data: {max_per_class: 12}\n")
+    result = train(config, progress=False)
+    assert result.epochs_run == 1 and result.labels == LABELS
+    assert len(result.y_val) == 12 * 5  # every camp5 label has >= 12 validation images
+    assert 0.0 <= result.value <= 1.0
+    run = client().get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["data.max_per_class"] == "12"
+    assert "bundle/model.keras" in artifact_paths(result.run_id)
