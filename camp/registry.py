@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import json
 import os
 import tempfile
@@ -140,11 +139,18 @@ def log_pyfunc_for_run(run_id: str):
 
 
 def _first_validation_path(meta: dict) -> str:
-    from camp.train import RunConfig, prepare_dataset
+    """The first readable validation image of the run's dataset, for the model's input example."""
+    from camp.images import UnreadableImage, decode_path
+    from camp.train import prepare_dataset
 
-    config = _run_config_from_meta(meta)
-    dataset, _ = prepare_dataset(config)
-    return dataset.split("validation")[0].path
+    dataset, _ = prepare_dataset(_run_config_from_meta(meta))
+    for item in dataset.split("validation"):
+        try:
+            decode_path(item.path, 4)
+            return item.path
+        except UnreadableImage:
+            continue
+    raise ValueError(f"{dataset.root}: no readable validation image to use as the model's input example")
 
 
 def _run_config_from_meta(meta: dict):

@@ -118,5 +118,5 @@ def print_next_steps(summary: dict) -> None:
             print(f"  {name} = {value}")
     print("\nwhere to look next:")
     print(f"  make ui                      # MLflow UI at http://127.0.0.1:5000 (experiment 'camp', run 'sweep-{summary['study']}')")
-    print(f"  camp predict IMAGE.jpg       # classify with models:/camp-classifier@champion")
+    print("  camp predict IMAGE.jpg       # classify with models:/camp-classifier@champion")
     print(f"  store: {tracking.mask_url(tracking.tracking_uri())}")

@@ -195,7 +195,7 @@ def _fit(config: RunConfig, run_id: str, epoch_callback, log_model: bool, progre
         if log_model:
             from camp.registry import log_pyfunc
 
-            log_pyfunc(model_dir, x_example=dataset.split("validation")[0].path)
+            log_pyfunc(model_dir, x_example=val_items[0].path)  # readable: it was just preprocessed
     return TrainResult(run_id, final[config.metric], final, tracker.best_epoch, tracker.epochs_run, labels, y_val,
                        probabilities, [i.relpath for i in val_items], arrays.cache_hit, time.time() - started)
 

@@ -11,7 +11,6 @@ import yaml
 
 from camp import config as config_module
 from camp import data
-from camp.images import UnreadableImage
 from camp.train import fixed_run_config, train
 
 LABELS = ("cap_and_hat", "outerwear", "tops", "bottoms", "shoes")
@@ -142,9 +141,6 @@ def test_a_failing_run_is_marked_with_the_error(isolated, synthetic_data, monkey
     assert "error.txt" in artifact_paths(run.info.run_id)
 
 
-@pytest.mark.xfail(raises=UnreadableImage, strict=True, reason="camp/train.py logs the pyfunc with dataset.split('validation')[0].path as "
-                                       "input example, which may be an unreadable (skipped) file; use the first "
-                                       "readable validation item (remove this mark with the fix)")
 def test_an_unreadable_first_validation_image_does_not_fail_the_run(isolated, tmp_path, synthetic_data):
     root = tmp_path / "copy"
     shutil.copytree(synthetic_data, root)
