@@ -184,6 +184,7 @@ def _fit(config: RunConfig, run_id: str, epoch_callback, log_model: bool, progre
              metrics.VAL_LOSS: _cross_entropy(y_val, probabilities), "best_epoch": tracker.best_epoch}
     # logged at the step after the last epoch, so a run's latest value is the selected model's
     mlflow.log_metrics(final, step=tracker.epochs_run)
+    mlflow.log_metrics(memory_usage())
     _log_pictures(dataset, data_fp, y_val, predicted, labels, config)
     val_items = [item for item in arrays.items if item.split == "validation"]
     mlflow.log_dict({"labels": list(labels), "relpaths": [item.relpath for item in val_items],
@@ -198,6 +199,19 @@ def _fit(config: RunConfig, run_id: str, epoch_callback, log_model: bool, progre
             log_pyfunc(model_dir, x_example=val_items[0].path)  # readable: it was just preprocessed
     return TrainResult(run_id, final[config.metric], final, tracker.best_epoch, tracker.epochs_run, labels, y_val,
                        probabilities, [i.relpath for i in val_items], arrays.cache_hit, time.time() - started)
+
+
+def memory_usage() -> dict[str, float]:
+    """This process's resident memory now and at its peak, in MiB (Linux), for growth checks across trials."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        current = pages * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+    except (OSError, ValueError, IndexError):
+        current = float("nan")
+    return {"system/rss_mb": round(current, 1), "system/peak_rss_mb": round(peak, 1)}
 
 
 def _cross_entropy(y: np.ndarray, probabilities: np.ndarray) -> float:

@@ -1,0 +1,70 @@
+"""The served model through `mlflow.pyfunc`: load time in a fresh process, single-image latency
+(p50/p95) and batch throughput (prints JSON). Needs a registered model (run `make sweep` first).
+
+    .venv/bin/python bench/predict.py [--model models:/camp-classifier@champion] [--data data/clothing-small]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("MLFLOW_TRACKING_URI", "sqlite:///mlruns/mlflow.db")
+
+LOAD_SCRIPT = """
+import time, sys
+started = time.perf_counter()
+import mlflow
+imported = time.perf_counter()
+mlflow.pyfunc.load_model(sys.argv[1])
+print(imported - started, time.perf_counter() - imported)
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="models:/camp-classifier@champion")
+    parser.add_argument("--data", default="data/clothing-small")
+    parser.add_argument("--single", type=int, default=50, help="single-image calls for the latency percentiles")
+    parser.add_argument("--batch", type=int, default=256)
+    args = parser.parse_args()
+    import mlflow
+    import pandas as pd
+
+    from camp import data
+
+    started = time.perf_counter()
+    fresh = subprocess.run([sys.executable, "-c", LOAD_SCRIPT, args.model], capture_output=True, text=True, check=True)
+    fresh_total = time.perf_counter() - started
+    import_seconds, load_seconds = map(float, fresh.stdout.split()[-2:])
+    model = mlflow.pyfunc.load_model(args.model)
+    paths = [item.path for item in data.load_dataset(args.data).split("validation")]
+    model.predict(pd.DataFrame({"image": paths[:2]}))  # warm-up
+    latencies = []
+    for path in paths[:args.single]:
+        started = time.perf_counter()
+        model.predict(pd.DataFrame({"image": [path]}))
+        latencies.append(time.perf_counter() - started)
+    batch = (paths * (args.batch // len(paths) + 1))[:args.batch]
+    started = time.perf_counter()
+    model.predict(pd.DataFrame({"image": batch}))
+    batch_seconds = time.perf_counter() - started
+    print(json.dumps({"bench": "predict", "model": args.model,
+                      "fresh_process": {"import_mlflow_s": round(import_seconds, 2), "load_model_s": round(load_seconds, 2),
+                                        "total_with_interpreter_s": round(fresh_total, 2)},
+                      "single_image_ms": {"p50": round(1000 * float(np.percentile(latencies, 50)), 1),
+                                          "p95": round(1000 * float(np.percentile(latencies, 95)), 1), "n": len(latencies)},
+                      "batch": {"size": len(batch), "images_per_second": round(len(batch) / batch_seconds, 1)}}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
