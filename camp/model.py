@@ -32,6 +32,7 @@ class ModelConfig:
     batch_size: int = 64
     max_epochs: int = 20
     patience: int = 5
+    min_epochs: int = 5  # no early stop before this: unweighted losses predict only `tops` at first
     augmentation: bool = True
     loss_weighting: str = "balanced"
     focal_gamma: float = 2.0
@@ -63,6 +64,8 @@ class ModelConfig:
             raise ValueError(f"max_epochs must be >= 1, got {self.max_epochs}")
         if self.patience < 1:
             raise ValueError(f"patience must be >= 1, got {self.patience}")
+        if self.min_epochs < 1:
+            raise ValueError(f"min_epochs must be >= 1, got {self.min_epochs}")
         if self.loss_weighting not in LOSS_WEIGHTINGS:
             raise ValueError(f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {self.loss_weighting!r}")
         if not 0.0 <= self.focal_gamma <= 10.0:

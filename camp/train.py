@@ -293,7 +293,7 @@ class _EpochTracker:
                           + f"  ({time.time() - self.epoch_started:.1f}s){' *' if improved else ''}", file=sys.stderr)
                 if self.epoch_callback is not None:
                     self.epoch_callback(epoch, values)  # may raise optuna.TrialPruned
-                if self.since_best >= self.config.model.patience:
+                if self.since_best >= self.config.model.patience and self.epochs_run >= self.config.model.min_epochs:
                     self.model.stop_training = True
 
         return Tracker(*args, **kwargs)
