@@ -3,21 +3,44 @@ run under one parent run per invocation; at the end the best trial is registered
 
 The objective only turns a trial into a `RunConfig` and calls the same `train(config)` as
 `camp train`. Storage defaults to a journal file under mlruns/ (several processes on one machine);
-`--storage` takes an RDB URL (postgresql://...) for many machines. Re-running resumes the study.
+`--storage` (or $CAMP_STORAGE) takes an RDB URL (postgresql://...) shared by workers on many
+machines. Re-running resumes the study.
+
+Dead and stopped workers:
+- RDB storages run Optuna's heartbeat: a trial whose worker stopped beating for
+  $CAMP_HEARTBEAT_GRACE seconds (default 120; beats every $CAMP_HEARTBEAT_INTERVAL, default 30) is
+  failed by the next worker that starts a trial, its MLflow run is ended KILLED, and its parameters
+  are re-queued (`RetryHeartbeatStaleTrialCallback`, at most twice).
+- Optuna's JournalStorage has no heartbeat (5.0): on one machine a trial whose worker process is gone
+  is failed, killed and re-queued the same way after each trial and at sweep start and end.
+- Ctrl-C / SIGTERM: the running trial is failed in Optuna, its run ended KILLED, the parent run
+  KILLED, and the command exits 130 with a message; rerunning resumes the study.
+- Registration takes a lock (a PostgreSQL advisory lock in the Optuna database, else a file lock), so
+  several machines finishing together register the best trial once and move @champion once.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import dataclasses
+import hashlib
+import logging
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
+import warnings
+from datetime import datetime, timezone
 from pathlib import Path
 
 import optuna
+from optuna.storages._heartbeat import is_heartbeat_enabled
 
 from camp import tracking
 from camp.config import StudyFile, load_study_file
@@ -28,11 +51,44 @@ from camp.train import run_config_from, train
 
 DEFAULT_JOURNAL = Path("mlruns/optuna.journal")
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+STATE = optuna.trial.TrialState
+STORAGE_ENV = "CAMP_STORAGE"  # --storage default; how worker processes get the URL (never on a command line)
+HEARTBEAT_INTERVAL = 30  # seconds between heartbeats of a running trial ($CAMP_HEARTBEAT_INTERVAL)
+HEARTBEAT_GRACE = 120  # a trial silent this long is failed and re-queued ($CAMP_HEARTBEAT_GRACE)
+MAX_RETRY = 2  # times a dead worker's trial is re-queued
+STOP_SECONDS = 60  # how long an interrupted sweep waits for its worker processes before killing them
+ADVISORY_LOCK_KEY = int(hashlib.sha1(b"camp-champion").hexdigest()[:15], 16)
+
+
+def _env_seconds(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"${name} must be a whole number of seconds, got {raw!r}") from None
+    if value < 1:
+        raise ValueError(f"${name} must be >= 1, got {value}")
+    return value
+
+
+def heartbeat_settings() -> tuple[int, int]:
+    """(interval, grace) in seconds from $CAMP_HEARTBEAT_INTERVAL / $CAMP_HEARTBEAT_GRACE."""
+    interval = _env_seconds("CAMP_HEARTBEAT_INTERVAL", HEARTBEAT_INTERVAL)
+    grace = _env_seconds("CAMP_HEARTBEAT_GRACE", max(HEARTBEAT_GRACE, 2 * interval))
+    if grace <= interval:
+        raise ValueError(f"$CAMP_HEARTBEAT_GRACE ({grace}) must be longer than $CAMP_HEARTBEAT_INTERVAL ({interval})")
+    return interval, grace
+
+
+def is_journal(url: str | None) -> bool:
+    return not url or url.startswith("journal:") or url.endswith((".journal", ".log"))
 
 
 def make_storage(url: str | None):
-    """Optuna storage from a URL: default/`journal:PATH`/*.journal -> journal file; else RDB."""
-    if not url or url.startswith("journal:") or url.endswith((".journal", ".log")):
+    """Optuna storage from a URL: default/`journal:PATH`/*.journal -> journal file; else RDB with heartbeat."""
+    if is_journal(url):
         path = Path(url[len("journal:"):] if url and url.startswith("journal:") else (url or DEFAULT_JOURNAL))
         path.parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
@@ -41,9 +97,161 @@ def make_storage(url: str | None):
                              os.path.abspath(mlflow_uri.split("///", 1)[-1])):
         raise ValueError(f"--storage {tracking.mask_url(url)} is MLflow's own database; Optuna needs a "
                          "separate one (both keep an alembic_version table)")
-    return optuna.storages.RDBStorage(
-        url, heartbeat_interval=30, grace_period=120,
-        failed_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2))
+    import sqlalchemy.exc
+
+    interval, grace = heartbeat_settings()
+    engine_kwargs = {} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    error: Exception | None = None
+    for attempt in range(3):  # machines starting together race to create the tables: the losers retry
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=interval,
+                                                  grace_period=grace, heartbeat_stale_trial_callback=StaleTrialCallback())
+        except ImportError as import_error:
+            raise ValueError(f"--storage {tracking.mask_url(url)}: {tracking.mask_secrets(import_error)} "
+                             "(PostgreSQL needs the psycopg package: pip install 'psycopg[binary]')") from None
+        except sqlalchemy.exc.SQLAlchemyError as db_error:
+            error = db_error
+            time.sleep(1 + 2 * attempt)
+    first_line = tracking.mask_secrets(str(error).strip().splitlines()[0] if str(error).strip() else repr(error))
+    raise ValueError(f"cannot open the Optuna storage {tracking.mask_url(url)}: {first_line}")
+
+
+def worker_id() -> str:
+    """`host:pid` of this process, stored on each trial it runs (user attr `worker`)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a dead child nobody has waited for yet is a zombie: gone for our purposes
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state not in ("Z", "X")
+    except (OSError, IndexError):
+        return True
+
+
+def kill_trial_run(trial: optuna.trial.FrozenTrial, reason: str) -> bool:
+    """End a failed trial's MLflow run as KILLED (tagged `optuna.state=FAIL`, `camp.killed=reason`) if it is
+    still RUNNING. Returns whether it changed anything; never raises (prints a warning instead)."""
+    run_id = trial.user_attrs.get("mlflow_run_id")
+    if not run_id:
+        return False
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    try:
+        if client.get_run(run_id).info.status not in ("RUNNING", "SCHEDULED"):
+            return False
+        client.set_tag(run_id, "optuna.state", "FAIL")
+        client.set_tag(run_id, "camp.killed", reason[:500])
+        client.set_terminated(run_id, "KILLED")
+        return True
+    except Exception as error:  # the tracking server may be gone too: the end-of-sweep tidy retries
+        print(f"warning: could not mark MLflow run {run_id} (trial {trial.number}) killed: "
+              f"{tracking.mask_secrets(error)}", file=sys.stderr)
+        return False
+
+
+def _kill_orphaned_parent(trial: optuna.trial.FrozenTrial) -> None:
+    """A dead worker that was a sweep's main process leaves its parent `sweep-*` run RUNNING: end it KILLED."""
+    run_id, owner = trial.user_attrs.get("mlflow_run_id"), trial.user_attrs.get("worker")
+    if not run_id or not owner:
+        return
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    try:
+        parent_id = client.get_run(run_id).data.tags.get("mlflow.parentRunId")
+        parent = client.get_run(parent_id) if parent_id else None
+        if parent and parent.info.status == "RUNNING" and parent.data.tags.get("camp.worker") == owner:
+            client.set_tag(parent_id, "camp.status", f"main process {owner} lost")
+            client.set_terminated(parent_id, "KILLED")
+    except Exception as error:
+        print(f"warning: could not check the parent run of trial {trial.number}: {tracking.mask_secrets(error)}",
+              file=sys.stderr)
+
+
+class StaleTrialCallback:
+    """Optuna's heartbeat (or a dead local process) failed a trial: end its MLflow run KILLED, then re-queue
+    its parameters with Optuna's `RetryHeartbeatStaleTrialCallback` (the 5.0 name of
+    `RetryFailedTrialCallback`), at most `max_retry` times. The re-queued trial gets a new number."""
+
+    def __init__(self, max_retry: int = MAX_RETRY):
+        self.max_retry = max_retry
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self._retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, reason: str | None = None) -> None:
+        reason = reason or (f"no heartbeat from worker {trial.user_attrs.get('worker', '?')} "
+                            f"for {heartbeat_settings()[1]} s (killed or lost)")
+        kill_trial_run(trial, reason)
+        _kill_orphaned_parent(trial)
+        queued = copy.deepcopy(trial)  # the retry gets its own worker and MLflow run
+        queued.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in ("mlflow_run_id", "worker")}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            retries = len(optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(trial)) + 1
+            self._retry(study, queued)
+        requeued = retries <= self.max_retry
+        print(f"[trial {trial.number:>3}] FAIL     {reason}; MLflow run killed; "
+              + ("parameters re-queued" if requeued else f"not re-queued (already retried {retries - 1}x)"),
+              flush=True)
+
+
+def _fail_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+    """Mark a RUNNING trial FAIL; False when another process finished or failed it first."""
+    try:
+        return bool(study._storage.set_trial_state_values(trial._trial_id, state=STATE.FAIL))
+    except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError):
+        return False
+
+
+def reap_dead_local_workers(study: optuna.Study, gone: set[int] | None = None, requeue: bool = True) -> int:
+    """Fail the RUNNING trials of worker processes on this machine that no longer exist (or whose pid is in
+    `gone`): kill their MLflow runs and (with `requeue`) re-queue their parameters. Works for every
+    storage, the journal included; other machines' trials are left to the heartbeat. Without `gone`, only
+    storages without a heartbeat (the journal) are checked: RDB storages rely on Optuna's. Returns the count."""
+    if gone is None and is_heartbeat_enabled(study._storage):
+        return 0
+    host, reaped = socket.gethostname(), 0
+    callback = StaleTrialCallback()
+    for trial in study.get_trials(deepcopy=False, states=(STATE.RUNNING,)):
+        owner = str(trial.user_attrs.get("worker", ""))
+        owner_host, _, pid_text = owner.rpartition(":")
+        if owner_host != host or not pid_text.isdigit():
+            continue
+        pid = int(pid_text)
+        if pid == os.getpid() or (pid not in (gone or set()) and _alive(pid)):
+            continue
+        if not _fail_trial(study, trial):
+            continue
+        reaped += 1
+        failed = study._storage.get_trial(trial._trial_id)
+        reason = f"worker process {owner} is gone"
+        if requeue:
+            callback(study, failed, reason=reason)
+        else:
+            kill_trial_run(failed, reason + " (sweep interrupted)")
+    return reaped
+
+
+def tidy_study(study: optuna.Study) -> None:
+    """Bring both stores in line after dead or interrupted workers: heartbeat-stale trials (RDB), trials of
+    gone local processes, and FAIL trials whose MLflow run is still RUNNING (ended KILLED)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)  # no-op without heartbeat (journal)
+    reap_dead_local_workers(study)
+    for trial in study.get_trials(deepcopy=False, states=(STATE.FAIL,)):
+        kill_trial_run(trial, "trial failed while its MLflow run was left running")
 
 
 def make_sampler(study_file: StudyFile, offset: int):
@@ -87,8 +295,10 @@ def make_plan(args) -> Plan:
         raise ValueError(f"--n-trials must be >= 1, got {n_trials}")
     if args.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
+    heartbeat_settings()  # bad $CAMP_HEARTBEAT_* values are errors before any trial
+    storage_url = args.storage or os.environ.get(STORAGE_ENV) or None
     return Plan(study_file, preprocess_knobs, model_knobs, n_trials, args.timeout or study_file.study.timeout,
-                args.storage, args.data)
+                storage_url, args.data)
 
 
 def config_for(trial: optuna.Trial, plan: Plan):
@@ -105,6 +315,7 @@ def make_objective(plan: Plan, parent_run_id: str):
     metric = plan.study_file.study.metric
 
     def objective(trial: optuna.Trial) -> float:
+        trial.set_user_attr("worker", worker_id())
         config = config_for(trial, plan)
 
         def report(epoch: int, values: dict) -> None:
@@ -112,7 +323,11 @@ def make_objective(plan: Plan, parent_run_id: str):
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {epoch + 1} ({metric} {values[metric]:.4f})")
 
-        tags = {"optuna.study": plan.study_file.study.name, "optuna.trial": str(trial.number)}
+        tags = {"optuna.study": plan.study_file.study.name, "optuna.trial": str(trial.number),
+                "camp.worker": worker_id()}
+        retried = trial.storage.get_trial_system_attrs(trial._trial_id).get("failed_trial")
+        if retried is not None:
+            tags["optuna.retry_of"] = str(retried)
         pruned = None
         with mlflow.start_run(run_name=f"trial-{trial.number}", nested=True, parent_run_id=parent_run_id, tags=tags) as run:
             trial.set_user_attr("mlflow_run_id", run.info.run_id)
@@ -121,8 +336,8 @@ def make_objective(plan: Plan, parent_run_id: str):
             except optuna.TrialPruned as error:
                 pruned = error
                 mlflow.set_tag("optuna.state", "PRUNED")
-            except KeyboardInterrupt:
-                mlflow.set_tag("optuna.state", "FAIL")
+            except KeyboardInterrupt:  # Ctrl-C / SIGTERM: FAIL in Optuna (it re-raises), KILLED here
+                mlflow.set_tags({"optuna.state": "FAIL", "camp.killed": "interrupted (SIGINT/SIGTERM)"})
                 mlflow.end_run("KILLED")
                 raise
             except BaseException:
@@ -173,10 +388,60 @@ def _best(study: optuna.Study):
         return None
 
 
-def run_worker(plan: Plan, parent_run_id: str, worker_index: int, workers: int) -> None:
-    """One worker process: optimise until the study has `n_trials` finished trials or time runs out."""
+@contextlib.contextmanager
+def interrupts_raise_once():
+    """SIGINT (Ctrl-C) and SIGTERM raise KeyboardInterrupt once; later ones are ignored while the sweep
+    cleans up (a terminal's Ctrl-C reaches the workers directly and through their parent)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {number: signal.getsignal(number) for number in signals}
+
+    def handler(number, frame):
+        for each in signals:
+            signal.signal(each, signal.SIG_IGN)
+        raise KeyboardInterrupt(signal.Signals(number).name)
+
+    for number in signals:
+        signal.signal(number, handler)
+    try:
+        yield
+    finally:
+        for number, action in previous.items():
+            signal.signal(number, action)
+
+
+class _NoInterruptTraceback(logging.Filter):
+    """Optuna logs a failed trial with its traceback: for Ctrl-C/SIGTERM the one-line message is enough."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[0] is KeyboardInterrupt:
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _quiet_interrupts() -> None:
+    logger = logging.getLogger("optuna.study._optimize")
+    if not any(isinstance(f, _NoInterruptTraceback) for f in logger.filters):
+        logger.addFilter(_NoInterruptTraceback())
+
+
+def _stop_own_trials(study: optuna.Study, parent_run_id: str) -> None:
+    """After an interrupt: no trial of this process stays RUNNING in Optuna or MLflow."""
     import mlflow
 
+    while mlflow.active_run() is not None and mlflow.active_run().info.run_id != parent_run_id:
+        mlflow.set_tag("camp.killed", "interrupted (SIGINT/SIGTERM)")
+        mlflow.end_run("KILLED")
+    me = worker_id()
+    for trial in study.get_trials(deepcopy=False, states=(STATE.RUNNING,)):
+        if trial.user_attrs.get("worker") == me and _fail_trial(study, trial):
+            kill_trial_run(study._storage.get_trial(trial._trial_id), "interrupted (SIGINT/SIGTERM)")
+
+
+def run_worker(plan: Plan, parent_run_id: str, worker_index: int, workers: int) -> None:
+    """One worker process: optimise until the study has `n_trials` finished trials or time runs out."""
     tracking.setup()
     storage = make_storage(plan.storage_url)
     study_config = plan.study_file.study
@@ -196,20 +461,38 @@ def run_worker(plan: Plan, parent_run_id: str, worker_index: int, workers: int) 
                 print(f"stopping: {failures['count']} failed trials (study.max_failures)", file=sys.stderr)
                 study.stop()
 
+    def reap(study, trial):  # a sibling worker on this machine died: its trial is failed and re-queued now
+        reap_dead_local_workers(study)
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study.optimize(make_objective(plan, parent_run_id), n_trials=remaining, timeout=plan.timeout,
-                   catch=(Exception,), gc_after_trial=True,
-                   callbacks=[optuna.study.MaxTrialsCallback(plan.n_trials, states=FINISHED), stop_on_failures,
-                              Progress(plan, workers)])
-    del mlflow
+    _quiet_interrupts()
+    try:
+        study.optimize(make_objective(plan, parent_run_id), n_trials=remaining, timeout=plan.timeout,
+                       catch=(Exception,), gc_after_trial=True,
+                       callbacks=[optuna.study.MaxTrialsCallback(plan.n_trials, states=FINISHED), stop_on_failures,
+                                  reap, Progress(plan, workers)])
+    except KeyboardInterrupt:
+        _stop_own_trials(study, parent_run_id)
+        raise
 
 
 def run_sweep(args) -> int:
     """The `camp sweep` command: plan, create/resume the study, run workers, then report and register."""
-    if args.worker_of:
-        plan = make_plan(args)
-        run_worker(plan, args.worker_of, int(os.environ.get("CAMP_WORKER_INDEX", "1")), args.workers)
-        return 0
+    with interrupts_raise_once():
+        if args.worker_of:
+            plan = make_plan(args)
+            index = int(os.environ.get("CAMP_WORKER_INDEX", "1"))
+            try:
+                run_worker(plan, args.worker_of, index, args.workers)
+            except KeyboardInterrupt:
+                print(f"camp: worker {index} ({worker_id()}) stopped; its running trial is marked failed",
+                      file=sys.stderr)
+                return 130
+            return 0
+        return _run_main(args)
+
+
+def _run_main(args) -> int:
     import mlflow
 
     plan = make_plan(args)  # every knob and range checked here, before any trial
@@ -218,6 +501,7 @@ def run_sweep(args) -> int:
     storage = make_storage(plan.storage_url)
     study = optuna.create_study(study_name=study_config.name, storage=storage, direction=study_config.direction,
                                 load_if_exists=True)
+    tidy_study(study)  # trials left running by workers that died in an earlier invocation
     before = len(study.trials)
     print(f"study {study_config.name!r}: {before} trial(s) so far, target {plan.n_trials} finished; "
           f"storage {tracking.mask_url(plan.storage_url) or DEFAULT_JOURNAL}; MLflow {tracking.mask_url(tracking.tracking_uri())}",
@@ -227,6 +511,7 @@ def run_sweep(args) -> int:
     started = time.time()
     with mlflow.start_run(run_name=f"sweep-{study_config.name}", tags={
             "optuna.study": study_config.name, "camp.role": "sweep", "camp.git_commit": tracking.git_commit(),
+            "camp.worker": worker_id(),
             "optuna.storage": tracking.mask_url(plan.storage_url) or str(DEFAULT_JOURNAL)}) as parent:
         mlflow.log_artifact(plan.study_file.path)
         mlflow.log_params({"n_trials": plan.n_trials, "timeout": plan.timeout, "workers": args.workers,
@@ -236,24 +521,25 @@ def run_sweep(args) -> int:
         children = _start_workers(args, parent.info.run_id, plan)
         try:
             run_worker(plan, parent.info.run_id, 0, args.workers)
-            for child in children:
-                child.wait()
+            died = _wait_workers(children)
         except KeyboardInterrupt:
-            for child in children:
-                child.send_signal(signal.SIGINT)
-            for child in children:
-                child.wait()
+            killed = _stop_workers(children)
+            study = optuna.load_study(study_name=study_config.name, storage=storage)
+            reap_dead_local_workers(study, gone=killed, requeue=False)
+            tidy_study(study)
             mlflow.set_tag("camp.status", "interrupted")
             mlflow.end_run("KILLED")
-            print(f"camp: sweep interrupted; the running trial is marked failed. Rerun the same command to resume "
-                  f"study {study_config.name!r}.", file=sys.stderr)
+            print(f"camp: sweep interrupted; the running trial is marked failed in Optuna and killed in MLflow. "
+                  f"Rerun the same command to resume study {study_config.name!r}.", file=sys.stderr, flush=True)
             return 130
         study = optuna.load_study(study_name=study_config.name, storage=storage)
-        from camp.sweep_report import register_best, summarise
+        reap_dead_local_workers(study, gone=died)  # known dead: no need to wait for the heartbeat's grace
+        tidy_study(study)
+        from camp.sweep_report import summarise
 
         summary = summarise(study, plan, before, time.time() - started)
     if summary.get("best_run_id") and not args.no_register:
-        register_best(study, plan, summary)
+        register_champion(study, plan, summary, storage)
     summary_lines(summary)
     return 0 if summary.get("best_run_id") else 1
 
@@ -264,17 +550,112 @@ def summary_lines(summary: dict) -> None:
     print_next_steps(summary)
 
 
+@contextlib.contextmanager
+def champion_lock(storage):
+    """One registration at a time: a PostgreSQL advisory lock in the Optuna database when the study lives
+    there (every machine sees it), else an exclusive file lock on this machine."""
+    engine = getattr(storage, "engine", None)
+    if engine is not None and engine.dialect.name == "postgresql":
+        import sqlalchemy
+
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": ADVISORY_LOCK_KEY})
+            connection.commit()
+            try:
+                yield
+            finally:
+                connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": ADVISORY_LOCK_KEY})
+                connection.commit()
+        return
+    import fcntl
+
+    uri = tracking.tracking_uri()
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = "sqlite:///" + os.path.abspath(uri[len("sqlite:///"):])
+    path = Path(tempfile.gettempdir()) / f"camp-champion-{hashlib.sha1(uri.encode()).hexdigest()[:12]}.lock"
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def register_champion(study: optuna.Study, plan: Plan, summary: dict, storage) -> None:
+    """Register the best trial once and move @champion at most once for it, even when several sweeps of
+    the study (machines) finish together: under `champion_lock`, a run that already has a registered
+    version is not registered again. A promotion is recorded as tag `camp.promoted_at` on the version."""
+    from mlflow import MlflowClient
+
+    from camp.registry import CHAMPION, MODEL_NAME
+    from camp.sweep_report import register_best
+
+    run_id = summary["best_run_id"]
+    with champion_lock(storage):
+        client = MlflowClient()
+        existing = client.search_model_versions(f"name='{MODEL_NAME}' and run_id='{run_id}'")
+        if existing:
+            version = min(existing, key=lambda v: int(v.version))
+            try:
+                champion = client.get_model_version_by_alias(MODEL_NAME, CHAMPION).version
+            except Exception:
+                champion = None
+            summary.update({"registered_version": version.version, "champion_moved": False})
+            print(f"trial #{summary['best_trial']} is already registered as {MODEL_NAME} v{version.version}"
+                  + (f" (@{CHAMPION})" if str(champion) == str(version.version) else f"; @{CHAMPION} is v{champion}")
+                  + ": nothing to register")
+            return
+        register_best(study, plan, summary)
+        if summary.get("champion_moved"):
+            client.set_model_version_tag(MODEL_NAME, summary["registered_version"], "camp.promoted_at",
+                                         datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+
 def _start_workers(args, parent_run_id: str, plan: Plan) -> list[subprocess.Popen]:
+    """Worker processes on this machine. The storage URL travels in $CAMP_STORAGE, not on the command line
+    (where `ps` would show its password)."""
     children = []
     for index in range(1, args.workers):
         command = [sys.executable, "-m", "camp.cli", "sweep", args.config, "--worker-of", parent_run_id,
                    "--n-trials", str(plan.n_trials), "--workers", str(args.workers)]
         if plan.timeout:
             command += ["--timeout", str(plan.timeout)]
-        if plan.storage_url:
-            command += ["--storage", plan.storage_url]
         if plan.data_path:
             command += ["--data", plan.data_path]
         environment = {**os.environ, "CAMP_WORKER_INDEX": str(index)}
+        environment.pop(STORAGE_ENV, None)
+        if plan.storage_url:
+            environment[STORAGE_ENV] = plan.storage_url
         children.append(subprocess.Popen(command, env=environment))
     return children
+
+
+def _wait_workers(children: list[subprocess.Popen]) -> set[int]:
+    """Wait for the worker processes; warn about (and return the pids of) those that died."""
+    died = set()
+    for child in children:
+        code = child.wait()
+        if code != 0:
+            died.add(child.pid)
+            how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with {code}"
+            print(f"camp: warning: worker process {child.pid} {how}; a trial it left running is failed, its "
+                  "MLflow run killed and its parameters re-queued", file=sys.stderr, flush=True)
+    return died
+
+
+def _stop_workers(children: list[subprocess.Popen]) -> set[int]:
+    """Interrupt the worker processes and wait (bounded) for them to fail their trials; returns the pids
+    that had to be killed."""
+    for child in children:
+        if child.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                child.send_signal(signal.SIGINT)
+    deadline, killed = time.time() + STOP_SECONDS, set()
+    for child in children:
+        try:
+            child.wait(timeout=max(0.1, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+            killed.add(child.pid)
+    return killed

@@ -46,8 +46,16 @@ def git_commit() -> str:
     return f"{commit}-dirty" if dirty else commit
 
 
+_CREDENTIALS = re.compile(r"(?<=://)([^:/@\s]*):([^@\s]+)@")
+
+
 def mask_url(url: str | None) -> str | None:
     """A storage URL with its password replaced by ***, for anything printed or logged."""
     if url is None:
         return None
-    return re.sub(r"(?<=://)([^:/@]+):([^@]+)@", r"\1:***@", url)
+    return _CREDENTIALS.sub(r"\1:***@", url)
+
+
+def mask_secrets(text: str) -> str:
+    """Any `scheme://user:password@` inside a longer text (an error message) with the password masked."""
+    return _CREDENTIALS.sub(r"\1:***@", str(text))
