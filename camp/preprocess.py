@@ -1,6 +1,10 @@
 """The camp crop recipe with every knob: margins -> scale -> gray -> adaptive threshold -> median
 blur -> close -> gradient -> contours -> box -> crop -> resize; and the config-keyed array cache.
 
+`crop_method` picks how the box is found: `recipe` (the camp's edges), `none` (whole frame), or a
+method that models the background and also gives a garment mask (`border`, `grabcut`, `saliency`;
+see `camp.crop`). With `mask_background` the non-garment pixels are blanked before the crop.
+
 `PreprocessConfig()` is the recipe exactly as the camp wrote it (binary 32x32). `preprocess_image`
 is the single function used for training arrays and by the served model, so both see the same input.
 """
@@ -17,12 +21,14 @@ from typing import Callable
 import cv2
 import numpy as np
 
+from camp import crop as crop_methods
 from camp import images as image_io
 from camp.data import Item
 
 MODES = ("binary", "gray", "color")
 BOX_RULES = ("union", "largest")
-CROP_METHODS = ("recipe", "none")
+CROP_METHODS = ("recipe", "none", "border", "grabcut", "saliency")
+MASK_FILLS = ("mean", "zero")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +50,19 @@ class PreprocessConfig:
     morph_gradient: bool = True
     box_rule: str = "union"
     min_area: float = 0.0
+    # background-model crop methods (camp.crop); ignored by recipe/none
+    crop_work_size: int = 96  # longer side (px) the mask is computed at
+    crop_morph: float = 0.03  # open/close kernel, fraction of crop_work_size (0: off)
+    component_keep: float = 0.3  # keep components >= this x the largest one's area
+    border_width: float = 0.05  # border strip that shows the background, fraction of the shorter side
+    border_clusters: int = 3  # k-means colours of the border strip
+    border_threshold: float = 20.0  # Lab distance from every border colour that makes a pixel garment
+    grabcut_margin: float = 0.05  # initial rectangle inset from each side, fraction of the side
+    grabcut_iters: int = 3
+    saliency_threshold: float = 2.0  # garment = saliency above this x the mean saliency
+    crop_pad: float = 0.0  # grow the box by this fraction of its size on each side (every method)
+    mask_background: bool = False  # blank pixels outside the garment mask (recipe/none: no mask)
+    mask_fill: str = "mean"  # what blanked pixels become: mean background value, or 0
     mode: str = "binary"
     size: int = 32
 
@@ -74,6 +93,19 @@ class PreprocessConfig:
             raise ValueError(f"box_rule must be one of {BOX_RULES}, got {self.box_rule!r}")
         if not 0.0 <= self.min_area < 1.0:
             raise ValueError(f"min_area must be a fraction of the frame in [0, 1), got {self.min_area}")
+        ranges = {"crop_work_size": (32, 512), "crop_morph": (0.0, 0.2), "component_keep": (0.0, 1.0),
+                  "border_width": (0.01, 0.25), "border_clusters": (1, 8), "border_threshold": (1.0, 100.0),
+                  "grabcut_margin": (0.01, 0.3), "grabcut_iters": (1, 10), "saliency_threshold": (0.5, 5.0),
+                  "crop_pad": (0.0, 0.5)}
+        for name, (low, high) in ranges.items():
+            value, number = getattr(self, name), int if isinstance(high, int) else (int, float)
+            if isinstance(value, bool) or not isinstance(value, number) or not low <= value <= high:
+                kind = "an integer" if number is int else "a number"
+                raise ValueError(f"{name} must be {kind} in [{low}, {high}], got {value!r}")
+        if not isinstance(self.mask_background, bool):
+            raise ValueError(f"mask_background must be true or false, got {self.mask_background!r}")
+        if self.mask_fill not in MASK_FILLS:
+            raise ValueError(f"mask_fill must be one of {MASK_FILLS}, got {self.mask_fill!r}")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if not 8 <= self.size <= 256:
@@ -100,6 +132,7 @@ class Steps:
     binary: np.ndarray
     box: tuple[int, int, int, int]  # x, y, width, height in `working`
     output: np.ndarray
+    mask: np.ndarray | None = None  # uint8 HxW of `working`, 255 = garment (recipe/none: all 255)
 
 
 def cut_margins(image: np.ndarray, config: PreprocessConfig) -> np.ndarray:
@@ -156,8 +189,40 @@ def whole_frame(gray: np.ndarray):
     return (0, 0, gray.shape[1], gray.shape[0])
 
 
-#: crop method name -> function(working BGR, gray, binary, config) -> box (x, y, w, h)
-BOX_FINDERS: dict[str, Callable] = {"recipe": recipe_box, "none": lambda working, gray, binary, config: whole_frame(gray)}
+def _with_full_mask(find_box: Callable) -> Callable:
+    def finder(working, gray, binary, config):
+        return find_box(working, gray, binary, config), np.full(gray.shape[:2], 255, np.uint8)
+    return finder
+
+
+def _background_model(method: str) -> Callable:
+    return lambda working, gray, binary, config: crop_methods.find(method, working, config)
+
+
+#: crop method name -> function(working BGR, gray, binary, config) -> (box (x, y, w, h), mask uint8 HxW)
+BOX_FINDERS: dict[str, Callable] = {
+    "recipe": _with_full_mask(recipe_box),
+    "none": _with_full_mask(lambda working, gray, binary, config: whole_frame(gray)),
+    **{method: _background_model(method) for method in crop_methods.MASKERS},
+}
+
+
+def pad_box(box, pad: float, width: int, height: int):
+    """Grow (x, y, w, h) by `pad` of its size on each side, clipped to the frame."""
+    x, y, w, h = box
+    dx, dy = int(round(w * pad)), int(round(h * pad))
+    x0, y0 = max(0, x - dx), max(0, y - dy)
+    return (x0, y0, min(width, x + w + dx) - x0, min(height, y + h + dy) - y0)
+
+
+def blank_background(source: np.ndarray, mask: np.ndarray, fill: str) -> np.ndarray:
+    """`source` with pixels where `mask` is 0 set to the mean of those pixels (`mean`) or 0."""
+    background = mask == 0
+    if not background.any():
+        return source
+    out = source.copy()
+    out[background] = np.round(source[background].mean(axis=0)).astype(np.uint8) if fill == "mean" else 0
+    return out
 
 
 def preprocess_steps(decoded: np.ndarray, config: PreprocessConfig, reduction: int | None = None) -> Steps:
@@ -171,13 +236,18 @@ def preprocess_steps(decoded: np.ndarray, config: PreprocessConfig, reduction: i
         image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR)
     gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
     binary = binarize(gray, config)
-    x, y, width, height = BOX_FINDERS[config.crop_method](image, gray, binary, config)
+    box, mask = BOX_FINDERS[config.crop_method](image, gray, binary, config)
+    if config.crop_pad:
+        box = pad_box(box, config.crop_pad, gray.shape[1], gray.shape[0])
+    x, y, width, height = box
     source = {"binary": binary, "gray": gray, "color": cv2.cvtColor(image, cv2.COLOR_BGR2RGB)}[config.mode]
+    if config.mask_background:
+        source = blank_background(source, mask, "zero" if config.mode == "binary" else config.mask_fill)
     crop = source[y:y + height, x:x + width]
     resized = cv2.resize(crop, (config.size, config.size), interpolation=cv2.INTER_AREA)
     if resized.ndim == 2:
         resized = resized[:, :, None]
-    return Steps(image, binary, (x, y, width, height), resized)
+    return Steps(image, binary, (x, y, width, height), resized, mask)
 
 
 def preprocess_image(decoded: np.ndarray, config: PreprocessConfig) -> np.ndarray:
