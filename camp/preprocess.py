@@ -15,6 +15,9 @@ import dataclasses
 import hashlib
 import json
 import os
+import sys
+import threading
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
@@ -292,11 +295,22 @@ def load_arrays(items: list[Item], data_fingerprint: str, config: PreprocessConf
     if cached is not None:
         return Arrays(cached, [item for item, _ in kept], skipped, True, key)
     x = preprocess_batch([image for _, image in kept], config, progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp.npz")
-    np.savez(temporary, x=x, checksum=np.array(image_io.checksum(x)))
-    os.replace(temporary, path)
+    _write_arrays(path, x)
     return Arrays(x, [item for item, _ in kept], skipped, False, key)
+
+
+def _write_arrays(path, x: np.ndarray) -> None:
+    """Write the cache entry via a temporary file unique to this process and thread (sweep workers may
+    write the same entry at once), renamed into place; a failed write only costs the cache."""
+    temporary = path.with_name(f"{path.stem}.{os.getpid()}-{threading.get_ident()}.tmp.npz")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(temporary, x=x, checksum=np.array(image_io.checksum(x)))
+        os.replace(temporary, path)
+    except OSError as error:
+        print(f"warning: could not write the array cache {path} ({error.strerror or error}); continuing without it",
+              file=sys.stderr)
+        temporary.unlink(missing_ok=True)
 
 
 def _read_arrays(path, count: int, config: PreprocessConfig):
@@ -305,8 +319,8 @@ def _read_arrays(path, count: int, config: PreprocessConfig):
     try:
         with np.load(path) as archive:
             x, stored = archive["x"], str(archive["checksum"])
-    except (ValueError, OSError, EOFError, KeyError):
-        return None
+    except (ValueError, OSError, EOFError, KeyError, TypeError, zipfile.BadZipFile):
+        return None  # damaged or not ours: rebuilt by the caller
     if x.shape != (count, *config.input_shape) or image_io.checksum(x) != stored:
         return None
     return x

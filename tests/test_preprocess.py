@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-import zipfile
 
 import cv2
 import numpy as np
@@ -203,16 +202,7 @@ def damage_middle(path):
     path.write_bytes(bytes(raw))
 
 
-@pytest.mark.parametrize("damage", [
-    pytest.param("middle", marks=pytest.mark.xfail(
-        raises=zipfile.BadZipFile, strict=True,
-        reason="camp/preprocess.py _read_arrays does not catch zipfile.BadZipFile (remove this mark with the fix)")),
-    pytest.param("truncated", marks=pytest.mark.xfail(
-        raises=zipfile.BadZipFile, strict=True,
-        reason="camp/preprocess.py _read_arrays does not catch zipfile.BadZipFile (remove this mark with the fix)")),
-    "wrong-checksum",
-    "wrong-shape",
-])
+@pytest.mark.parametrize("damage", ["middle", "truncated", "wrong-checksum", "wrong-shape"])
 def test_corrupt_arrays_cache_is_rebuilt(cache_items, monkeypatch, damage):
     items, fingerprint = cache_items
     config = PreprocessConfig(mode="gray", size=16)
