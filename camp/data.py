@@ -44,7 +44,8 @@ class LabelMap:
             return None
         raise ValueError(
             f"{where}: label {source!r} is not in label map {self.name!r} "
-            f"(known: {', '.join(sorted(self.mapping))}; dropped: {', '.join(sorted(self.drop)) or 'none'})"
+            f"(known: {', '.join(sorted(self.mapping))}; dropped: {', '.join(sorted(self.drop)) or 'none'}); "
+            f"fix the label, or give a label-map YAML (data.label_map / --label-map) that maps or drops it"
         )
 
 
@@ -56,18 +57,37 @@ def load_label_map(name_or_path: str) -> LabelMap:
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in LABEL_MAP_DIR.glob("*.yaml")))
         raise ValueError(f"data.label_map: no label map {name_or_path!r} (built in: {known}; or a path to a YAML file)")
-    document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ValueError(f"{path}: YAML syntax error at {at}{getattr(error, 'problem', None) or error}") from None
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start}); save it as UTF-8") from None
+    if not isinstance(document, dict):
+        raise ValueError(f"{path}: a label map is a mapping with keys labels, map, drop; got {type(document).__name__}")
     unknown = set(document) - {"labels", "map", "drop"}
     if unknown:
-        raise ValueError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}; allowed: labels, map, drop")
-    labels = tuple(document.get("labels") or ())
-    mapping = dict(document.get("map") or {})
+        raise ValueError(f"{path}: unknown key(s) {', '.join(sorted(map(str, unknown)))}; allowed: labels, map, drop")
+    raw_labels = document.get("labels") or []
+    if not isinstance(raw_labels, list) or not all(isinstance(label, str) for label in raw_labels):
+        raise ValueError(f"{path}: `labels` must be a list of names, e.g. [tops, shoes]; got {raw_labels!r}")
+    labels = tuple(raw_labels)
+    for key in ("map", "drop"):
+        if not isinstance(document.get(key) or {}, dict):
+            raise ValueError(f"{path}: `{key}` must be a mapping {{source class: "
+                             f"{'label' if key == 'map' else 'reason'}}}; got {document[key]!r}")
+    mapping = {str(source): target for source, target in (document.get("map") or {}).items()}
     if not labels:
         raise ValueError(f"{path}: `labels` must list at least one label")
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"{path}: `labels` lists a label twice: {list(labels)}")
     bad = sorted({target for target in mapping.values() if target not in labels})
     if bad:
         raise ValueError(f"{path}: map targets {bad} are not among labels {list(labels)}")
-    return LabelMap(name=path.stem, labels=labels, mapping=mapping, drop=dict(document.get("drop") or {}))
+    drop = {str(source): reason for source, reason in (document.get("drop") or {}).items()}
+    return LabelMap(name=path.stem, labels=labels, mapping=mapping, drop=drop)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,28 +139,46 @@ def resolve_data_path(cli_path: str | None = None, config_path: str | None = Non
     raise FileNotFoundError(GET_DATA_HINT)  # unreachable: DEFAULT_DATA is always a candidate
 
 
-def _source_files(root: Path, label_map: LabelMap) -> list[tuple[Path, str, str]]:
-    """(file, source class, split) for an image-folder tree."""
+def _source_files(root: Path, label_map: LabelMap) -> list[tuple[Path, str, str, str]]:
+    """(file, source class, split, where to point at in an error) for an image-folder tree or manifest."""
     if root.is_file() and root.suffix.lower() == ".csv":
         return _manifest_files(root)
     manifest = root / "manifest.csv"
     if manifest.is_file():
         return _manifest_files(manifest)
-    split_dirs = [child for child in sorted(root.iterdir()) if child.is_dir() and child.name.lower() in SPLIT_ALIASES]
+    split_dirs = [child for child in _listing(root) if child.is_dir() and child.name.lower() in SPLIT_ALIASES]
     layout = [(SPLIT_ALIASES[d.name.lower()], d) for d in split_dirs] or [("train", root)]
     files = []
     for split, split_dir in layout:
-        for class_dir in sorted(child for child in split_dir.iterdir() if child.is_dir()):
-            for file in sorted(class_dir.iterdir()):
+        for class_dir in (child for child in _listing(split_dir) if child.is_dir()):
+            for file in _listing(class_dir):  # an empty class folder adds nothing (its label counts 0)
                 if file.is_file() and file.suffix.lower() in IMAGE_SUFFIXES:
-                    files.append((file, class_dir.name, split))
+                    files.append((file, class_dir.name, split, str(file)))
     if not files:
         raise ValueError(f"{root}: no images found; expected <split>/<class>/*.jpg, <class>/*.jpg or manifest.csv")
     return files
 
 
-def _manifest_files(manifest: Path) -> list[tuple[Path, str, str]]:
-    with manifest.open(newline="", encoding="utf-8") as handle:
+def _listing(folder: Path) -> list[Path]:
+    try:
+        return sorted(folder.iterdir())
+    except OSError as error:
+        raise ValueError(f"{folder}: cannot list the folder ({error.strerror or error}); check that this user "
+                         "may read it") from None
+
+
+def _manifest_files(manifest: Path) -> list[tuple[Path, str, str, str]]:
+    try:
+        return _read_manifest(manifest)
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{manifest}: not UTF-8 text ({error.reason} at byte {error.start}); save the CSV as "
+                         "UTF-8") from None
+    except csv.Error as error:
+        raise ValueError(f"{manifest}: not a readable CSV ({error})") from None
+
+
+def _read_manifest(manifest: Path) -> list[tuple[Path, str, str, str]]:
+    with manifest.open(newline="", encoding="utf-8-sig") as handle:  # -sig: a spreadsheet's byte-order mark
         reader = csv.DictReader(handle)
         columns = set(reader.fieldnames or ())
         if not {"path", "label"} <= columns:
@@ -152,7 +190,8 @@ def _manifest_files(manifest: Path) -> list[tuple[Path, str, str]]:
                 raise ValueError(f"{manifest}: line {line}: split {row['split']!r} is not one of {', '.join(SPLITS)}")
             if not (row.get("path") or "").strip() or not (row.get("label") or "").strip():
                 raise ValueError(f"{manifest}: line {line}: needs a path and a label, got {row!r}")
-            files.append((manifest.parent / row["path"], row["label"].strip(), split))
+            where = f"{manifest}: line {line} ({row['path'].strip()})"
+            files.append((manifest.parent / row["path"].strip(), row["label"].strip(), split, where))
     return files
 
 
@@ -163,8 +202,8 @@ def load_dataset(root: str | Path, label_map: str | LabelMap = "camp5", validati
     label_map = load_label_map(label_map) if isinstance(label_map, str) else label_map
     base = root.parent if root.is_file() else root
     items, dropped = [], Counter()
-    for file, source, split in _source_files(root, label_map):
-        label = label_map.label_of(source, str(file))
+    for file, source, split, where in _source_files(root, label_map):
+        label = label_map.label_of(source, where)
         if label is None:
             dropped[source] += 1
             continue
@@ -237,7 +276,8 @@ def fingerprint(items: list[Item]) -> str:
     """A hash of the item list: relative paths, labels, splits and file contents."""
     digest = hashlib.blake2b(digest_size=12)
     for item in items:
-        digest.update(f"{item.relpath}|{item.label}|{item.split}|{file_digest(item.path)}\n".encode())
+        line = f"{item.relpath}|{item.label}|{item.split}|{file_digest(item.path)}\n"
+        digest.update(line.encode("utf-8", "surrogateescape"))  # file names need not be UTF-8
     return digest.hexdigest()
 
 

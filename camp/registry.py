@@ -6,6 +6,8 @@ bytes base64-encoded (the form `mlflow models serve` receives as JSON); raw byte
 Python. For HxWxC uint8 arrays call `model.unwrap_python_model().predict_images(list_of_arrays)`.
 Output: one row per input: `label`, `p_<label>` per class, and `error` (empty when the item was
 read; otherwise the label is empty, the probabilities NaN, and `error` says what was wrong).
+A bad item never fails the batch and never gets a label: unreadable, corrupt or oversized images
+and arrays of the wrong dtype or shape each get an `error` naming the item and what was expected.
 """
 
 from __future__ import annotations
@@ -30,8 +32,10 @@ def _to_values(model_input) -> list:
     if isinstance(model_input, pd.DataFrame):
         column = "image" if "image" in model_input.columns else model_input.columns[0]
         return list(model_input[column])
-    if isinstance(model_input, np.ndarray) and model_input.dtype == np.uint8 and model_input.ndim in (3, 4):
-        return list(model_input) if model_input.ndim == 4 else [model_input]
+    if isinstance(model_input, np.ndarray) and model_input.dtype.kind in "biufc" and model_input.ndim >= 2:
+        # (N, H, W, C) is a batch, (H, W, C) or (H, W) one image, whatever the dtype: each is then
+        # checked on its own, so a float or oddly shaped array gets one error row naming the expected shape
+        return list(model_input) if model_input.ndim >= 4 else [model_input]
     if isinstance(model_input, (list, tuple, pd.Series, np.ndarray)):
         return list(model_input)
     return [model_input]

@@ -127,7 +127,16 @@ def _check_values(section: str, knobs: list[Knob], config_class: type, where: st
         for value in values:
             _try(config_class, {**base, knob.name: value}, f"{where}: {section}.{knob.name}={value!r}")
     for pick in (0, -1):  # all knobs at their low ends, then all at their high ends
-        _try(config_class, {knob.name: knob.candidates()[pick] for knob in knobs}, f"{where}: {section} (all knobs at their {'low' if pick == 0 else 'high'} ends)")
+        _try(config_class, {knob.name: _extreme(knob, pick) for knob in knobs}, f"{where}: {section} (all knobs at their {'low' if pick == 0 else 'high'} ends)")
+
+
+def _extreme(knob: Knob, pick: int):
+    """A numeric knob's smallest (pick 0) or largest (-1) value, its `else` included, wherever it is
+    listed (a choice need not be sorted); other knobs' first or last candidate."""
+    values = knob.candidates() + ([knob.otherwise] if knob.otherwise is not None else [])
+    if all(isinstance(value, (int, float)) and not isinstance(value, bool) for value in values):
+        return (min if pick == 0 else max)(values)
+    return knob.candidates()[pick]
 
 
 def _try(config_class: type, values: dict, where: str) -> None:
