@@ -6,11 +6,15 @@ STAMP  := $(VENV)/.installed
 SWEEP  ?= sweeps/default.yaml
 WORKERS ?= 2
 PORT   ?= 5000
+SERVE_PORT ?= 5001
+DASHBOARD_PORT ?= 8080
+MODEL  ?= models:/camp-classifier@champion
+STORAGE ?= mlruns/optuna.journal
 SHARED := ../shared/datasets/clothing-small
 export MLFLOW_TRACKING_URI ?= sqlite:///mlruns/mlflow.db
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data sweep train test test-fast ui predict clean-cache
+.PHONY: help setup data sweep train test test-fast ui serve dashboard predict clean-cache
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -44,6 +48,12 @@ test-fast: setup ## tests not marked slow
 
 ui: setup ## MLflow UI on http://127.0.0.1:$(PORT) over the local store
 	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port $(PORT)
+
+serve: setup ## serve the champion: POST images to http://127.0.0.1:$(SERVE_PORT)/invocations
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/mlflow models serve -m "$(MODEL)" --env-manager local --host 127.0.0.1 --port $(SERVE_PORT)
+
+dashboard: setup ## optuna-dashboard on the study storage, http://127.0.0.1:$(DASHBOARD_PORT)
+	$(BIN)/optuna-dashboard "$(STORAGE)" --host 127.0.0.1 --port $(DASHBOARD_PORT)
 
 predict: setup ## classify images with the champion: make predict IMAGES="a.jpg b.jpg"
 	$(BIN)/camp predict $(IMAGES)
