@@ -70,7 +70,7 @@ def decode_bytes(data: bytes, reduction: int = 2, where: str = "<bytes>") -> np.
     try:
         image = cv2.imdecode(buffer, REDUCED_FLAGS[reduction]) if is_jpeg else _decode_other(buffer, data)
     except cv2.error as error:  # e.g. OpenCV's own size limit, an unsupported variant of a format
-        message = str(error).strip().splitlines()[-1][:200]
+        message = (str(error).strip().splitlines() or [type(error).__name__])[-1][:200]
         raise UnreadableImage(f"{where}: not a readable image (the decoder failed: {message}); convert it to "
                               "JPEG or PNG, or leave it out") from None
     if image is None:
@@ -248,8 +248,8 @@ def from_array(array: np.ndarray, reduction: int = 2, where: str = "<array>") ->
         bgr = cv2.cvtColor(array, cv2.COLOR_GRAY2BGR)
     elif array.shape[2] == 3:
         bgr = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
-    else:
-        bgr = cv2.cvtColor(array, cv2.COLOR_RGBA2BGR)
+    else:  # transparent pixels onto white, as for PNG files
+        bgr = cv2.cvtColor(on_white(array), cv2.COLOR_RGB2BGR)
     if reduction > 1:
         bgr = cv2.resize(bgr, (max(1, bgr.shape[1] // reduction), max(1, bgr.shape[0] // reduction)),
                          interpolation=cv2.INTER_AREA)

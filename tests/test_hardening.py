@@ -130,6 +130,13 @@ def test_every_kind_of_transparency_goes_white(variant):
     assert decoded[20, 30].tolist() == [255, 255, 255]  # the square did not move (orientation)
 
 
+def test_rgba_arrays_sent_to_the_served_model_also_go_white():
+    rgba = np.zeros((4, 4, 4), np.uint8)
+    rgba[0, 0] = (200, 0, 0, 255)  # opaque red; the rest transparent (hidden black)
+    bgr = images.from_array(rgba, 1)
+    assert bgr[0, 0].tolist() == [0, 0, 200] and bgr[3, 3].tolist() == [255, 255, 255]
+
+
 def test_cmyk_jpeg_keeps_its_colours(case_files):
     decoded = images.decode_path(case_files["cmyk_jpeg"], 1)
     garment = decoded[50:70, 35:55].reshape(-1, 3).mean(axis=0)
