@@ -286,26 +286,31 @@ class Arrays:
 
 
 def load_arrays(items: list[Item], data_fingerprint: str, config: PreprocessConfig, progress: bool = True) -> Arrays:
-    """Preprocessed arrays for `items`, from the config-keyed cache when present and intact."""
-    decoded, skipped = image_io.load_decoded(items, data_fingerprint, config.decode_reduction, progress)
-    kept = [(item, image) for item, image in zip(items, decoded) if image is not None]
+    """Preprocessed arrays for `items`, from the config-keyed cache when present and intact.
+
+    A cache hit touches no image: the entry stores which items were unreadable, so the decoded
+    cache is only loaded (or built) on a miss.
+    """
     key = config.cache_key(data_fingerprint)
     path = image_io.cache_dir() / "arrays" / f"{key}.npz"
-    cached = _read_arrays(path, len(kept), config)
+    cached = _read_arrays(path, items, config)
     if cached is not None:
-        return Arrays(cached, [item for item, _ in kept], skipped, True, key)
+        x, skipped = cached
+        return Arrays(x, [item for item in items if item.relpath not in skipped], skipped, True, key)
+    decoded, skipped = image_io.load_decoded(items, data_fingerprint, config.decode_reduction, progress)
+    kept = [(item, image) for item, image in zip(items, decoded) if image is not None]
     x = preprocess_batch([image for _, image in kept], config, progress)
-    _write_arrays(path, x)
+    _write_arrays(path, x, skipped)
     return Arrays(x, [item for item, _ in kept], skipped, False, key)
 
 
-def _write_arrays(path, x: np.ndarray) -> None:
+def _write_arrays(path, x: np.ndarray, skipped: dict) -> None:
     """Write the cache entry via a temporary file unique to this process and thread (sweep workers may
     write the same entry at once), renamed into place; a failed write only costs the cache."""
     temporary = path.with_name(f"{path.stem}.{os.getpid()}-{threading.get_ident()}.tmp.npz")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(temporary, x=x, checksum=np.array(image_io.checksum(x)))
+        np.savez(temporary, x=x, checksum=np.array(image_io.checksum(x)), skipped=np.array(json.dumps(skipped)))
         os.replace(temporary, path)
     except OSError as error:
         print(f"warning: could not write the array cache {path} ({error.strerror or error}); continuing without it",
@@ -313,14 +318,19 @@ def _write_arrays(path, x: np.ndarray) -> None:
         temporary.unlink(missing_ok=True)
 
 
-def _read_arrays(path, count: int, config: PreprocessConfig):
+def _read_arrays(path, items: list[Item], config: PreprocessConfig):
+    """(arrays, skipped) from an intact cache entry, else None (missing, damaged, or not matching)."""
     if not path.is_file():
         return None
     try:
         with np.load(path) as archive:
             x, stored = archive["x"], str(archive["checksum"])
+            skipped = json.loads(str(archive["skipped"]))
     except (ValueError, OSError, EOFError, KeyError, TypeError, zipfile.BadZipFile):
         return None  # damaged or not ours: rebuilt by the caller
+    if not isinstance(skipped, dict):
+        return None
+    count = sum(item.relpath not in skipped for item in items)
     if x.shape != (count, *config.input_shape) or image_io.checksum(x) != stored:
         return None
-    return x
+    return x, skipped

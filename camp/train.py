@@ -19,7 +19,7 @@ import yaml
 
 from camp import metrics, tracking
 from camp.config import DataConfig, StudyFile, build_dataclass, flatten
-from camp.data import Dataset, fingerprint, load_dataset, resolve_data_path
+from camp.data import Dataset, duplicates_across_splits, fingerprint, load_dataset, resolve_data_path
 from camp.model import ModelConfig, balanced_weights, build_model, make_loss, make_optimizer
 from camp.preprocess import PreprocessConfig, load_arrays
 from camp.space import parse_space, resolve
@@ -79,6 +79,7 @@ class TrainResult:
 
 
 _DATASETS: dict = {}
+_LEAKS: dict = {}
 
 
 def prepare_dataset(config: RunConfig) -> tuple[Dataset, str]:
@@ -143,6 +144,13 @@ def _fit(config: RunConfig, run_id: str, epoch_callback, log_model: bool, progre
                      "camp.cache": "hit" if arrays.cache_hit else "miss", "camp.cache_key": arrays.key,
                      "camp.skipped_images": len(arrays.skipped)})
     mlflow.log_text(yaml.safe_dump(config.to_dict(), sort_keys=False), "config.yaml")
+    if data_fp not in _LEAKS:  # identical files in two splits: reported on every run, computed once a process
+        _LEAKS[data_fp] = duplicates_across_splits(dataset.items)
+    if _LEAKS[data_fp]:
+        mlflow.log_dict({"groups": _LEAKS[data_fp]}, "duplicates_across_splits.json")
+        mlflow.set_tag("camp.leaked_duplicates", len(_LEAKS[data_fp]))
+        print(f"warning: {len(_LEAKS[data_fp])} identical file(s) sit in more than one split (leakage), e.g. "
+              f"{_LEAKS[data_fp][0]}; see the run's duplicates_across_splits.json", file=sys.stderr)
     if arrays.skipped:
         mlflow.log_dict(arrays.skipped, "skipped_images.json")
         print(f"warning: skipped {len(arrays.skipped)} unreadable image(s), e.g. "

@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 
 from camp import data, images, preprocess
 from camp.cli import main
+from camp.data import Item
 from camp.preprocess import PreprocessConfig
 from tests.fixtures import bad_files
 from tests.fixtures.bad_files import CASES, READ, SKIPPED
@@ -571,7 +572,7 @@ def test_concurrent_array_cache_writes_do_not_collide(isolated):
     def write():
         try:
             for _ in range(15):
-                preprocess._write_arrays(path, x)
+                preprocess._write_arrays(path, x, {})
         except Exception as error:  # noqa: BLE001 - collected and asserted below
             errors.append(error)
 
@@ -581,7 +582,9 @@ def test_concurrent_array_cache_writes_do_not_collide(isolated):
     for thread in threads:
         thread.join()
     assert errors == []
-    assert np.array_equal(preprocess._read_arrays(path, 200, PreprocessConfig(mode="gray", size=24)), x)
+    items = [Item(f"/{i}.jpg", f"{i}.jpg", "hat", 0, "train") for i in range(200)]
+    cached, skipped = preprocess._read_arrays(path, items, PreprocessConfig(mode="gray", size=24))
+    assert np.array_equal(cached, x) and skipped == {}
     assert [p.name for p in path.parent.iterdir()] == ["same.npz"]
 
 

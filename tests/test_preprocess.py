@@ -277,3 +277,23 @@ def test_any_image_and_valid_knobs_give_the_input_shape(image, values):
     output = preprocess_image(image, config)
     assert output.shape == config.input_shape
     assert output.dtype == np.uint8
+
+
+def test_a_config_cache_hit_decodes_nothing(isolated, synthetic_data, monkeypatch):
+    """The arrays cache stores which items were unreadable, so a hit never loads the decoded cache."""
+    from camp import data, images, preprocess
+
+    dataset = data.load_dataset(synthetic_data)
+    fingerprint = data.fingerprint(dataset.items)
+    config = preprocess.PreprocessConfig(mode="gray", size=24)
+    first = preprocess.load_arrays(dataset.items, fingerprint, config, progress=False)
+    images._MEMORY.clear()
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("a cache hit must not decode")
+
+    monkeypatch.setattr(images, "load_decoded", no_decoding)
+    second = preprocess.load_arrays(dataset.items, fingerprint, config, progress=False)
+    assert second.cache_hit and not first.cache_hit
+    assert np.array_equal(first.x, second.x)
+    assert [item.relpath for item in second.items] == [item.relpath for item in first.items]

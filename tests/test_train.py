@@ -160,3 +160,23 @@ def test_train_on_a_subset_of_the_real_data(isolated, shared_data):
     assert run.info.status == "FINISHED"
     assert run.data.params["data.max_per_class"] == "12"
     assert "bundle/model.keras" in artifact_paths(result.run_id)
+
+
+def test_duplicate_files_across_splits_are_logged_as_leakage(isolated, tmp_path, synthetic_data):
+    import mlflow
+
+    from camp.config import load_study_file
+    from camp.train import fixed_run_config, train
+
+    root = tmp_path / "leaky"
+    shutil.copytree(synthetic_data, root)
+    leaked = next((root / "train" / "hat").glob("*.jpg"))
+    shutil.copy(leaked, root / "validation" / "hat" / "copy-of-train.jpg")
+    study = tmp_path / "leak.yaml"
+    study.write_text("study: {name: leak}\npreprocess: {mode: gray, size: 24, crop_method: none}\n"
+                     "model: {conv_blocks: 1, filters: 8, dense_units: 0, max_epochs: 1, min_epochs: 1}\n")
+    result = train(fixed_run_config(load_study_file(study), data_path=str(root)), log_model=False, progress=False)
+    run = mlflow.get_run(result.run_id)
+    assert run.data.tags["camp.leaked_duplicates"] == "1"
+    groups = mlflow.artifacts.load_dict(f"runs:/{result.run_id}/duplicates_across_splits.json")["groups"]
+    assert groups == [sorted([f"train:{leaked.relative_to(root)}", "validation:validation/hat/copy-of-train.jpg"])]
