@@ -60,3 +60,11 @@ predict: setup ## classify images with the champion: make predict IMAGES="a.jpg 
 
 clean-cache: ## delete derived arrays (.cache/camp); raw images and mlruns are untouched
 	rm -rf .cache/camp
+
+# scaling out (README "Scaling out"): PostgreSQL + an MLflow server on this machine, for trying it
+.PHONY: cluster-up cluster-down
+cluster-up: setup ## PostgreSQL (databases optuna, mlflow) + MLflow server on 127.0.0.1; prints the settings
+	MLFLOW="$${MLFLOW:-$(abspath $(BIN))/mlflow}" scripts/cluster.sh up
+
+cluster-down: ## stop what cluster-up started (data stays in .cluster/)
+	MLFLOW="$${MLFLOW:-$(abspath $(BIN))/mlflow}" scripts/cluster.sh down
