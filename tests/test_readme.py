@@ -41,6 +41,8 @@ COVERAGE = [
                          "tests/test_sweep.py::test_camp_predict_prints_one_json_line_per_image"]),
     (r"make (report|clean)\b", ["tests/test_report.py"]),
     (r"make cluster-(up|down)\b", ["tests/test_scaleout.py"]),
+    (r"source \.cluster/env$", ["tests/test_scaleout.py::test_three_workers_on_postgres_survive_a_killed_worker"]),
+    (r"sudo |mlflow server\b", ["tests/test_scaleout.py::test_readme_database_host_commands_as_written"]),
     (r"mlflow models serve\b", ["tests/test_serve.py::test_make_serve_answers_like_camp_predict"]),
     (r"export MLFLOW_TRACKING_URI=", ["tests/test_serve.py::test_readme_python_example_loads_the_champion"]),
     (r"printf .*\| curl -s http://127\.0\.0\.1:5001/invocations",
