@@ -58,6 +58,9 @@ dashboard: setup ## optuna-dashboard on the study storage, http://127.0.0.1:$(DA
 predict: setup ## classify images with the champion: make predict IMAGES="a.jpg b.jpg"
 	$(BIN)/camp predict $(IMAGES)
 
+report: setup data ## the champion's report: reports/<study>/report.html (+ .md, PNGs), logged with its run
+	$(BIN)/camp report
+
 clean-cache: ## delete derived arrays (.cache/camp); raw images and mlruns are untouched
 	rm -rf .cache/camp
 

@@ -1,4 +1,4 @@
-"""The `camp` command line: data summary, preprocess show, train, sweep, predict."""
+"""The `camp` command line: data summary, preprocess show, train, sweep, predict, report, clean."""
 
 from __future__ import annotations
 
@@ -120,6 +120,18 @@ def _predict(args) -> int:
     return 1 if failed else 0
 
 
+def _report(args) -> int:
+    from camp.report import run_report
+
+    return run_report(args)
+
+
+def _clean(args) -> int:
+    from camp.report import run_clean
+
+    return run_clean(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="camp", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -164,6 +176,24 @@ def build_parser() -> argparse.ArgumentParser:
     predict_parser.add_argument("images", nargs="+", type=Path)
     predict_parser.add_argument("--model", default="models:/camp-classifier@champion")
     predict_parser.set_defaults(handler=_predict)
+
+    report_parser = commands.add_parser("report", help="HTML+Markdown report on a registered model, logged with its run")
+    clean_parser = commands.add_parser("clean", help="suspected label errors as an exclusion list for data.exclude")
+    for sub in (report_parser, clean_parser):
+        sub.add_argument("--model", default="models:/camp-classifier@champion")
+        sub.add_argument("--study", help="Optuna study name (default: the model's run tag optuna.study)")
+        sub.add_argument("--data", help="dataset folder or manifest, if not where the model was trained")
+        sub.add_argument("--folds", type=int, default=3, help="k of the out-of-fold label-noise search (0: skip)")
+        sub.add_argument("--oof-epochs", type=int, help="epoch cap for each fold's model (default: the model's own)")
+    report_parser.add_argument("--out", help="report folder (default reports/<study>)")
+    report_parser.add_argument("--storage", help="Optuna storage URL (default: mlruns/optuna.journal)")
+    report_parser.add_argument("--splits", default="validation,test", help="comma-separated splits to score")
+    report_parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for intervals")
+    report_parser.add_argument("--no-log", action="store_true", help="do not log the report with the model's run")
+    report_parser.set_defaults(handler=_report)
+    clean_parser.add_argument("--out", dest="exclusions", default="sweeps/excluded.txt", help="list to write")
+    clean_parser.add_argument("--report-dir", dest="out", help="where the label-noise cache is (default reports/<study>)")
+    clean_parser.set_defaults(handler=_clean)
     return parser
 
 

@@ -1,0 +1,449 @@
+"""Sections 1-5 of `camp report`, one per mission (6, error analysis, is in camp.report_errors); each
+returns blocks and records its numbers in `context.numbers` (written as report.json). The statistics
+(recomputed objective, bootstrap interval, verdicts) are here too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from camp import report as core
+from camp.report_html import Code, Heading, Picture, Row, Table, Text
+
+MODES = ("color", "gray", "binary")
+WEIGHTINGS = ("none", "balanced", "focal")
+
+
+@dataclasses.dataclass
+class Context:
+    champion: core.Champion
+    dataset: object
+    labels: list
+    splits: list
+    predictions: dict  # split -> predictions frame of the registered model
+    out: Path
+    args: object
+    fit_predict: object = None
+    numbers: dict = dataclasses.field(default_factory=dict)
+    _study: tuple | None = None
+    _trial_predictions: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def config(self):
+        return self.champion.config
+
+    def study(self):
+        """(optuna study, [{number, value, run_id, params}] of complete trials) or (None, reason)."""
+        if self._study is None:
+            self._study = _load_study(self)
+        return self._study
+
+    def trial_predictions(self, run_id: str) -> dict:
+        """A trial's validation predictions: its val_predictions.json artifact or, for runs logged before
+        that artifact existed, its bundle re-run on the validation images; copied to trials/<run_id>.json."""
+        import mlflow
+
+        if run_id not in self._trial_predictions:
+            with tempfile.TemporaryDirectory() as directory:
+                try:
+                    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="val_predictions.json",
+                                                               dst_path=directory)
+                    document = {**json.loads(Path(path).read_text()), "source": "val_predictions.json"}
+                except (mlflow.exceptions.MlflowException, OSError):
+                    document = self._rerun_bundle(run_id, Path(directory))
+            target = self.out / "trials" / f"{run_id}.json"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(json.dumps(document))
+            self._trial_predictions[run_id] = document
+        return self._trial_predictions[run_id]
+
+    def _rerun_bundle(self, run_id: str, directory: Path) -> dict:
+        items = self.dataset.split("validation")
+        frame = core.predict_items(core.run_predictor(run_id, directory), items, self.labels, "validation")
+        frame = frame[frame["error"] == ""]
+        return {"labels": self.labels, "relpaths": list(frame["relpath"]),
+                "y_true": [self.labels.index(label) for label in frame["true"]],
+                "y_pred": [self.labels.index(label) for label in frame["predicted"]],
+                "probabilities": frame[[f"p_{label}" for label in self.labels]].round(6).to_numpy().tolist(),
+                "source": "bundle/model.keras re-run on the validation images"}
+
+
+def build_sections(context: Context) -> list:
+    champion, config = context.champion, context.config
+    tags = champion.run.data.tags
+    blocks = [Text(f"Model `{champion.uri}` (run `{champion.run_id}`, study `{champion.study or '-'}`), trained on "
+                   f"`{tags.get('camp.data_root', '?')}` (data fingerprint `{tags.get('camp.data_fingerprint', '?')}`), "
+                   f"objective `{config.metric}` ({config.direction}). Evaluated on: {', '.join(context.splits)}. "
+                   "Every number below is recomputable: the model's predictions are in `predictions_<split>.csv`, "
+                   "the trials' validation predictions in `trials/<run id>.json` (their `val_predictions.json` "
+                   "artifact, or their bundle re-run), the numbers in `report.json`.")]
+    from camp.report_errors import errors_section
+
+    for section in (counts_section, preprocessing_section, modes_section, per_label_section, sweep_section,
+                    errors_section):
+        blocks += section(context)
+    return blocks
+
+
+# 1. labels and counts ---------------------------------------------------------------------------
+
+def counts_section(context: Context) -> list:
+    from camp.plots import counts_bar_chart
+
+    counts = context.dataset.counts()
+    labels = context.labels
+    chart = counts_bar_chart(counts, context.out / "label_counts.png", "Images per label and split")
+    ratios = {split: {label: (n / max(1, min(c.values()))) for label, n in c.items()} for split, c in counts.items()}
+    rows = [[label, *[counts[s][label] for s in counts], f"{ratios.get('train', {}).get(label, 0):.1f} : 1"]
+            for label in labels]
+    rows.append(["total", *[sum(counts[s].values()) for s in counts], ""])
+    blocks = [Heading("1. Labels and counts per split", anchor="counts"),
+              Table(["label", *counts, "train ratio to smallest"], rows, anchor="counts-table"),
+              Picture(Path(chart.name), "Images per label and split")]
+    for split, split_counts in counts.items():
+        big, small = max(split_counts, key=split_counts.get), min(split_counts, key=split_counts.get)
+        if split_counts[big] == split_counts[small]:
+            blocks.append(Text(f"**{split}**: balanced, {split_counts[big]} images per label."))
+            continue
+        blocks.append(Text(f"**{split}**: {big} outnumbers {small} {split_counts[big] / max(1, split_counts[small]):.1f} : 1 "
+                           f"({split_counts[big]} vs {split_counts[small]}); relative to the smallest label, "
+                           + " : ".join(f"{label} {ratios[split][label]:.1f}" for label in labels) + "."))
+    notes = []
+    if context.dataset.excluded:
+        notes.append(f"{len(context.dataset.excluded)} train image(s) left out by `data.exclude` "
+                     f"({context.config.data.exclude}); the train counts are after that.")
+    for split, frame in context.predictions.items():
+        unreadable = int((frame["error"] != "").sum())
+        if unreadable:
+            notes.append(f"{unreadable} {split} image(s) could not be read and are not scored.")
+    blocks += [Text(note) for note in notes]
+    context.numbers["counts"] = counts
+    context.numbers["imbalance_to_smallest"] = ratios
+    return blocks
+
+
+# 2. preprocessing -------------------------------------------------------------------------------
+
+def preprocessing_section(context: Context) -> list:
+    from camp.images import UnreadableImage, decode_path
+    from camp.model import ModelConfig
+    from camp.plots import preprocessing_grid
+    from camp.preprocess import PreprocessConfig
+
+    config = context.config
+    rng = np.random.default_rng(config.seed)
+    examples = []
+    pool = context.dataset.split("validation") or context.dataset.items
+    for label in range(len(context.labels)):
+        candidates = [item for item in pool if item.label == label]
+        for index in sorted(rng.choice(len(candidates), size=min(2, len(candidates)), replace=False)):
+            try:
+                decoded = decode_path(candidates[index].path, config.preprocess.decode_reduction)
+            except UnreadableImage:
+                continue
+            examples.append((label, candidates[index].relpath, decoded))
+    grid = preprocessing_grid(examples, context.labels, config.preprocess, context.out / "preprocessing.png")
+    rows = []
+    for section, champion, recipe in (("preprocess", config.preprocess, PreprocessConfig()),
+                                      ("model", config.model, ModelConfig())):
+        for field in dataclasses.fields(recipe):
+            mine, default = getattr(champion, field.name), getattr(recipe, field.name)
+            rows.append([f"{section}.{field.name}", _knob(mine), _knob(default), "**changed**" if mine != default else ""])
+    return [Heading("2. Preprocessing", anchor="preprocessing"),
+            Text("Two validation images per label through the champion's own pipeline: the working image with "
+                 "the crop box, the binarized image the recipe finds the box on, and the model input."),
+            Row([Picture(Path(grid.name), "original with crop box | binarized | model input (champion's knobs)", 600),
+                 Table(["knob", "champion", "recipe default", ""], rows, anchor="knobs", caption="Champion vs recipe")])]
+
+
+def _knob(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+# 3. colour vs gray vs binary --------------------------------------------------------------------
+
+def metric_value(metric: str, y: np.ndarray, predicted: np.ndarray, probabilities: np.ndarray, k: int) -> float:
+    """The objective recomputed from predictions (macro-F1 over the labels present, as scikit-learn)."""
+    if metric.endswith("accuracy"):
+        return float((y == predicted).mean())
+    if metric.endswith("loss"):
+        return float(-np.mean(np.log(np.clip(probabilities[np.arange(len(y)), y], 1e-7, 1.0))))
+    confusion = np.bincount(y * k + predicted, minlength=k * k).reshape(k, k)
+    tp = np.diag(confusion)
+    denominator = confusion.sum(axis=0) + confusion.sum(axis=1)  # 2tp + fp + fn
+    present = denominator > 0
+    return float(np.mean(2 * tp[present] / denominator[present]))
+
+
+def bootstrap_interval(metric: str, y, predicted, probabilities, k: int, resamples: int = 1000, seed: int = 0,
+                       level: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of the metric over `resamples` resamples (with replacement) of the items."""
+    rng = np.random.default_rng(seed)
+    y, predicted, probabilities = np.asarray(y), np.asarray(predicted), np.asarray(probabilities)
+    values = [metric_value(metric, y[i], predicted[i], probabilities[i], k)
+              for i in rng.integers(0, len(y), size=(resamples, len(y)))]
+    low, high = np.percentile(values, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
+    return float(low), float(high)
+
+
+def paired_difference_interval(metric: str, y, first, second, k: int, resamples: int = 1000, seed: int = 0,
+                               level: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of metric(first) - metric(second), both scored on the same resampled items."""
+    rng = np.random.default_rng(seed)
+    y, first, second = np.asarray(y), np.asarray(first), np.asarray(second)
+    values = [metric_value(metric, y[i], first[i], None, k) - metric_value(metric, y[i], second[i], None, k)
+              for i in rng.integers(0, len(y), size=(resamples, len(y)))]
+    low, high = np.percentile(values, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
+    return float(low), float(high)
+
+
+def verdicts(results: dict, maximize: bool) -> list[str]:
+    """Plain-words comparisons of {name: (value, low, high)}: a winner only when intervals do not overlap."""
+    names = sorted(results, key=lambda name: results[name][0], reverse=maximize)
+    lines = []
+    for position, first in enumerate(names):
+        for second in names[position + 1:]:
+            (v1, l1, h1), (v2, l2, h2) = results[first], results[second]
+            if h2 < l1 or h1 < l2:
+                lines.append(f"**{first} beats {second}**: {v1:.3f} [{l1:.3f}, {h1:.3f}] vs {v2:.3f} "
+                             f"[{l2:.3f}, {h2:.3f}]; the 95% intervals do not overlap.")
+            else:
+                lines.append(f"{first} vs {second}: no verdict — the 95% intervals overlap ({v1:.3f} "
+                             f"[{l1:.3f}, {h1:.3f}] vs {v2:.3f} [{l2:.3f}, {h2:.3f}]), so this validation set "
+                             "cannot tell them apart.")
+    return lines
+
+
+def best_by(trials: list, key: str, values, maximize: bool) -> dict:
+    """The best trial for each value of param `key` (e.g. each preprocess.mode), in the order of `values`."""
+    best = {}
+    for trial in trials:
+        value = trial["params"].get(key)
+        if value not in values:
+            continue
+        if value not in best or (trial["value"] > best[value]["value"] if maximize else trial["value"] < best[value]["value"]):
+            best[value] = trial
+    return {value: best[value] for value in values if value in best}
+
+
+def modes_section(context: Context) -> list:
+    blocks = [Heading("3. Colour vs gray vs binary", anchor="modes")]
+    study, trials = context.study()
+    if study is None:
+        return blocks + [Text(f"No study to compare: {trials}.")]
+    config, k = context.config, len(context.labels)
+    maximize = config.direction == "maximize"
+    best = best_by(trials, "preprocess.mode", MODES, maximize)
+    rows, results = [], {}
+    for mode in MODES:
+        if mode not in best:
+            rows.append([mode, "no complete trial", None, None, None, None])
+            continue
+        trial = best[mode]
+        p = context.trial_predictions(trial["run_id"])
+        y, predicted, probabilities = np.array(p["y_true"]), np.array(p["y_pred"]), np.array(p["probabilities"])
+        value = metric_value(config.metric, y, predicted, probabilities, k)
+        low, high = bootstrap_interval(config.metric, y, predicted, probabilities, k, context.args.bootstrap)
+        results[mode] = (value, low, high)
+        rows.append([mode, f"#{trial['number']}", float(trial["value"]), value, low, high])
+    context.numbers["modes"] = {m: {"trial": best[m]["number"], "objective": best[m]["value"], "value": v,
+                                    "ci95": [lo, hi]} for m, (v, lo, hi) in results.items()}
+    blocks += [Text(f"The best complete trial of each preprocessing mode in study `{study.study_name}`, its objective "
+                    f"value, the same `{config.metric}` recomputed from the trial's validation predictions, and a 95% "
+                    f"bootstrap interval ({context.args.bootstrap} resamples of the validation images, percentile)."),
+               Table(["mode", "best trial", "objective", "recomputed", "95% low", "95% high"], rows, anchor="modes-table")]
+    if results:
+        blocks.append(Picture(Path(_interval_chart(results, config.metric, context.out / "modes.png").name),
+                              "best trial per mode with 95% bootstrap interval", 560))
+    lines = verdicts(results, maximize)
+    blocks += [Text("Verdict: " + line) for line in lines] or [Text("Verdict: only one mode has a complete trial.")]
+    context.numbers["modes_verdicts"] = lines
+    return blocks
+
+
+def _interval_chart(results: dict, metric: str, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    names = list(results)
+    values = np.array([results[n][0] for n in names])
+    errors = np.array([[results[n][0] - results[n][1], results[n][2] - results[n][0]] for n in names]).T
+    figure, axes = plt.subplots(figsize=(5.5, 3))
+    axes.errorbar(names, values, yerr=errors, fmt="o", capsize=8)
+    axes.set_ylabel(metric)
+    axes.set_title("best trial per mode, 95% bootstrap interval")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+# 4. per-label accuracy --------------------------------------------------------------------------
+
+def report_table(report: dict, labels, anchor: str, caption: str) -> Table:
+    """scikit-learn's classification_report layout: per label, accuracy, macro avg, weighted avg."""
+    rows = [[label, report[label]["precision"], report[label]["recall"], report[label]["f1-score"],
+             int(report[label]["support"])] for label in labels]
+    total = int(report["macro avg"]["support"])
+    rows.append(["accuracy", None, None, report["accuracy"], total])
+    for average in ("macro avg", "weighted avg"):
+        rows.append([average, report[average]["precision"], report[average]["recall"], report[average]["f1-score"],
+                     int(report[average]["support"])])
+    return Table(["", "precision", "recall", "f1-score", "support"], rows, anchor=anchor, caption=caption)
+
+
+def baseline_command(context: Context) -> str:
+    data = f" --data {context.config.data_path}" if context.config.data_path else ""
+    return f"camp train sweeps/baseline.yaml{data}"
+
+
+def per_label_section(context: Context) -> list:
+    labels = context.labels
+    blocks = [Heading("4. Per-label accuracy", anchor="per-label")]
+    baseline = core.find_baseline(context.champion)
+    baseline_predictions = {}
+    if baseline is None:
+        blocks += [Text("**No recipe baseline run** (every knob at the recipe default, no exclusion list, same data) "
+                        "is in this MLflow store, so only the champion's numbers are shown. Create one and re-run "
+                        "`camp report`:"), Code(baseline_command(context))]
+    else:
+        blocks.append(Text(f"Recipe baseline: run `{baseline.info.run_id}` (`{baseline.info.run_name}`), the newest "
+                           "finished run with every knob at the recipe default, evaluated on the same images."))
+        with tempfile.TemporaryDirectory() as directory:
+            predict = core.run_predictor(baseline.info.run_id, Path(directory))
+            for split in context.splits:
+                baseline_predictions[split] = core.predict_items(predict, context.dataset.split(split), labels, split)
+                baseline_predictions[split].to_csv(context.out / f"baseline_predictions_{split}.csv", index=False)
+    context.numbers["per_label"] = {}
+    for split in context.splits:
+        frame = context.predictions[split]
+        report = core.class_report(frame, labels)
+        context.numbers["per_label"][split] = {"champion": report}
+        tables = [report_table(report, labels, f"per-label-{split}", f"{split}: champion")]
+        pictures = [_confusion(frame, labels, context.out / f"confusion_{split}.png", f"{split}: champion")]
+        if split in baseline_predictions:
+            other = core.class_report(baseline_predictions[split], labels)
+            context.numbers["per_label"][split]["baseline"] = other
+            tables.append(report_table(other, labels, f"per-label-{split}-baseline", f"{split}: recipe baseline"))
+            pictures.append(_confusion(baseline_predictions[split], labels,
+                                       context.out / f"confusion_{split}_baseline.png", f"{split}: recipe baseline"))
+        blocks += [Heading(f"{split}", level=3), Row(tables), Row(pictures)]
+    return blocks
+
+
+def _confusion(frame: pd.DataFrame, labels, path: Path, title: str) -> Picture:
+    from sklearn.metrics import confusion_matrix
+
+    from camp.plots import confusion_matrix_plot
+
+    readable = frame[frame["error"] == ""]
+    matrix = confusion_matrix(readable["true"], readable["predicted"], labels=labels)
+    confusion_matrix_plot(matrix, labels, path, f"Confusion matrix — {title}")
+    return Picture(Path(path.name), f"confusion matrix, {title}", 520)
+
+
+# 5. the sweep -----------------------------------------------------------------------------------
+
+def sweep_section(context: Context) -> list:
+    blocks = [Heading("5. How the sweep raised accuracy", anchor="sweep")]
+    study, trials = context.study()
+    if study is None:
+        return blocks + [Text(f"No study: {trials}.")]
+    import optuna
+
+    states = [t.state for t in study.trials]
+    maximize = context.config.direction == "maximize"
+    ordered = sorted(trials, key=lambda t: t["number"])
+    first, best = (ordered[0], (max if maximize else min)(trials, key=lambda t: t["value"])) if trials else (None, None)
+    if best:
+        blocks.append(Text(f"Study `{study.study_name}`: {len(states)} trials ({states.count(optuna.trial.TrialState.COMPLETE)} "
+                           f"complete, {states.count(optuna.trial.TrialState.PRUNED)} pruned, "
+                           f"{states.count(optuna.trial.TrialState.FAIL)} failed). The first complete trial (#{first['number']}) "
+                           f"scored {first['value']:.3f}; the best (#{best['number']}) {best['value']:.3f}."))
+    for name, title in (("optimization_history", "optimization history"), ("param_importances", "parameter importances")):
+        drawn = _study_plot(study, name, context.out / f"{name}.png")
+        blocks.append(Picture(Path(drawn.name), title, 900) if isinstance(drawn, Path) else Text(f"{title}: not drawn ({drawn})."))
+    blocks += _weighting_blocks(context, trials, maximize)
+    return blocks
+
+
+def small_labels(context: Context) -> list:
+    """Labels with fewer than half the training images of the largest label."""
+    train = context.dataset.counts().get("train", {})
+    largest = max(train.values(), default=0)
+    return [label for label in context.labels if train.get(label, 0) < 0.5 * largest]
+
+
+def _weighting_blocks(context: Context, trials: list, maximize: bool) -> list:
+    from sklearn.metrics import recall_score
+
+    labels, small = context.labels, small_labels(context)
+    best = best_by(trials, "model.loss_weighting", WEIGHTINGS, maximize)
+    rows, numbers = [], {}
+    for weighting, trial in best.items():
+        p = context.trial_predictions(trial["run_id"])
+        recalls = recall_score(p["y_true"], p["y_pred"], labels=list(range(len(labels))), average=None, zero_division=0)
+        small_mean = float(np.mean([recalls[labels.index(label)] for label in small])) if small else None
+        numbers[weighting] = {"trial": trial["number"], "objective": trial["value"], "small_mean_recall": small_mean,
+                              "recall": dict(zip(labels, map(float, recalls)))}
+        rows.append([weighting, f"#{trial['number']}", float(trial["value"]), *map(float, recalls), small_mean])
+    context.numbers["loss_weighting"] = numbers
+    names = [f"{label} (small)" if label in small else label for label in labels]
+    text = (f"Small classes (under half the training images of the largest): {', '.join(small)}." if small
+            else "No label has under half the training images of the largest; all recalls shown.")
+    return [Heading("Loss weighting and the small classes' recall", level=3),
+            Text("The best complete trial of each loss weighting; validation recall per label from its "
+                 f"validation predictions. {text}"),
+            Table(["loss weighting", "best trial", "objective", *[f"recall {n}" for n in names], "mean recall, small"],
+                  rows, anchor="loss-weighting")]
+
+
+def _study_plot(study, name: str, path: Path):
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as optuna_plots
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            axes = getattr(optuna_plots, f"plot_{name}")(study)
+        figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
+        figure.set_size_inches(10, 5)
+        figure.tight_layout()
+        figure.savefig(path, dpi=90)
+        plt.close(figure)
+        return path
+    except (ValueError, RuntimeError, ZeroDivisionError, IndexError) as error:
+        return str(error) or type(error).__name__
+
+
+def _load_study(context: Context):
+    import mlflow
+    import optuna
+
+    from camp.sweep import DEFAULT_JOURNAL, make_storage
+
+    name = context.args.study or context.champion.study
+    if not name:
+        return None, "the model's run names no Optuna study (tag optuna.study); pass --study NAME"
+    url = context.args.storage
+    if not url or url.endswith((".journal", ".log")) or url.startswith("journal:"):
+        path = Path((url or str(DEFAULT_JOURNAL)).removeprefix("journal:"))
+        if not path.is_file():
+            return None, f"no Optuna journal at {path} (pass --storage)"
+    try:
+        study = optuna.load_study(study_name=name, storage=make_storage(url))
+    except KeyError:
+        return None, f"no study {name!r} in {url or DEFAULT_JOURNAL}"
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE and "mlflow_run_id" in t.user_attrs]
+    runs = mlflow.search_runs(experiment_ids=[context.champion.run.info.experiment_id], output_format="list",
+                              filter_string=f"tags.`optuna.study` = '{name}'", max_results=10000)
+    params = {run.info.run_id: run.data.params for run in runs}
+    trials = [{"number": t.number, "value": float(t.value), "run_id": t.user_attrs["mlflow_run_id"],
+               "params": {**params.get(t.user_attrs["mlflow_run_id"], {}), **{k: str(v) for k, v in t.params.items()}}}
+              for t in complete]
+    return study, trials
