@@ -130,7 +130,11 @@ url() { echo "postgresql://$ROLE:$(password)@127.0.0.1:$PG_PORT/$1"; }
 
 mlflow_pid() { [ -f "$DIR/mlflow.pid" ] && cat "$DIR/mlflow.pid"; }
 
-mlflow_running() { local pid; pid="$(mlflow_pid)" && [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; }
+# the recorded pid is ours only while it still runs `mlflow server` (a stale pid may be reused)
+mlflow_running() {
+  local pid; pid="$(mlflow_pid)" && [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null \
+    && tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q "mlflow server"
+}
 
 mlflow_answers() {
   "$PYTHON" - "$MLFLOW_PORT" <<'EOF' >/dev/null 2>&1
@@ -181,7 +185,7 @@ cluster up. In each shell that runs a sweep:
   source $DIR/env
     # MLFLOW_TRACKING_URI=http://127.0.0.1:$MLFLOW_PORT
     # CAMP_STORAGE=postgresql://$ROLE:***@127.0.0.1:$PG_PORT/optuna   (camp sweep's default --storage)
-  camp sweep sweeps/default.yaml --storage "\$CAMP_STORAGE" --workers 2
+  camp sweep sweeps/default.yaml --workers 2     # --storage defaults to $CAMP_STORAGE
   # MLflow UI: http://127.0.0.1:$MLFLOW_PORT   stop: make cluster-down
 EOF
 }
@@ -201,7 +205,8 @@ stop_pid() {  # SIGTERM to a process (and its group, which setsid made its own),
 
 down() {
   local pid
-  if pid="$(mlflow_pid)" && [ -n "$pid" ]; then stop_pid "$pid" "MLflow server"; rm -f "$DIR/mlflow.pid"; fi
+  if mlflow_running; then stop_pid "$(mlflow_pid)" "MLflow server"; fi
+  rm -f "$DIR/mlflow.pid"
   if [ -f "$PGDATA/postmaster.pid" ]; then
     PG_BIN="$(find_pg_bin)" || die "pg_ctl not found"
     pid="$(head -1 "$PGDATA/postmaster.pid")"
