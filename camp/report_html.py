@@ -83,6 +83,10 @@ def _inline(text: str) -> str:
     return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", escaped)
 
 
+def _align(value) -> str:
+    return ' class="n"' if isinstance(value, (int, float)) and not isinstance(value, bool) else ""
+
+
 def _data_uri(path: Path) -> str:
     kind = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}[path.suffix.lower()]
     return f"data:{kind};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"
@@ -100,7 +104,7 @@ def _html_block(block, root: Path) -> str:
         anchor = f' id="{block.anchor}"' if block.anchor else ""
         caption = f"<caption>{_inline(block.caption)}</caption>" if block.caption else ""
         head = "".join(f"<th>{html.escape(c)}</th>" for c in block.columns)
-        body = "".join("<tr>" + "".join(f"<td>{_inline(cell(v, block.digits))}</td>" for v in row) + "</tr>"
+        body = "".join("<tr>" + "".join(f"<td{_align(v)}>{_inline(cell(v, block.digits))}</td>" for v in row) + "</tr>"
                        for row in block.rows)
         return f"<table{anchor}>{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
     if isinstance(block, Picture):
@@ -125,8 +129,8 @@ STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1200px; margin: 2em auto; padding: 0 1em; color: #222; }
 h1 { border-bottom: 2px solid #345; } h2 { border-bottom: 1px solid #bbb; margin-top: 2.2em; }
 table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.9em; }
-th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
-th:first-child, td:first-child { text-align: left; } th { background: #eef2f6; }
+th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: left; }
+td.n { text-align: right; } th { background: #eef2f6; }
 caption { text-align: left; font-weight: bold; padding: 4px 0; }
 figure { margin: 0.8em 0; } img { max-width: 100%; } figcaption { font-size: 0.8em; color: #555; }
 .row { display: flex; gap: 2em; flex-wrap: wrap; align-items: flex-start; }
