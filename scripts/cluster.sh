@@ -185,7 +185,7 @@ cluster up. In each shell that runs a sweep:
   source $DIR/env
     # MLFLOW_TRACKING_URI=http://127.0.0.1:$MLFLOW_PORT
     # CAMP_STORAGE=postgresql://$ROLE:***@127.0.0.1:$PG_PORT/optuna   (camp sweep's default --storage)
-  camp sweep sweeps/default.yaml --workers 2     # --storage defaults to $CAMP_STORAGE
+  camp sweep sweeps/default.yaml --workers 2     # --storage defaults to \$CAMP_STORAGE
   # MLflow UI: http://127.0.0.1:$MLFLOW_PORT   stop: make cluster-down
 EOF
 }

@@ -111,14 +111,16 @@ def cluster():
             shutil.rmtree(real_pg, ignore_errors=True)
 
 
-def _children(pid: int) -> list[int]:
+def _worker_processes(pid: int) -> list[int]:
+    """The `camp sweep --worker-of ...` processes a sweep started (not its other children, e.g. git)."""
     found = []
     for stat in glob.glob("/proc/[0-9]*/stat"):
         try:
             fields = Path(stat).read_text().rsplit(")", 1)[1].split()
-        except OSError:
+            command = Path(stat).with_name("cmdline").read_bytes().split(b"\0")
+        except (OSError, IndexError):
             continue
-        if int(fields[1]) == pid:
+        if int(fields[1]) == pid and b"--worker-of" in command:
             found.append(int(stat.split("/")[2]))
     return found
 
@@ -147,7 +149,7 @@ def test_three_workers_on_postgres_survive_a_killed_worker(cluster, synthetic_da
         _wait_for(lambda: name in optuna.get_all_study_names(storage), 120, "machine A to create the study")
         machines["b"] = subprocess.Popen(command + ["--workers", "1"], cwd=tmp_path, env=environment,
                                          stdout=logs["b"], stderr=subprocess.STDOUT)
-        worker = _wait_for(lambda: _children(machines["a"].pid), 60, "machine A's second worker process")[0]
+        worker = _wait_for(lambda: _worker_processes(machines["a"].pid), 60, "machine A's second worker process")[0]
         owner = f"{socket.gethostname()}:{worker}"
 
         def running_trial_of_worker():
