@@ -117,6 +117,12 @@ def print_next_steps(summary: dict) -> None:
         for name, value in sorted(summary.get("best_params", {}).items()):
             print(f"  {name} = {value}")
     print("\nwhere to look next:")
-    print(f"  make ui                      # MLflow UI at http://127.0.0.1:5000 (experiment 'camp', run 'sweep-{summary['study']}')")
+    uri = tracking.tracking_uri()
+    run = f"experiment 'camp', run 'sweep-{summary['study']}'"
+    if uri.startswith(("http://", "https://")):
+        print(f"  {tracking.mask_url(uri)}   # the MLflow tracking server's UI ({run})")
+    else:
+        print(f"  make ui                      # MLflow UI at http://127.0.0.1:5000 ({run})")
+    print("  make report                  # the champion's report: reports/<study>/report.html")
     print("  camp predict IMAGE.jpg       # classify with models:/camp-classifier@champion")
     print(f"  store: {tracking.mask_url(tracking.tracking_uri())}")
