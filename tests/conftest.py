@@ -34,3 +34,26 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/datasets/clothing-small is not present")
     return SHARED_DATA
+
+
+def use_store(patch: pytest.MonkeyPatch, directory: Path) -> None:
+    """Point camp at `directory`'s MLflow store and cache, and run from it (as `isolated` does)."""
+    patch.chdir(directory)
+    patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{directory}/mlruns/mlflow.db")
+    patch.setenv("CAMP_CACHE", str(directory / "cache"))
+
+
+@pytest.fixture(scope="session")
+def smoke_store(tmp_path_factory, synthetic_data) -> Path:
+    """One smoke sweep (sweeps/smoke.yaml, 3 trials on synthetic images) with its own MLflow store and
+    Optuna journal, registering @champion; shared by the modules that only read it (serving, UI)."""
+    from camp import cli
+
+    directory = tmp_path_factory.mktemp("smoke-store")
+    (directory / "mlruns").mkdir()
+    smoke = Path(__file__).resolve().parent.parent / "sweeps" / "smoke.yaml"
+    with pytest.MonkeyPatch.context() as patch:
+        use_store(patch, directory)
+        assert cli.main(["sweep", str(smoke), "--data", str(synthetic_data), "--storage",
+                         str(directory / "optuna.journal")]) == 0
+    return directory

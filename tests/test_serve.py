@@ -19,10 +19,9 @@ from pathlib import Path
 import pytest
 
 from camp import cli
-from tests.conftest import SHARED_DATA
+from tests.conftest import SHARED_DATA, use_store
 from tests.servers import ARTIFACTS, HOST, REPO, clean_env, free_port, http, make_command, serving
 
-SMOKE = str(REPO / "sweeps" / "smoke.yaml")
 README = REPO / "README.md"
 TOLERANCE = 1e-4  # camp predict prints 4 decimals
 
@@ -30,17 +29,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("make") is None,
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory, synthetic_data):
-    """A smoke sweep (synthetic images, fast) in its own MLflow store: registers @champion."""
-    directory = tmp_path_factory.mktemp("serve")
+def store(smoke_store):
+    """The shared smoke sweep's store (registers @champion), made current for this module."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(directory)
-        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{directory}/mlruns/mlflow.db")
-        patch.setenv("CAMP_CACHE", str(directory / "cache"))
-        (directory / "mlruns").mkdir()
-        assert cli.main(["sweep", SMOKE, "--data", str(synthetic_data), "--storage",
-                         str(directory / "optuna.journal")]) == 0
-        yield directory
+        use_store(patch, smoke_store)
+        yield smoke_store
 
 
 @pytest.fixture(scope="module")

@@ -13,10 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from camp import cli
-from tests.servers import ARTIFACTS, HOST, REPO, clean_env, free_port, http, make_command, serving, stop
+from tests.conftest import use_store
+from tests.servers import ARTIFACTS, HOST, clean_env, free_port, http, make_command, serving, stop
 
-SMOKE = str(REPO / "sweeps" / "smoke.yaml")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--no-first-run", "--virtual-time-budget=15000",
                   "--window-size=1400,900", "--hide-scrollbars"]
@@ -32,17 +31,11 @@ def chromium() -> str | None:
 
 
 @pytest.fixture(scope="module")
-def swept(tmp_path_factory, synthetic_data):
-    """A smoke sweep (3 trials on synthetic images) in its own MLflow store and Optuna journal."""
-    directory = tmp_path_factory.mktemp("ui")
+def swept(smoke_store):
+    """The shared smoke sweep's MLflow store and Optuna journal, made current for this module."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(directory)
-        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{directory}/mlruns/mlflow.db")
-        patch.setenv("CAMP_CACHE", str(directory / "cache"))
-        (directory / "mlruns").mkdir()
-        assert cli.main(["sweep", SMOKE, "--data", str(synthetic_data), "--storage",
-                         str(directory / "optuna.journal")]) == 0
-        yield directory
+        use_store(patch, smoke_store)
+        yield smoke_store
 
 
 @pytest.fixture(scope="module")
