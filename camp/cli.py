@@ -17,7 +17,8 @@ def _data_summary(args) -> int:
 
     root = data.resolve_data_path(args.data)
     dataset = data.load_dataset(root, args.label_map, seed=args.seed)
-    fingerprint = data.fingerprint(dataset.items)
+    digests = {item.relpath: data.file_digest(item.path) for item in dataset.items}  # one read serves both uses
+    fingerprint = data.fingerprint(dataset.items, [digests[item.relpath] for item in dataset.items])
     _, skipped = images.load_decoded(dataset.items, fingerprint, 2, progress=not args.json)
     skipped_items = [item for item in dataset.items if item.relpath in skipped]
     readable = [item for item in dataset.items if item.relpath not in skipped]
@@ -27,7 +28,7 @@ def _data_summary(args) -> int:
     for item in skipped_items:
         skipped_counts.setdefault(item.split, {}).setdefault(dataset.labels[item.label], 0)
         skipped_counts[item.split][dataset.labels[item.label]] += 1
-    leaks = data.duplicates_across_splits(readable)
+    leaks = data.duplicates_across_splits(readable, [digests[item.relpath] for item in readable])
     summary = {"root": str(root), "label_map": args.label_map, "fingerprint": fingerprint, "splits": counts,
                "skipped": {"count": len(skipped), "by_split": skipped_counts, "files": skipped},
                "dropped": {source: {"count": count, "reason": dataset.drop_reasons[source]}
@@ -64,14 +65,14 @@ def _data_summary(args) -> int:
 
 def _preprocess_show(args) -> int:
     from camp import config as config_module
-    from camp import images, plots
+    from camp import plots
     from camp.train import fixed_run_config, prepare_dataset
 
     study_file = config_module.load_study_file(args.config)
     run_config = fixed_run_config(study_file, args.data)
-    dataset, fingerprint = prepare_dataset(run_config)
-    decoded, _ = images.load_decoded(dataset.items, fingerprint, run_config.preprocess.decode_reduction)
-    examples = plots.pick_examples(dataset.items, decoded, dataset.labels, args.per_label, run_config.seed)
+    dataset, _ = prepare_dataset(run_config)
+    examples = plots.pick_examples(dataset.items, dataset.labels, run_config.preprocess.decode_reduction,
+                                   args.per_label, run_config.seed)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     plots.preprocessing_grid(examples, dataset.labels, run_config.preprocess, out)

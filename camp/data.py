@@ -272,20 +272,22 @@ def file_digest(path: str) -> str:
         return ""
 
 
-def fingerprint(items: list[Item]) -> str:
-    """A hash of the item list: relative paths, labels, splits and file contents."""
+def fingerprint(items: list[Item], digests: list[str] | None = None) -> str:
+    """A hash of the item list: relative paths, labels, splits and file contents (`digests`: the
+    items' `file_digest`s when the caller already has them)."""
+    digests = digests if digests is not None else [file_digest(item.path) for item in items]
     digest = hashlib.blake2b(digest_size=12)
-    for item in items:
-        line = f"{item.relpath}|{item.label}|{item.split}|{file_digest(item.path)}\n"
+    for item, content in zip(items, digests):
+        line = f"{item.relpath}|{item.label}|{item.split}|{content}\n"
         digest.update(line.encode("utf-8", "surrogateescape"))  # file names need not be UTF-8
     return digest.hexdigest()
 
 
-def duplicates_across_splits(items: list[Item]) -> list[list[str]]:
+def duplicates_across_splits(items: list[Item], digests: list[str] | None = None) -> list[list[str]]:
     """Groups of files with identical bytes that sit in different splits (train/test leakage)."""
+    digests = digests if digests is not None else [file_digest(item.path) for item in items]
     by_digest: dict[str, list[Item]] = {}
-    for item in items:
-        digest = file_digest(item.path)
+    for item, digest in zip(items, digests):
         if digest:
             by_digest.setdefault(digest, []).append(item)
     return [sorted(f"{i.split}:{i.relpath}" for i in group) for group in by_digest.values()

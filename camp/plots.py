@@ -84,12 +84,23 @@ def preprocessing_grid(examples, labels, config, path: str | Path) -> Path:
     return Path(path)
 
 
-def pick_examples(items, decoded_images, labels, per_label: int = 2, seed: int = 0):
-    """A few (label, relpath, decoded) per label, seeded, from readable items."""
+def pick_examples(items, labels, reduction: int, per_label: int = 2, seed: int = 0):
+    """A few (label, relpath, decoded BGR) per label, seeded: the first readable items of a seeded
+    shuffle. Decodes only the images it returns (and any unreadable ones it passes over)."""
+    from camp.images import UnreadableImage, decode_path
+
     rng = np.random.default_rng(seed)
     examples = []
     for label in range(len(labels)):
-        candidates = [i for i, item in enumerate(items) if item.label == label and decoded_images[i] is not None]
-        for index in sorted(rng.choice(candidates, size=min(per_label, len(candidates)), replace=False)) if candidates else []:
-            examples.append((label, items[index].relpath, decoded_images[index]))
+        candidates = [item for item in items if item.label == label]
+        found = 0
+        for index in rng.permutation(len(candidates)):
+            if found == per_label:
+                break
+            try:
+                decoded = decode_path(candidates[index].path, reduction)
+            except UnreadableImage:
+                continue
+            examples.append((label, candidates[index].relpath, decoded))
+            found += 1
     return examples

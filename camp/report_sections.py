@@ -131,23 +131,13 @@ def counts_section(context: Context) -> list:
 # 2. preprocessing -------------------------------------------------------------------------------
 
 def preprocessing_section(context: Context) -> list:
-    from camp.images import UnreadableImage, decode_path
     from camp.model import ModelConfig
-    from camp.plots import preprocessing_grid
+    from camp.plots import pick_examples, preprocessing_grid
     from camp.preprocess import PreprocessConfig
 
     config = context.config
-    rng = np.random.default_rng(config.seed)
-    examples = []
     pool = context.dataset.split("validation") or context.dataset.items
-    for label in range(len(context.labels)):
-        candidates = [item for item in pool if item.label == label]
-        for index in sorted(rng.choice(len(candidates), size=min(2, len(candidates)), replace=False)):
-            try:
-                decoded = decode_path(candidates[index].path, config.preprocess.decode_reduction)
-            except UnreadableImage:
-                continue
-            examples.append((label, candidates[index].relpath, decoded))
+    examples = pick_examples(pool, context.labels, config.preprocess.decode_reduction, per_label=2, seed=config.seed)
     grid = preprocessing_grid(examples, context.labels, config.preprocess, context.out / "preprocessing.png")
     rows = []
     for section, champion, recipe in (("preprocess", config.preprocess, PreprocessConfig()),

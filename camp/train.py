@@ -19,7 +19,7 @@ import yaml
 
 from camp import metrics, tracking
 from camp.config import DataConfig, StudyFile, build_dataclass, flatten
-from camp.data import Dataset, duplicates_across_splits, fingerprint, load_dataset, resolve_data_path
+from camp.data import Dataset, duplicates_across_splits, file_digest, fingerprint, load_dataset, resolve_data_path
 from camp.model import ModelConfig, balanced_weights, build_model, make_loss, make_optimizer
 from camp.preprocess import PreprocessConfig, load_arrays
 from camp.space import parse_space, resolve
@@ -79,7 +79,7 @@ class TrainResult:
 
 
 _DATASETS: dict = {}
-_LEAKS: dict = {}
+_LEAKS: dict = {}  # data fingerprint -> groups of identical files in different splits
 
 
 def prepare_dataset(config: RunConfig) -> tuple[Dataset, str]:
@@ -89,7 +89,10 @@ def prepare_dataset(config: RunConfig) -> tuple[Dataset, str]:
     if key not in _DATASETS:
         dataset = load_dataset(root, config.data.label_map, config.data.validation_fraction, config.seed,
                                config.data.exclude, config.data.max_per_class)
-        _DATASETS[key] = (dataset, fingerprint(dataset.items))
+        digests = [file_digest(item.path) for item in dataset.items]  # one read of every file serves both
+        data_fp = fingerprint(dataset.items, digests)
+        _LEAKS[data_fp] = duplicates_across_splits(dataset.items, digests)
+        _DATASETS[key] = (dataset, data_fp)
     return _DATASETS[key]
 
 
@@ -144,9 +147,7 @@ def _fit(config: RunConfig, run_id: str, epoch_callback, log_model: bool, progre
                      "camp.cache": "hit" if arrays.cache_hit else "miss", "camp.cache_key": arrays.key,
                      "camp.skipped_images": len(arrays.skipped)})
     mlflow.log_text(yaml.safe_dump(config.to_dict(), sort_keys=False), "config.yaml")
-    if data_fp not in _LEAKS:  # identical files in two splits: reported on every run, computed once a process
-        _LEAKS[data_fp] = duplicates_across_splits(dataset.items)
-    if _LEAKS[data_fp]:
+    if _LEAKS[data_fp]:  # identical files in two splits, found by prepare_dataset: reported on every run
         mlflow.log_dict({"groups": _LEAKS[data_fp]}, "duplicates_across_splits.json")
         mlflow.set_tag("camp.leaked_duplicates", len(_LEAKS[data_fp]))
         print(f"warning: {len(_LEAKS[data_fp])} identical file(s) sit in more than one split (leakage), e.g. "
@@ -193,7 +194,7 @@ def _fit(config: RunConfig, run_id: str, epoch_callback, log_model: bool, progre
     # logged at the step after the last epoch, so a run's latest value is the selected model's
     mlflow.log_metrics(final, step=tracker.epochs_run)
     mlflow.log_metrics(memory_usage())
-    _log_pictures(dataset, data_fp, y_val, predicted, labels, config)
+    _log_pictures(dataset, y_val, predicted, labels, config)
     val_items = [item for item in arrays.items if item.split == "validation"]
     mlflow.log_dict({"labels": list(labels), "relpaths": [item.relpath for item in val_items],
                      "y_true": y_val.tolist(), "y_pred": predicted.tolist(),
@@ -236,11 +237,10 @@ def save_model_bundle(model, config: RunConfig, labels, directory: Path) -> Path
     return directory
 
 
-def _log_pictures(dataset, data_fp, y_val, predicted, labels, config) -> None:
+def _log_pictures(dataset, y_val, predicted, labels, config) -> None:
     import mlflow
     from sklearn.metrics import confusion_matrix
 
-    from camp import images as image_io
     from camp.plots import confusion_matrix_plot, pick_examples, preprocessing_grid
 
     with tempfile.TemporaryDirectory() as directory:
@@ -248,9 +248,8 @@ def _log_pictures(dataset, data_fp, y_val, predicted, labels, config) -> None:
         mlflow.log_dict({"labels": list(labels), "matrix": matrix.tolist()}, "confusion_matrix.json")
         mlflow.log_artifact(str(confusion_matrix_plot(matrix, labels, Path(directory) / "confusion_matrix.png",
                                                       "Validation confusion matrix")))
-        decoded, _ = image_io.load_decoded(dataset.items, data_fp,
-                                           config.preprocess.decode_reduction, progress=False)
-        examples = pick_examples(dataset.items, decoded, labels, per_label=2, seed=config.seed)
+        examples = pick_examples(dataset.items, labels, config.preprocess.decode_reduction, per_label=2,
+                                 seed=config.seed)
         mlflow.log_artifact(str(preprocessing_grid(examples, labels, config.preprocess,
                                                    Path(directory) / "preprocessing.png")))
 
