@@ -57,3 +57,24 @@ def smoke_store(tmp_path_factory, synthetic_data) -> Path:
         assert cli.main(["sweep", str(smoke), "--data", str(synthetic_data), "--storage",
                          str(directory / "optuna.journal")]) == 0
     return directory
+
+
+def run_concurrently(write, threads: int = 4, repeats: int = 15) -> list[Exception]:
+    """Call `write()` `repeats` times in each of `threads` threads at once; the exceptions raised."""
+    import threading
+
+    errors: list[Exception] = []
+
+    def worker():
+        try:
+            for _ in range(repeats):
+                write()
+        except Exception as error:  # noqa: BLE001 - returned to the test, which asserts on it
+            errors.append(error)
+
+    started = [threading.Thread(target=worker) for _ in range(threads)]
+    for thread in started:
+        thread.start()
+    for thread in started:
+        thread.join()
+    return errors

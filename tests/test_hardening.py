@@ -16,7 +16,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -34,6 +33,7 @@ from camp.data import Item
 from camp.preprocess import PreprocessConfig
 from tests.fixtures import bad_files
 from tests.fixtures.bad_files import CASES, READ, SKIPPED
+from tests.conftest import run_concurrently
 from tests.synthetic import make_image_folder
 from tests.test_preprocess import knobs as preprocess_knobs
 
@@ -567,21 +567,7 @@ def test_concurrent_array_cache_writes_do_not_collide(isolated):
     """Sweep workers may write the same preprocessed-array entry at once (one temporary name per writer)."""
     path = images.cache_dir() / "arrays" / "same.npz"
     x = np.random.default_rng(0).integers(0, 255, (200, 24, 24, 1), dtype=np.uint8)
-    errors = []
-
-    def write():
-        try:
-            for _ in range(15):
-                preprocess._write_arrays(path, x, {})
-        except Exception as error:  # noqa: BLE001 - collected and asserted below
-            errors.append(error)
-
-    threads = [threading.Thread(target=write) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
+    assert run_concurrently(lambda: preprocess._write_arrays(path, x, {})) == []
     items = [Item(f"/{i}.jpg", f"{i}.jpg", "hat", 0, "train") for i in range(200)]
     cached, skipped = preprocess._read_arrays(path, items, PreprocessConfig(mode="gray", size=24))
     assert np.array_equal(cached, x) and skipped == {}

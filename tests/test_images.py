@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import threading
 import uuid
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 
 from camp import images
 from camp.data import Item
+from tests.conftest import run_concurrently
 
 REAL_DECODE_ITEMS = images.decode_items
 
@@ -273,21 +273,7 @@ def test_concurrent_cache_writes_do_not_collide(isolated):
     directory = images.cache_dir() / "decoded"
     data_file, index_file = directory / "decoded-same-r2.npy", directory / "decoded-same-r2.json"
     arrays = [np.full((50, 40, 3), value, np.uint8) for value in range(30)]
-    errors = []
-
-    def write():
-        try:
-            for _ in range(15):
-                images._write_decoded(data_file, index_file, arrays, {})
-        except Exception as error:  # noqa: BLE001 - collected and asserted below
-            errors.append(error)
-
-    threads = [threading.Thread(target=write) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
+    assert run_concurrently(lambda: images._write_decoded(data_file, index_file, arrays, {})) == []
     loaded = images._read_decoded(data_file, index_file, len(arrays))
     assert loaded is not None and all(np.array_equal(a, b) for a, b in zip(loaded[0], arrays))
     assert sorted(p.name for p in directory.iterdir()) == ["decoded-same-r2.json", "decoded-same-r2.npy"]
