@@ -535,19 +535,13 @@ def _run_main(args) -> int:
         study = optuna.load_study(study_name=study_config.name, storage=storage)
         reap_dead_local_workers(study, gone=died)  # known dead: no need to wait for the heartbeat's grace
         tidy_study(study)
-        from camp.sweep_report import summarise
+        from camp.sweep_report import print_next_steps, summarise
 
         summary = summarise(study, plan, before, time.time() - started)
     if summary.get("best_run_id") and not args.no_register:
         register_champion(study, plan, summary, storage)
-    summary_lines(summary)
-    return 0 if summary.get("best_run_id") else 1
-
-
-def summary_lines(summary: dict) -> None:
-    from camp.sweep_report import print_next_steps
-
     print_next_steps(summary)
+    return 0 if summary.get("best_run_id") else 1
 
 
 @contextlib.contextmanager
