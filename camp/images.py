@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import threading
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -308,31 +309,49 @@ def load_decoded(items: list[Item], data_fingerprint: str, reduction: int = 2, p
 
 
 def _write_decoded(data_file: Path, index_file: Path, images: list, skipped: dict) -> None:
+    """One .npy of every pixel, image after image (no concatenated copy), and a JSON index with each
+    image's shape, the skipped files and a CRC-32 of the payload (a damaged entry is rebuilt)."""
     data_file.parent.mkdir(parents=True, exist_ok=True)
+    kept = [np.ascontiguousarray(image) for image in images if image is not None]
     shapes = [list(image.shape) if image is not None else None for image in images]
-    flat = np.concatenate([image.reshape(-1) for image in images if image is not None] or [np.zeros(0, np.uint8)])
     unique = f"{os.getpid()}-{threading.get_ident()}"  # sweep workers may write the same entry at once
     temporary = data_file.with_name(f"{data_file.stem}.{unique}.tmp.npy")
-    np.save(temporary, flat)
+    crc = 0
+    with open(temporary, "wb") as handle:
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
+                  "shape": (sum(image.size for image in kept),)}
+        np.lib.format.write_array_header_1_0(handle, header)
+        for image in kept:
+            handle.write(image.data)
+            crc = zlib.crc32(image.data, crc)
     os.replace(temporary, data_file)
-    index = {"shapes": shapes, "skipped": skipped, "checksum": checksum(flat)}
+    index = {"shapes": shapes, "skipped": skipped, "crc32": crc}
     temporary_index = index_file.with_name(f"{index_file.stem}.{unique}.tmp")
     temporary_index.write_text(json.dumps(index))
     os.replace(temporary_index, index_file)
 
 
 def _read_decoded(data_file: Path, index_file: Path, count: int):
-    """The cached decode, or None when missing, truncated or not matching its checksum."""
+    """The cached decode, or None when missing, truncated or not matching its checksum.
+
+    The payload is memory-mapped read-only: the images are views into the OS page cache (shared by
+    every sweep worker on this machine, and nothing can write into the cache through them). The
+    CRC-32 check reads every byte once at several GB/s.
+    """
     if not (data_file.is_file() and index_file.is_file()):
         return None
     try:
         index = json.loads(index_file.read_text())
-        flat = np.load(data_file)
-        shapes, skipped = index["shapes"], index["skipped"]
-        if len(shapes) != count or checksum(flat) != index["checksum"]:
+        shapes, skipped, crc = index["shapes"], index["skipped"], index["crc32"]
+        if len(shapes) != count or not isinstance(skipped, dict):
+            return None
+        flat = np.load(data_file, mmap_mode="r")
+        if flat.dtype != np.uint8 or flat.ndim != 1:
             return None
         if sum(int(np.prod(shape)) for shape in shapes if shape is not None) != flat.size:
             return None  # the index does not describe this payload
+        if (zlib.crc32(flat) if flat.size else 0) != crc:
+            return None
         images, offset = [], 0
         for shape in shapes:
             if shape is None:

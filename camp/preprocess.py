@@ -32,6 +32,9 @@ MODES = ("binary", "gray", "color")
 BOX_RULES = ("union", "largest")
 CROP_METHODS = ("recipe", "none", "border", "grabcut", "saliency")
 MASK_FILLS = ("mean", "zero")
+#: part of every array cache key: bump it when the pipeline's output changes for the same knobs
+#: (2: boxes from connected components; equal boxes under `largest` resolve in raster order)
+PIPELINE_VERSION = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,7 +126,8 @@ class PreprocessConfig:
         return (self.size, self.size, self.channels)
 
     def cache_key(self, data_fingerprint: str) -> str:
-        payload = json.dumps({"data": data_fingerprint, **dataclasses.asdict(self)}, sort_keys=True)
+        payload = json.dumps({"data": data_fingerprint, "pipeline": PIPELINE_VERSION, **dataclasses.asdict(self)},
+                             sort_keys=True)
         return hashlib.blake2b(payload.encode(), digest_size=12).hexdigest()
 
 
@@ -166,26 +170,33 @@ def _largest_odd(value: int) -> int:
 
 
 def recipe_box(working: np.ndarray, gray: np.ndarray, binary: np.ndarray, config: PreprocessConfig):
-    """Morphology close + gradient on the binary image, contours, then the union or largest box."""
+    """Morphology close + gradient on the binary image, then the union or largest box of its shapes.
+
+    A shape is an 8-connected component: the same boxes as the recipe's external contours
+    (`cv2.findContours`, RETR_EXTERNAL) for the union, found without a Python loop over contours.
+    A component inside another's hole has a box inside its parent's, so it never changes the union
+    or wins `largest`; among equally large boxes `largest` takes the first in raster order.
+    """
     edges = binary
     kernel = np.ones((config.morph_kernel, config.morph_kernel), np.uint8)
     if config.morph_close:
         edges = cv2.morphologyEx(edges, cv2.MORPH_CLOSE, kernel)
     if config.morph_gradient:
         edges = cv2.morphologyEx(edges, cv2.MORPH_GRADIENT, kernel)
-    contours, _ = cv2.findContours(edges, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    frame_area = gray.shape[0] * gray.shape[1]
-    boxes = [cv2.boundingRect(contour) for contour in contours]
-    boxes = [box for box in boxes if box[2] * box[3] >= config.min_area * frame_area and box[2] * box[3] > 0]
-    if not boxes:
+    if config.box_rule == "union" and config.min_area == 0:
+        box = cv2.boundingRect(edges)  # the union of every shape's box is the box of all edge pixels
+        return box if box[2] * box[3] > 0 else whole_frame(gray)
+    _, _, stats, _ = cv2.connectedComponentsWithStats(edges, connectivity=8)
+    stats = stats[1:, :4].astype(np.int64)  # x, y, width, height; label 0 is the background
+    areas = stats[:, 2] * stats[:, 3]
+    stats = stats[(areas > 0) & (areas >= config.min_area * gray.shape[0] * gray.shape[1])]
+    if not len(stats):
         return whole_frame(gray)
     if config.box_rule == "largest":
-        return max(boxes, key=lambda box: box[2] * box[3])
-    x0 = min(box[0] for box in boxes)
-    y0 = min(box[1] for box in boxes)
-    x1 = max(box[0] + box[2] for box in boxes)
-    y1 = max(box[1] + box[3] for box in boxes)
-    return (x0, y0, x1 - x0, y1 - y0)
+        return tuple(int(value) for value in stats[int(np.argmax(stats[:, 2] * stats[:, 3]))])
+    x0, y0 = stats[:, 0].min(), stats[:, 1].min()
+    x1, y1 = (stats[:, 0] + stats[:, 2]).max(), (stats[:, 1] + stats[:, 3]).max()
+    return (int(x0), int(y0), int(x1 - x0), int(y1 - y0))
 
 
 def whole_frame(gray: np.ndarray):
@@ -243,7 +254,7 @@ def preprocess_steps(decoded: np.ndarray, config: PreprocessConfig, reduction: i
     if config.crop_pad:
         box = pad_box(box, config.crop_pad, gray.shape[1], gray.shape[0])
     x, y, width, height = box
-    source = {"binary": binary, "gray": gray, "color": cv2.cvtColor(image, cv2.COLOR_BGR2RGB)}[config.mode]
+    source = binary if config.mode == "binary" else gray if config.mode == "gray" else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     if config.mask_background:
         source = blank_background(source, mask, "zero" if config.mode == "binary" else config.mask_fill)
     crop = source[y:y + height, x:x + width]

@@ -297,3 +297,40 @@ def test_a_config_cache_hit_decodes_nothing(isolated, synthetic_data, monkeypatc
     assert second.cache_hit and not first.cache_hit
     assert np.array_equal(first.x, second.x)
     assert [item.relpath for item in second.items] == [item.relpath for item in first.items]
+
+
+def _contour_boxes(edges: np.ndarray) -> np.ndarray:
+    """The recipe as the camp wrote it: the boxes of the external contours."""
+    contours, _ = cv2.findContours(edges, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    return np.array([cv2.boundingRect(contour) for contour in contours]).reshape(-1, 4)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("min_area", [0.0, 0.002, 0.01])
+def test_component_boxes_agree_with_the_recipes_contours(seed, min_area):
+    """Shapes nested in holes, touching the frame, diagonal neighbours: the union and the largest box
+    from connected components are the ones the notebook's findContours loop gives."""
+    rng = np.random.default_rng(seed)
+    binary = np.zeros((90, 120), np.uint8)
+    for _ in range(12):
+        x, y = int(rng.integers(-10, 120)), int(rng.integers(-10, 90))
+        size = (int(rng.integers(2, 30)), int(rng.integers(2, 30)))
+        if rng.random() < 0.5:
+            cv2.rectangle(binary, (x, y), (x + size[0], y + size[1]), 255, int(rng.choice([1, 2, -1])))
+        else:
+            cv2.ellipse(binary, (x, y), size, float(rng.integers(0, 180)), 0, 360, 255, int(rng.choice([1, -1])))
+    binary[rng.random(binary.shape) < 0.01] = 255  # specks, some only diagonally connected
+    gray = np.zeros_like(binary)
+    for rule in ("union", "largest"):
+        config = PreprocessConfig(box_rule=rule, min_area=min_area, morph_close=False, morph_gradient=False,
+                                  morph_kernel=1)
+        boxes = _contour_boxes(binary)
+        boxes = boxes[boxes[:, 2] * boxes[:, 3] >= max(min_area * binary.size, 1)]
+        box = preprocess.recipe_box(None, gray, binary, config)
+        if rule == "union":
+            expected = (boxes[:, 0].min(), boxes[:, 1].min(), (boxes[:, 0] + boxes[:, 2]).max() - boxes[:, 0].min(),
+                        (boxes[:, 1] + boxes[:, 3]).max() - boxes[:, 1].min())
+            assert box == tuple(int(value) for value in expected)
+        else:  # equally large boxes may differ in place, never in size
+            assert box[2] * box[3] == (boxes[:, 2] * boxes[:, 3]).max()
+            assert any(tuple(candidate) == box for candidate in boxes)
