@@ -415,7 +415,7 @@ def _load_study(context: Context):
     import mlflow
     import optuna
 
-    from camp.sweep import DEFAULT_JOURNAL, make_storage
+    from camp.storage import DEFAULT_JOURNAL, make_storage
 
     name = context.args.study or context.champion.study
     if not name:

@@ -1,11 +1,16 @@
 """What a sweep leaves behind: Optuna's plots and a best-trials table on the parent run, a summary,
-the best trial registered as `camp-classifier` (champion only if it improves), and where to look next."""
+the best trial registered as `camp-classifier` (champion only if it improves, once even when several
+machines finish together), and where to look next."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import os
 import tempfile
 import warnings
+from datetime import datetime, timezone
 from pathlib import Path
 
 import optuna
@@ -13,6 +18,7 @@ import optuna
 from camp import tracking
 
 STATE = optuna.trial.TrialState
+ADVISORY_LOCK_KEY = int(hashlib.sha1(b"camp-champion").hexdigest()[:15], 16)
 
 
 def summarise(study: optuna.Study, plan, before: int, seconds: float) -> dict:
@@ -126,3 +132,63 @@ def print_next_steps(summary: dict) -> None:
     print("  make report                  # the champion's report: reports/<study>/report.html")
     print("  camp predict IMAGE.jpg       # classify with models:/camp-classifier@champion")
     print(f"  store: {tracking.mask_url(tracking.tracking_uri())}")
+
+
+@contextlib.contextmanager
+def champion_lock(storage):
+    """One registration at a time: a PostgreSQL advisory lock in the Optuna database when the study lives
+    there (every machine sees it), else an exclusive file lock on this machine."""
+    engine = getattr(storage, "engine", None)
+    if engine is not None and engine.dialect.name == "postgresql":
+        import sqlalchemy
+
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": ADVISORY_LOCK_KEY})
+            connection.commit()
+            try:
+                yield
+            finally:
+                connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": ADVISORY_LOCK_KEY})
+                connection.commit()
+        return
+    import fcntl
+
+    uri = tracking.tracking_uri()
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = "sqlite:///" + os.path.abspath(uri[len("sqlite:///"):])
+    path = Path(tempfile.gettempdir()) / f"camp-champion-{hashlib.sha1(uri.encode()).hexdigest()[:12]}.lock"
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def register_champion(study: optuna.Study, plan, summary: dict, storage) -> None:
+    """Register the best trial once and move @champion at most once for it, even when several sweeps of
+    the study (machines) finish together: under `champion_lock`, a run that already has a registered
+    version is not registered again. A promotion is recorded as tag `camp.promoted_at` on the version."""
+    from mlflow import MlflowClient
+
+    from camp.registry import CHAMPION, MODEL_NAME
+
+    run_id = summary["best_run_id"]
+    with champion_lock(storage):
+        client = MlflowClient()
+        existing = client.search_model_versions(f"name='{MODEL_NAME}' and run_id='{run_id}'")
+        if existing:
+            version = min(existing, key=lambda v: int(v.version))
+            try:
+                champion = client.get_model_version_by_alias(MODEL_NAME, CHAMPION).version
+            except Exception:
+                champion = None
+            summary.update({"registered_version": version.version, "champion_moved": False})
+            print(f"trial #{summary['best_trial']} is already registered as {MODEL_NAME} v{version.version}"
+                  + (f" (@{CHAMPION})" if str(champion) == str(version.version) else f"; @{CHAMPION} is v{champion}")
+                  + ": nothing to register")
+            return
+        register_best(study, plan, summary)
+        if summary.get("champion_moved"):
+            client.set_model_version_tag(MODEL_NAME, summary["registered_version"], "camp.promoted_at",
+                                         datetime.now(timezone.utc).isoformat(timespec="seconds"))

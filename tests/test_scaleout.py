@@ -398,7 +398,7 @@ def test_passwords_are_masked_in_urls_and_messages():
 
 
 def test_heartbeat_settings_come_from_the_environment(monkeypatch):
-    from camp.sweep import heartbeat_settings
+    from camp.storage import heartbeat_settings
 
     monkeypatch.delenv("CAMP_HEARTBEAT_INTERVAL", raising=False)
     monkeypatch.delenv("CAMP_HEARTBEAT_GRACE", raising=False)
@@ -439,7 +439,7 @@ def _assert_failed_killed_and_requeued(study, trial, run_id, client):
 
 
 def test_a_dead_local_workers_trial_is_failed_killed_and_requeued_on_the_journal(isolated):
-    from camp.sweep import make_storage, tidy_study
+    from camp.storage import make_storage, tidy_study
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()  # a pid that no longer runs
@@ -452,7 +452,7 @@ def test_a_dead_local_workers_trial_is_failed_killed_and_requeued_on_the_journal
 
 
 def test_optunas_heartbeat_fails_a_silent_trial_kills_its_run_and_requeues_it(isolated, monkeypatch):
-    from camp.sweep import make_storage
+    from camp.storage import make_storage
 
     monkeypatch.setenv("CAMP_HEARTBEAT_INTERVAL", "1")
     monkeypatch.setenv("CAMP_HEARTBEAT_GRACE", "2")
