@@ -3,8 +3,10 @@
 For each input shape: images/s of `model.fit` on NumPy arrays (as camp trains), of the same model
 fed from an in-memory `tf.data` pipeline (cache + prefetch), and the compute floor: the model's
 FLOPs per image (forward + backward ~ 3x forward) x images / this machine's measured matmul GFLOP/s.
-Variants tried: batch size 32/64/128 and XLA `jit_compile` (reported; the winner is kept in
-ModelConfig defaults only when it wins here).
+Variants tried: batch size 32/64/128, augmentation off (its cost; camp's default augments inside
+the model), XLA `jit_compile` (without augmentation: Keras cannot compile the random layers), and `--threads N` (TensorFlow intra/inter-op threads, one run each).
+Inputs are NHWC (channels-last), Keras's default and the only layout TensorFlow's CPU convolutions
+run natively. The winner is kept in ModelConfig defaults only when it wins here.
 
     .venv/bin/python bench/train.py [--images 1024] [--epochs 2]
 """
@@ -54,7 +56,8 @@ def matmul_gflops(size: int = 1024, repeats: int = 10) -> float:
     return 2.0 * size ** 3 * repeats / (time.perf_counter() - started) / 1e9
 
 
-def fit_rate(shape, images: int, epochs: int, batch_size: int, source: str, jit: bool = False) -> tuple[float, float]:
+def fit_rate(shape, images: int, epochs: int, batch_size: int, source: str, jit: bool = False,
+             augmentation: bool = True) -> tuple[float, float]:
     import keras
     import tensorflow as tf
 
@@ -62,7 +65,7 @@ def fit_rate(shape, images: int, epochs: int, batch_size: int, source: str, jit:
 
     keras.backend.clear_session()
     keras.utils.set_random_seed(0)
-    config = ModelConfig(batch_size=batch_size)
+    config = ModelConfig(batch_size=batch_size, augmentation=augmentation)
     model = build_model(shape, 5, config)
     model.compile(optimizer=make_optimizer(config), loss=make_loss(config, np.ones(5)), jit_compile=jit)
     rng = np.random.default_rng(0)
@@ -84,15 +87,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=1024)
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="TensorFlow intra- and inter-op threads (0: TensorFlow's default, as camp runs it)")
+    parser.add_argument("--shapes", default=",".join("x".join(map(str, shape)) for shape in SHAPES))
     args = parser.parse_args()
+    if args.threads:
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    shapes = [tuple(int(side) for side in shape.split("x")) for shape in args.shapes.split(",")]
     gflops = matmul_gflops()
     rows = []
-    for shape in SHAPES:
+    for shape in shapes:
         numpy_rate, flops = fit_rate(shape, args.images, args.epochs, 64, "numpy")
         data_rate, _ = fit_rate(shape, args.images, args.epochs, 64, "tf.data")
         floor = gflops * 1e9 / (3.0 * flops)
         variants = {f"batch{b}": round(fit_rate(shape, args.images, args.epochs, b, "numpy")[0], 1) for b in (32, 128)}
-        variants["batch64_jit"] = round(fit_rate(shape, args.images, args.epochs, 64, "numpy", jit=True)[0], 1)
+        variants["batch64_no_augmentation"] = round(
+            fit_rate(shape, args.images, args.epochs, 64, "numpy", augmentation=False)[0], 1)
+        # Keras refuses XLA for the random augmentation layers (it warns and runs without), so XLA is
+        # measured on the model without them: compare it with batch64_no_augmentation
+        variants["batch64_no_augmentation_jit"] = round(
+            fit_rate(shape, args.images, args.epochs, 64, "numpy", jit=True, augmentation=False)[0], 1)
         rows.append({"shape": "x".join(map(str, shape)), "images_per_second": {
             "camp_numpy_fit_batch64": round(numpy_rate, 1), "in_memory_tf_data_batch64": round(data_rate, 1),
             "compute_floor": round(floor, 1), **variants},
@@ -100,6 +117,7 @@ def main() -> None:
             "pipeline_share_of_in_memory": round(numpy_rate / data_rate, 2),
             "fraction_of_compute_floor": round(numpy_rate / floor, 3)})
     print(json.dumps({"bench": "train", "images": args.images, "epochs": args.epochs, "cores": os.cpu_count(),
+                      "threads": args.threads or "default",
                       "matmul_gflops": round(gflops, 1), "results": rows}, indent=2))
 
 

@@ -4,11 +4,13 @@ epoch on validation and logs everything to one MLflow run. `camp train` and ever
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -96,6 +98,44 @@ def prepare_dataset(config: RunConfig) -> tuple[Dataset, str]:
     return _DATASETS[key]
 
 
+_GRADIENTS = {"active": 0, "before": set()}
+_GRADIENTS_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def released_custom_gradients():
+    """Drop the `tf.custom_gradient` registrations a training run leaves in TensorFlow's global gradient
+    registry, so a sweep process does not grow with every trial.
+
+    Keras's TensorFlow optimizer sums gradients through `tf.distribute`, which wraps them in
+    `tf.custom_gradient`; each trace registers a `CustomGradient-<uid>` function that nothing removes
+    (`keras.backend.clear_session()` included), and it holds that trial's whole train-step graph: about
+    19 MB per trial (`bench/memory.py`). A registration is only looked up while a gradient is being
+    built, so once no run is training its entries are dead. Entries added while any run is active are
+    removed when the last one ends. TensorFlow's registry is private API: if it moves, nothing is
+    removed (and `bench/memory.py` shows the growth again).
+    """
+    try:
+        from tensorflow.python.framework import ops
+
+        registry = ops.gradient_registry._registry
+    except (ImportError, AttributeError):
+        registry = None
+    with _GRADIENTS_LOCK:
+        if registry is not None and _GRADIENTS["active"] == 0:
+            _GRADIENTS["before"] = set(registry)
+        _GRADIENTS["active"] += 1
+    try:
+        yield
+    finally:
+        with _GRADIENTS_LOCK:
+            _GRADIENTS["active"] -= 1
+            if registry is not None and _GRADIENTS["active"] == 0:
+                for key in [key for key in registry if key not in _GRADIENTS["before"]]:
+                    if str(key).startswith("CustomGradient-"):
+                        registry.pop(key, None)
+
+
 def configure_tensorflow() -> None:
     """Quiet logs and honour CAMP_THREADS (threads per process) before TensorFlow starts."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -128,7 +168,8 @@ def _train_in_run(config, run_id, epoch_callback, log_model, progress, started) 
     import mlflow
 
     try:
-        return _fit(config, run_id, epoch_callback, log_model, progress, started)
+        with released_custom_gradients():
+            return _fit(config, run_id, epoch_callback, log_model, progress, started)
     except BaseException as error:
         if type(error).__name__ != "TrialPruned":
             mlflow.log_text("".join(traceback.format_exception(error)), "error.txt")

@@ -180,3 +180,19 @@ def test_duplicate_files_across_splits_are_logged_as_leakage(isolated, tmp_path,
     assert run.data.tags["camp.leaked_duplicates"] == "1"
     groups = mlflow.artifacts.load_dict(f"runs:/{result.run_id}/duplicates_across_splits.json")["groups"]
     assert groups == [sorted([f"train:{leaked.relative_to(root)}", "validation:validation/hat/copy-of-train.jpg"])]
+
+
+def test_runs_leave_no_custom_gradients_behind(isolated, synthetic_data):
+    """Keras's optimizer registers a `tf.custom_gradient` per trace that TensorFlow never drops; each one
+    holds a whole train-step graph (~19 MB a trial in a sweep process, bench/memory.py)."""
+    from tensorflow.python.framework import ops
+
+    def custom_gradients() -> set:
+        return {key for key in ops.gradient_registry._registry if str(key).startswith("CustomGradient-")}
+
+    config = run_config(isolated, synthetic_data, epochs=1)
+    train(config, progress=False, log_model=False)  # first run in the process: imports, one-time registrations
+    before = custom_gradients()
+    train(config, progress=False, log_model=False)
+    train(config, progress=False, log_model=False)
+    assert custom_gradients() == before
