@@ -56,7 +56,9 @@ pruner, and TPE's own proposals start at trial 11. Both arms keep camp's in-proc
 list and fingerprint (`camp.train.prepare_dataset`: every file hashed once per worker process), which is not a
 preprocessing cache.
 
-`--out DIR` writes `sweep_time_to_target.png` (best so far vs wall time, both arms, every seed).
+`--out DIR` writes `sweep_time_to_target.png` (best so far vs wall time, both arms, every seed). `levels`
+reads the same curves at several targets (`--levels`), so one run shows where the speed-up holds and where
+it does not; `--rescore OUT.json` recomputes it from a saved output without running anything.
 """
 
 from __future__ import annotations
@@ -374,6 +376,31 @@ def compare(by_arm: dict, args) -> dict:
     return out
 
 
+def first_reached(best_so_far: list, level: float, budget: float | None) -> float | None:
+    """When a best-so-far curve ([elapsed_s, best], maximising) first reaches `level` within the budget."""
+    for elapsed, best in best_so_far:
+        if best >= level:
+            return elapsed if budget is None or elapsed <= budget else None
+    return None
+
+
+def levels_table(runs: list[dict], levels: list[float], budget: float | None) -> list[dict]:
+    """Time to each of several targets from the same runs (the median over seeds; not reached = null), and
+    baseline / camp where both reached it: the speed-up read off the whole best-so-far curve, not one target."""
+    rows = []
+    for level in levels:
+        row = {"target": level}
+        for arm in ARMS:
+            times = [first_reached(run["best_so_far"], level, budget) for run in runs if run["arm"] == arm]
+            finite = sorted(t if t is not None else math.inf for t in times)
+            middle = statistics.median(finite) if finite else math.inf
+            row[f"{arm}_s"] = middle if math.isfinite(middle) else None
+        both = row["camp_s"] is not None and row["baseline_s"] is not None
+        row["speedup"] = round(row["baseline_s"] / max(row["camp_s"], 1e-9), 2) if both else None
+        rows.append(row)
+    return rows
+
+
 def plot(runs: list[dict], args, path: Path) -> Path:
     import matplotlib
 
@@ -421,8 +448,17 @@ def main() -> int:
     parser.add_argument("--max-epochs", type=int, help="cap model.max_epochs for both arms")
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS), help=argparse.SUPPRESS)
     parser.add_argument("--out", help="folder for sweep_time_to_target.png")
+    parser.add_argument("--levels", type=float, nargs="+", default=[0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6],
+                        help="also report the time to each of these targets (table `levels`)")
+    parser.add_argument("--rescore", metavar="JSON", help="recompute `levels` from this script's saved output, run nothing")
     parser.add_argument("--keep", action="store_true", help="keep each arm's store (MLflow, journal, cache)")
     args = parser.parse_args()
+    if args.rescore:
+        saved = json.loads(Path(args.rescore).read_text())
+        budget = saved["args"].get("budget")
+        saved["levels"] = levels_table(saved["runs"], args.levels, budget)
+        print(json.dumps(saved, indent=2))
+        return 0
     if not args.budget and not args.trials:
         parser.error("give --budget or --trials")
     if args.workers < 1 or (args.trials is not None and args.trials < 1):
@@ -465,6 +501,7 @@ def main() -> int:
                        for arm, runs in by_arm.items()}
     if set(by_arm) == set(ARMS):
         results.update(compare(by_arm, args))
+        results["levels"] = levels_table(results["runs"], args.levels, args.budget)
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)

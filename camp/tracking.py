@@ -21,12 +21,16 @@ def setup(experiment: str = DEFAULT_EXPERIMENT) -> str:
     import mlflow
 
     uri = tracking_uri()
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    artifact_location = None  # the default store: MLflow's ./mlruns/<experiment id>/, beside mlflow.db
+    if uri.startswith("sqlite:///"):
+        database = Path(uri[len("sqlite:///"):])
+        database.parent.mkdir(parents=True, exist_ok=True)
+        if uri != DEFAULT_TRACKING_URI:  # another SQLite store keeps its artifacts beside it, not in ./mlruns
+            artifact_location = str(database.parent.resolve() / "artifacts" / experiment)
     mlflow.set_tracking_uri(uri)
     existing = mlflow.get_experiment_by_name(experiment)
-    if existing is None:  # with the SQLite default, artifacts land in ./mlruns/<experiment id>/
-        experiment_id = mlflow.create_experiment(experiment)
+    if existing is None:
+        experiment_id = mlflow.create_experiment(experiment, artifact_location=artifact_location)
     else:
         experiment_id = existing.experiment_id
     mlflow.set_experiment(experiment_id=experiment_id)

@@ -1,0 +1,25 @@
+"""camp.tracking: where MLflow's runs and artifacts go."""
+
+from __future__ import annotations
+
+from camp import tracking
+
+
+def test_a_sqlite_store_elsewhere_keeps_its_artifacts_beside_it(tmp_path, monkeypatch):
+    import mlflow
+
+    store, elsewhere = tmp_path / "store", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}/mlflow.db")
+    tracking.setup("where-test")
+    with mlflow.start_run() as run:
+        mlflow.log_text("hello", "note.txt")
+    assert not (elsewhere / "mlruns").exists()
+    assert [path.read_text() for path in store.rglob("note.txt")] == ["hello"]
+    assert str(store / "artifacts" / "where-test") in run.info.artifact_uri
+
+
+def test_masks_passwords_in_urls_and_messages():
+    assert tracking.mask_url("postgresql://camp:s3cret@db:5432/optuna") == "postgresql://camp:***@db:5432/optuna"
+    assert "s3cret" not in tracking.mask_secrets("could not connect to postgresql://camp:s3cret@db/optuna: refused")
