@@ -4,11 +4,12 @@ For each input shape: images/s of `model.fit` on NumPy arrays (as camp trains), 
 fed from an in-memory `tf.data` pipeline (cache + prefetch), and the compute floor: the model's
 FLOPs per image (forward + backward ~ 3x forward) x images / this machine's measured matmul GFLOP/s.
 Variants tried: batch size 32/64/128, augmentation off (its cost; camp's default augments inside
-the model), XLA `jit_compile` (without augmentation: Keras cannot compile the random layers), and `--threads N` (TensorFlow intra/inter-op threads, one run each).
-Inputs are NHWC (channels-last), Keras's default and the only layout TensorFlow's CPU convolutions
-run natively. The winner is kept in ModelConfig defaults only when it wins here.
+the model), XLA `jit_compile` (without augmentation: Keras cannot compile the random layers), and
+`--threads N` (TensorFlow intra/inter-op threads, one run each). Inputs are NHWC (channels-last),
+Keras's default; channels-first is not tried (TensorFlow's CPU Conv2D has long supported only NHWC).
+The winner is kept in ModelConfig defaults only when it wins here.
 
-    .venv/bin/python bench/train.py [--images 1024] [--epochs 2]
+    .venv/bin/python bench/train.py [--images 1024] [--epochs 2] [--shapes 32x32x1,64x64x3] [--threads 1]
 """
 
 from __future__ import annotations
