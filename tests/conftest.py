@@ -59,6 +59,14 @@ def smoke_store(tmp_path_factory, synthetic_data) -> Path:
     return directory
 
 
+@pytest.fixture(scope="module")
+def current_smoke_store(smoke_store) -> Path:
+    """The shared smoke sweep's store (registers @champion), made current for one test module."""
+    with pytest.MonkeyPatch.context() as patch:
+        use_store(patch, smoke_store)
+        yield smoke_store
+
+
 def run_concurrently(write, threads: int = 4, repeats: int = 15) -> list[Exception]:
     """Call `write()` `repeats` times in each of `threads` threads at once; the exceptions raised."""
     import threading

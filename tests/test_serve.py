@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from camp import cli
-from tests.conftest import SHARED_DATA, use_store
+from tests.conftest import SHARED_DATA
 from tests.servers import ARTIFACTS, HOST, REPO, clean_env, free_port, http, make_command, serving
 
 README = REPO / "README.md"
@@ -29,32 +29,24 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("make") is None,
 
 
 @pytest.fixture(scope="module")
-def store(smoke_store):
-    """The shared smoke sweep's store (registers @champion), made current for this module."""
-    with pytest.MonkeyPatch.context() as patch:
-        use_store(patch, smoke_store)
-        yield smoke_store
-
-
-@pytest.fixture(scope="module")
-def photos(store) -> list[Path]:
+def photos(current_smoke_store) -> list[Path]:
     """Two real photos of different labels from clothing-small, copied in as the README's a.jpg, b.jpg."""
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/datasets/clothing-small is not present")
     picked = [sorted((SHARED_DATA / "test" / source).glob("*.jpg"))[0] for source in ("shoes", "t-shirt")]
     copies = []
     for name, source in zip(("a.jpg", "b.jpg"), picked):
-        shutil.copy(source, store / name)
-        copies.append(store / name)
+        shutil.copy(source, current_smoke_store / name)
+        copies.append(current_smoke_store / name)
     return copies
 
 
 @pytest.fixture(scope="module")
-def server(store):
+def server(current_smoke_store):
     """`make serve` on a free port of 127.0.0.1; stopped (process group, by PID) after the module."""
     port = free_port()
     with serving(make_command("serve", SERVE_PORT=str(port)), f"http://{HOST}:{port}/health",
-                 store / "serve.log", env=clean_env()) as process:
+                 current_smoke_store / "serve.log", env=clean_env()) as process:
         yield f"http://{HOST}:{port}", process.startup_seconds
 
 
@@ -153,7 +145,7 @@ def test_readme_curl_examples_answer_like_camp_predict(server, photos, capsys):
         assert_same_answer(json.loads(result.stdout), expected, example[:60])
 
 
-def test_readme_python_example_loads_the_champion(store, photos, capsys):
+def test_readme_python_example_loads_the_champion(current_smoke_store, photos, capsys):
     """The README's three lines, run as written in a fresh Python whose working directory holds
     camp's store as `mlruns/` (the repository root's layout) and a photo as photo.jpg."""
     (snippet,) = readme_blocks("python")
@@ -161,12 +153,12 @@ def test_readme_python_example_loads_the_champion(store, photos, capsys):
     exports = [command for command in readme_commands() if command.startswith("export MLFLOW_TRACKING_URI=")]
     uri = exports[0].split("=", 1)[1].split("#")[0].strip()
     assert uri == "sqlite:///mlruns/mlflow.db"
-    shutil.copy(photos[0], store / "photo.jpg")
+    shutil.copy(photos[0], current_smoke_store / "photo.jpg")
     environment = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     environment["MLFLOW_TRACKING_URI"] = uri
-    result = subprocess.run([sys.executable, "-c", snippet], cwd=store, env=environment, capture_output=True,
-                            text=True, timeout=300)
+    result = subprocess.run([sys.executable, "-c", snippet], cwd=current_smoke_store, env=environment,
+                            capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    expected = camp_predict(capsys, [store / "photo.jpg"])[0]
+    expected = camp_predict(capsys, [current_smoke_store / "photo.jpg"])[0]
     printed = result.stdout.split()
     assert expected["label"] in printed and "p_shoes" in printed and "error" in printed

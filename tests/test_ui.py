@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import use_store
 from tests.servers import ARTIFACTS, HOST, clean_env, free_port, http, make_command, serving, stop
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -31,20 +30,12 @@ def chromium() -> str | None:
 
 
 @pytest.fixture(scope="module")
-def swept(smoke_store):
-    """The shared smoke sweep's MLflow store and Optuna journal, made current for this module."""
-    with pytest.MonkeyPatch.context() as patch:
-        use_store(patch, smoke_store)
-        yield smoke_store
-
-
-@pytest.fixture(scope="module")
-def ui(swept):
+def ui(current_smoke_store):
     """`make ui` on a free port of 127.0.0.1 over the sweep's store; stopped by PID after the module."""
 
     port = free_port()
-    with serving(make_command("ui", PORT=str(port)), f"http://{HOST}:{port}/health", swept / "ui.log",
-                 env=clean_env()):
+    with serving(make_command("ui", PORT=str(port)), f"http://{HOST}:{port}/health",
+                 current_smoke_store / "ui.log", env=clean_env()):
         yield f"http://{HOST}:{port}"
 
 
@@ -123,13 +114,13 @@ def test_mlflow_ui_renders_in_headless_chromium(ui, capsys):
         print("\nMLflow UI screenshots: " + ", ".join(str(path) for path in saved))
 
 
-def test_make_dashboard_serves_the_study_journal(swept, capsys):
+def test_make_dashboard_serves_the_study_journal(current_smoke_store, capsys):
 
     port = free_port()
-    journal = swept / "optuna.journal"
+    journal = current_smoke_store / "optuna.journal"
     url = f"http://{HOST}:{port}"
     with serving(make_command("dashboard", STORAGE=str(journal), DASHBOARD_PORT=str(port)), f"{url}/api/studies",
-                 swept / "dashboard.log", env=clean_env(), deadline_s=120):
+                 current_smoke_store / "dashboard.log", env=clean_env(), deadline_s=120):
         status, answer = http(f"{url}/api/studies")
         assert status == 200
         studies = {study["study_name"]: study["study_id"] for study in answer["study_summaries"]}
