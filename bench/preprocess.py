@@ -105,13 +105,9 @@ def main() -> None:
         items, fingerprint, PreprocessConfig(scale=0.5), progress=False), items)
     images._MEMORY.clear()
     os.environ["CAMP_CACHE"] = cache
-    arrays = None
-
-    def config_cache_hit():
-        nonlocal arrays
-        arrays = load_arrays(items, fingerprint, config, progress=False)
-
-    results["camp_config_cache"] = rate_all(config_cache_hit, items)
+    results["camp_config_cache"] = rate_all(lambda: load_arrays(items, fingerprint, config, progress=False), items)
+    if not load_arrays(items, fingerprint, config, progress=False).cache_hit:
+        raise RuntimeError("expected a config-cache hit: the config-cache row did not measure one")
     reduced = results[f"decode_reduced2_{threads}threads"]
     print(json.dumps({
         "bench": "preprocess", "images": len(items), "threads": threads, "machine": platform.processor() or platform.machine(),

@@ -189,11 +189,12 @@ def recipe_box(working: np.ndarray, gray: np.ndarray, binary: np.ndarray, config
     _, _, stats, _ = cv2.connectedComponentsWithStats(edges, connectivity=8)
     stats = stats[1:, :4].astype(np.int64)  # x, y, width, height; label 0 is the background
     areas = stats[:, 2] * stats[:, 3]
-    stats = stats[(areas > 0) & (areas >= config.min_area * gray.shape[0] * gray.shape[1])]
+    kept = (areas > 0) & (areas >= config.min_area * gray.shape[0] * gray.shape[1])
+    stats, areas = stats[kept], areas[kept]
     if not len(stats):
         return whole_frame(gray)
     if config.box_rule == "largest":
-        return tuple(int(value) for value in stats[int(np.argmax(stats[:, 2] * stats[:, 3]))])
+        return tuple(int(value) for value in stats[int(np.argmax(areas))])
     x0, y0 = stats[:, 0].min(), stats[:, 1].min()
     x1, y1 = (stats[:, 0] + stats[:, 2]).max(), (stats[:, 1] + stats[:, 3]).max()
     return (int(x0), int(y0), int(x1 - x0), int(y1 - y0))

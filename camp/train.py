@@ -131,9 +131,9 @@ def released_custom_gradients():
         with _GRADIENTS_LOCK:
             _GRADIENTS["active"] -= 1
             if registry is not None and _GRADIENTS["active"] == 0:
-                for key in [key for key in registry if key not in _GRADIENTS["before"]]:
-                    if str(key).startswith("CustomGradient-"):
-                        registry.pop(key, None)
+                for key in [key for key in registry if key not in _GRADIENTS["before"]
+                            and str(key).startswith("CustomGradient-")]:
+                    registry.pop(key, None)
 
 
 def configure_tensorflow() -> None:
@@ -168,6 +168,7 @@ def _train_in_run(config, run_id, epoch_callback, log_model, progress, started) 
     import mlflow
 
     try:
+        configure_tensorflow()  # before anything imports TensorFlow (released_custom_gradients does)
         with released_custom_gradients():
             return _fit(config, run_id, epoch_callback, log_model, progress, started)
     except BaseException as error:
@@ -208,7 +209,6 @@ def _fit(config: RunConfig, run_id: str, epoch_callback, log_model: bool, progre
     labels = dataset.labels
     n_classes = len(labels)
 
-    configure_tensorflow()
     import keras
     import tensorflow as tf
 
