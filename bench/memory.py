@@ -144,6 +144,7 @@ def main() -> int:
 
     import camp.sweep as sweep
     from camp import tracking
+    from camp.storage import make_storage
 
     before_imports = memory_now()
     import keras  # noqa: F401 - the first trial would import it; counted before the first reading instead
@@ -171,7 +172,7 @@ def main() -> int:
 
         camp.train.released_custom_gradients = contextlib.nullcontext
     tracking.setup()
-    storage = sweep.make_storage(store["storage"])
+    storage = make_storage(store["storage"])
     optuna.create_study(study_name=name, storage=storage, direction=plan.study_file.study.direction)
     start_memory = memory_now()
     log(f"{args.trials} trials of {args.config} in process {os.getpid()}; store {work}")

@@ -118,12 +118,10 @@ def build_plan(config: str, *, name: str, n_trials: int, timeout: float | None =
                exclude: str | None = None):
     """camp's `Plan` for study file `config` with the benchmark's overrides, built as `make_plan` builds it:
     `load_study_file`, then `dataclasses.replace` (each replace re-runs the config checks), then
-    `parse_space` on both knob sections."""
+    `camp.sweep.plan_for` (both knob sections parsed)."""
     from camp.config import load_study_file
     from camp.model import ModelConfig
-    from camp.preprocess import PreprocessConfig
-    from camp.space import parse_space
-    from camp.sweep import Plan
+    from camp.sweep import plan_for
 
     study_file = load_study_file(config)
     study = study_file.study
@@ -144,9 +142,7 @@ def build_plan(config: str, *, name: str, n_trials: int, timeout: float | None =
     if max_epochs is not None:
         model["max_epochs"] = _cap_epochs(model.get("max_epochs", ModelConfig().max_epochs), max_epochs)
     study_file = dataclasses.replace(study_file, study=study, data=data, model=model)
-    preprocess_knobs = parse_space("preprocess", study_file.preprocess, PreprocessConfig, study_file.path)
-    model_knobs = parse_space("model", study_file.model, ModelConfig, study_file.path)
-    return Plan(study_file, preprocess_knobs, model_knobs, n_trials, timeout, storage_url, data_path)
+    return plan_for(study_file, n_trials, timeout, storage_url, data_path)
 
 
 def absolute_exclude(config: str) -> str | None:
@@ -168,13 +164,8 @@ def data_root(data: str | None, config: str) -> str:
 def make_store(directory: Path) -> dict:
     """A fresh MLflow store (SQLite, artifacts beside it), Optuna journal and empty cache under `directory`;
     the environment that points camp at them."""
-    from mlflow import MlflowClient
-
     directory.mkdir(parents=True, exist_ok=True)
-    uri = f"sqlite:///{directory / 'mlflow.db'}"
-    # camp's tracking.setup() creates the experiment with a default artifact root of ./mlruns in the
-    # creating process's working directory: create it here with the artifacts explicitly beside the store
-    MlflowClient(uri).create_experiment("camp", artifact_location=(directory / "artifacts").as_uri())
+    uri = f"sqlite:///{directory / 'mlflow.db'}"  # camp.tracking keeps its artifacts beside it
     (directory / "cache").mkdir()
     return {"MLFLOW_TRACKING_URI": uri, "CAMP_CACHE": str(directory / "cache"),
             "storage": f"journal:{directory / 'optuna.journal'}"}
@@ -196,9 +187,7 @@ def install_no_cache() -> None:
     def load_arrays(items, data_fingerprint, config, progress=True):
         image_io._MEMORY.clear()
         decoded, skipped = image_io.decode_items(items, config.decode_reduction, progress)
-        kept = [(item, image) for item, image in zip(items, decoded) if image is not None]
-        x = preprocess.preprocess_batch([image for _, image in kept], config, progress)
-        return preprocess.Arrays(x, [item for item, _ in kept], skipped, False, config.cache_key(data_fingerprint))
+        return preprocess.arrays_from(items, decoded, skipped, config, config.cache_key(data_fingerprint), progress)
 
     if not hasattr(train, "load_arrays"):
         raise RuntimeError("camp.train no longer imports load_arrays: update bench/sweep.py's no-cache baseline")
@@ -241,7 +230,7 @@ def run_arm(arm: str, seed: int, args, data: str, work: Path) -> dict:
     import optuna
 
     from camp import tracking
-    from camp.sweep import make_storage
+    from camp.storage import make_storage
 
     directory = work / f"{arm}-s{seed}"
     store = make_store(directory)

@@ -310,9 +310,16 @@ def load_arrays(items: list[Item], data_fingerprint: str, config: PreprocessConf
         x, skipped = cached
         return Arrays(x, [item for item in items if item.relpath not in skipped], skipped, True, key)
     decoded, skipped = image_io.load_decoded(items, data_fingerprint, config.decode_reduction, progress)
+    arrays = arrays_from(items, decoded, skipped, config, key, progress)
+    _write_arrays(path, arrays.x, skipped)
+    return arrays
+
+
+def arrays_from(items: list[Item], decoded: list, skipped: dict, config: PreprocessConfig, key: str,
+                progress: bool = True) -> Arrays:
+    """Model inputs for the items whose decoded image is not None (a cache miss; nothing is cached here)."""
     kept = [(item, image) for item, image in zip(items, decoded) if image is not None]
     x = preprocess_batch([image for _, image in kept], config, progress)
-    _write_arrays(path, x, skipped)
     return Arrays(x, [item for item, _ in kept], skipped, False, key)
 
 

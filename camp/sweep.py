@@ -74,8 +74,6 @@ class Plan:
 
 def make_plan(args) -> Plan:
     study_file = load_study_file(args.config)
-    preprocess_knobs = parse_space("preprocess", study_file.preprocess, PreprocessConfig, study_file.path)
-    model_knobs = parse_space("model", study_file.model, ModelConfig, study_file.path)
     n_trials = args.n_trials or study_file.study.n_trials
     if n_trials < 1:
         raise ValueError(f"--n-trials must be >= 1, got {n_trials}")
@@ -83,8 +81,15 @@ def make_plan(args) -> Plan:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
     heartbeat_settings()  # bad $CAMP_HEARTBEAT_* values are errors before any trial
     storage_url = args.storage or os.environ.get(STORAGE_ENV) or None
-    return Plan(study_file, preprocess_knobs, model_knobs, n_trials, args.timeout or study_file.study.timeout,
-                storage_url, args.data)
+    return plan_for(study_file, n_trials, args.timeout or study_file.study.timeout, storage_url, args.data)
+
+
+def plan_for(study_file: StudyFile, n_trials: int, timeout: float | None, storage_url: str | None,
+             data_path: str | None) -> Plan:
+    """A `Plan` for a loaded study file: both knob sections parsed and checked."""
+    preprocess_knobs = parse_space("preprocess", study_file.preprocess, PreprocessConfig, study_file.path)
+    model_knobs = parse_space("model", study_file.model, ModelConfig, study_file.path)
+    return Plan(study_file, preprocess_knobs, model_knobs, n_trials, timeout, storage_url, data_path)
 
 
 def config_for(trial: optuna.Trial, plan: Plan):
