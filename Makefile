@@ -5,6 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SWEEP  ?= sweeps/default.yaml
 WORKERS ?= 2
+SEED   ?=
 PORT   ?= 5000
 SERVE_PORT ?= 5001
 DASHBOARD_PORT ?= 8080
@@ -34,8 +35,8 @@ data: ## get clothing-small: link ../shared when present, else clone the public 
 	elif [ -d $(SHARED) ]; then ln -s "$$(cd $(SHARED) && pwd)" data/clothing-small && echo "linked $(SHARED)"; \
 	else git clone --depth 1 https://github.com/alexeygrigorev/clothing-dataset-small data/clothing-small; fi
 
-sweep: setup data ## run the default study (about 30 min on 2 cores), register the champion
-	$(BIN)/camp sweep $(SWEEP) --workers $(WORKERS)
+sweep: setup data ## run the default study (about 30 min on 2 cores), register the champion (SEED=N: another seed)
+	$(BIN)/camp sweep $(SWEEP) --workers $(WORKERS) $(if $(SEED),--seed $(SEED))
 
 train: setup data ## one tracked run of the recipe defaults (sweeps/baseline.yaml)
 	$(BIN)/camp train sweeps/baseline.yaml

@@ -169,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep_parser.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
     sweep_parser.add_argument("--storage", help="Optuna storage URL (default: journal file under mlruns/)")
     sweep_parser.add_argument("--data")
+    sweep_parser.add_argument("--seed", type=int, help="override the study file's seed and sampler seed (repeat a "
+                              "study under other seeds)")
     sweep_parser.add_argument("--no-register", action="store_true", help="do not register the best trial")
     sweep_parser.add_argument("--worker-of", help=argparse.SUPPRESS)  # parent MLflow run id, for worker processes
     sweep_parser.set_defaults(handler=_sweep)

@@ -93,11 +93,43 @@ class PrunerConfig:
 
     name: str = "median"
     n_startup_trials: int = 3
-    n_warmup_steps: int = 3
+    n_warmup_steps: int = 3  # median: epochs before pruning; hyperband: its min_resource
+    signal: Optional[str] = None  # the per-epoch value the pruner ranks (default: the study's metric)
 
     def __post_init__(self):
         if self.name not in PRUNERS:
             raise ValueError(f"pruner.name must be one of {PRUNERS}, got {self.name!r}")
+        if self.signal is not None and self.signal not in metrics.OBJECTIVES:
+            raise ValueError(f"pruner.signal must be one of {sorted(metrics.OBJECTIVES)}, got {self.signal!r}")
+
+
+ENSEMBLES = ("none", "caruana", "top_k")
+
+
+@dataclasses.dataclass(frozen=True)
+class FinalizeConfig:
+    """What a sweep does after its trials: combine the best ones into one registered model.
+
+    `caruana`: greedy forward selection with replacement on the trials' validation probabilities
+    (Caruana et al. 2004), at most `max_members` distinct trials; `top_k`: the `max_members` best,
+    equally weighted; `none`: register the best single trial. The ensemble is registered only when it
+    beats the best single trial on validation by at least `min_gain`.
+    """
+
+    ensemble: str = "caruana"
+    max_members: int = 3
+    rounds: int = 10  # selection steps (members may repeat: that is their weight)
+    min_gain: float = 0.0
+
+    def __post_init__(self):
+        if self.ensemble not in ENSEMBLES:
+            raise ValueError(f"finalize.ensemble must be one of {ENSEMBLES}, got {self.ensemble!r}")
+        if not 1 <= self.max_members <= 20:
+            raise ValueError(f"finalize.max_members must be in [1, 20], got {self.max_members}")
+        if not 1 <= self.rounds <= 100:
+            raise ValueError(f"finalize.rounds must be in [1, 100], got {self.rounds}")
+        if self.min_gain < 0:
+            raise ValueError(f"finalize.min_gain must be >= 0, got {self.min_gain}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,6 +144,13 @@ class StudyConfig:
     max_failures: int = 10
     sampler: SamplerConfig = SamplerConfig()
     pruner: PrunerConfig = PrunerConfig()
+    # budget-aware stop: no trial starts when the study's median complete trial of its model family
+    # would not finish before `timeout` (a trial started at 29 of 30 minutes would run long past it)
+    fit_in_timeout: bool = True
+    # trials that run first (Optuna's enqueue_trial): each a {preprocess: {...}, model: {...}} of knob
+    # values, or {study: NAME, top: N} for the N best complete trials of an earlier study
+    warm_start: Optional[list] = None
+    finalize: FinalizeConfig = FinalizeConfig()
 
     def __post_init__(self):
         if self.metric not in metrics.OBJECTIVES:
@@ -124,6 +163,35 @@ class StudyConfig:
             raise ValueError(f"study.n_trials must be >= 1, got {self.n_trials}")
         if self.timeout is not None and self.timeout <= 0:
             raise ValueError(f"study.timeout must be > 0 seconds, got {self.timeout}")
+        if self.warm_start is not None:
+            if not isinstance(self.warm_start, list):
+                raise ValueError(f"study.warm_start must be a list, got {type(self.warm_start).__name__}")
+            for index, entry in enumerate(self.warm_start):
+                _check_warm_start(entry, f"study.warm_start[{index}]")
+            object.__setattr__(self, "warm_start", tuple(self.warm_start))  # frozen all the way down
+
+
+def _check_warm_start(entry: Any, where: str) -> None:
+    """The shape of one warm-start entry; its knob values are checked against the space by the sweep."""
+    if not isinstance(entry, dict) or not entry:
+        raise ValueError(f"{where}: expected {{preprocess: {{...}}, model: {{...}}}} or {{study: NAME, top: N}}")
+    if "study" in entry:
+        unknown = sorted(set(entry) - {"study", "top"}, key=str)
+        if unknown:
+            raise ValueError(f"{where}: unknown key(s) {', '.join(map(str, unknown))}; allowed: study, top")
+        if not isinstance(entry["study"], str) or not entry["study"]:
+            raise ValueError(f"{where}.study: expected a study name, got {entry['study']!r}")
+        top = entry.get("top", 1)
+        if not isinstance(top, int) or isinstance(top, bool) or top < 1:
+            raise ValueError(f"{where}.top: expected an integer >= 1, got {top!r}")
+        return
+    unknown = sorted(set(entry) - {"preprocess", "model"}, key=str)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {', '.join(map(str, unknown))}; allowed: preprocess, model "
+                         "(or study, top)")
+    for section in ("preprocess", "model"):
+        if not isinstance(entry.get(section) or {}, dict):
+            raise ValueError(f"{where}.{section}: expected a mapping of knob values")
 
 
 @dataclasses.dataclass(frozen=True)

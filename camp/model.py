@@ -1,6 +1,8 @@
-"""The CNN: a frozen `ModelConfig`, a Keras 3 Functional model, and the losses (plain, balanced, focal).
+"""The model knobs: a frozen `ModelConfig`, the CNN (a Keras 3 Functional model, plain or residual
+blocks), its learning-rate schedule and losses (plain, balanced, focal). `family: hog_linear` selects the
+classical model instead (`camp.classical`), whose knobs (`hog_*`) live here too.
 
-The model takes uint8 images (the preprocessing output) and rescales them itself, so training and
+The CNN takes uint8 images (the preprocessing output) and rescales them itself, so training and
 the served model feed the same arrays.
 """
 
@@ -10,6 +12,9 @@ import dataclasses
 
 import numpy as np
 
+FAMILIES = ("cnn", "hog_linear")
+BLOCKS = ("plain", "residual")
+SCHEDULES = ("constant", "cosine", "linear")
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 LOSS_WEIGHTINGS = ("none", "balanced", "focal")
 FOCAL_ALPHAS = ("none", "balanced")
@@ -19,7 +24,9 @@ FOCAL_ALPHAS = ("none", "balanced")
 class ModelConfig:
     """Architecture, optimiser, budget, augmentation and class-imbalance handling."""
 
+    family: str = "cnn"
     conv_blocks: int = 3
+    block: str = "plain"  # residual: each block adds its input (1x1 projection) to its two convolutions
     filters: int = 32
     kernel_size: int = 3
     batch_norm: bool = True
@@ -27,6 +34,9 @@ class ModelConfig:
     dense_units: int = 128
     optimizer: str = "adam"
     learning_rate: float = 1e-3
+    # over max_epochs: cosine / linear decay to zero make the last epochs settle instead of jumping
+    lr_schedule: str = "constant"
+    warmup_epochs: int = 0
     momentum: float = 0.9
     weight_decay: float = 1e-4
     batch_size: int = 64
@@ -38,8 +48,26 @@ class ModelConfig:
     focal_gamma: float = 2.0
     focal_alpha: str = "balanced"
     label_smoothing: float = 0.0
+    # family hog_linear: HOG features of the preprocessed image + multinomial logistic regression
+    hog_cell: int = 8  # pixels per HOG cell (blocks are 2x2 cells)
+    hog_orientations: int = 9
+    hog_c: float = 1.0  # inverse L2 strength of the logistic regression
 
     def __post_init__(self):
+        if self.family not in FAMILIES:
+            raise ValueError(f"family must be one of {FAMILIES}, got {self.family!r}")
+        if self.block not in BLOCKS:
+            raise ValueError(f"block must be one of {BLOCKS}, got {self.block!r}")
+        if self.lr_schedule not in SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {SCHEDULES}, got {self.lr_schedule!r}")
+        if not 0 <= self.warmup_epochs < self.max_epochs:
+            raise ValueError(f"warmup_epochs must be in [0, max_epochs), got {self.warmup_epochs}")
+        if not 2 <= self.hog_cell <= 64:
+            raise ValueError(f"hog_cell must be in [2, 64] pixels, got {self.hog_cell}")
+        if not 2 <= self.hog_orientations <= 36:
+            raise ValueError(f"hog_orientations must be in [2, 36], got {self.hog_orientations}")
+        if not 0.0 < self.hog_c <= 1e4:
+            raise ValueError(f"hog_c must be in (0, 1e4], got {self.hog_c}")
         if not 1 <= self.conv_blocks <= 6:
             raise ValueError(f"conv_blocks must be in [1, 6], got {self.conv_blocks}")
         if not 4 <= self.filters <= 512:
@@ -98,10 +126,15 @@ def build_model(input_shape: tuple[int, int, int], n_classes: int, config: Model
         x = layers.RandomZoom(0.1, fill_mode="nearest")(x)
     filters = config.filters
     for _ in range(config.conv_blocks):
-        for _ in range(2):
+        shortcut = x
+        for index in range(2):
             x = layers.Conv2D(filters, config.kernel_size, padding="same", use_bias=not config.batch_norm)(x)
             if config.batch_norm:
                 x = layers.BatchNormalization()(x)
+            if config.block == "residual" and index == 1:
+                if shortcut.shape[-1] != filters:
+                    shortcut = layers.Conv2D(filters, 1, padding="same", use_bias=False)(shortcut)
+                x = layers.Add()([x, shortcut])
             x = layers.Activation("relu")(x)
         if min(x.shape[1], x.shape[2]) >= 2:
             x = layers.MaxPooling2D()(x)
@@ -117,16 +150,52 @@ def build_model(input_shape: tuple[int, int, int], n_classes: int, config: Model
     return keras.Model(inputs, outputs, name="camp_cnn")
 
 
-def make_optimizer(config: ModelConfig):
+def learning_rate(config: ModelConfig, steps_per_epoch: int):
+    """The learning rate or schedule over `max_epochs` x `steps_per_epoch` optimiser steps: constant, or
+    linear warm-up from ~0 over `warmup_epochs` then cosine or linear decay to zero."""
     import keras
 
+    total = max(1, config.max_epochs * steps_per_epoch)
+    warmup = config.warmup_epochs * steps_per_epoch
+    if config.lr_schedule == "constant" and not warmup:
+        return config.learning_rate
+    if config.lr_schedule == "cosine":
+        if not warmup:
+            return keras.optimizers.schedules.CosineDecay(config.learning_rate, total)
+        return keras.optimizers.schedules.CosineDecay(config.learning_rate * 1e-2, total - warmup,
+                                                      warmup_target=config.learning_rate, warmup_steps=warmup)
+    return _WarmupLinear(config.learning_rate, warmup, total, decay=config.lr_schedule == "linear")
+
+
+def _WarmupLinear(peak: float, warmup: int, total: int, decay: bool):
+    """Linear warm-up to `peak`, then constant or linear decay to zero at `total` steps."""
+    import keras
+    from keras import ops
+
+    class WarmupLinear(keras.optimizers.schedules.LearningRateSchedule):
+        def __call__(self, step):
+            step = ops.cast(step, "float32")
+            rising = peak * (step + 1.0) / float(max(1, warmup))
+            falling = peak * ops.maximum(0.0, (total - step) / float(max(1, total - warmup))) if decay else peak
+            return ops.where(step < warmup, rising, falling)
+
+        def get_config(self):
+            return {"peak": peak, "warmup": warmup, "total": total, "decay": decay}
+
+    return WarmupLinear()
+
+
+def make_optimizer(config: ModelConfig, steps_per_epoch: int = 1):
+    import keras
+
+    rate = learning_rate(config, steps_per_epoch)
     if config.optimizer == "adam":
-        return keras.optimizers.Adam(config.learning_rate)
+        return keras.optimizers.Adam(rate)
     if config.optimizer == "adamw":
-        return keras.optimizers.AdamW(config.learning_rate, weight_decay=config.weight_decay)
+        return keras.optimizers.AdamW(rate, weight_decay=config.weight_decay)
     if config.optimizer == "sgd":
-        return keras.optimizers.SGD(config.learning_rate, momentum=config.momentum, nesterov=True)
-    return keras.optimizers.RMSprop(config.learning_rate)
+        return keras.optimizers.SGD(rate, momentum=config.momentum, nesterov=True)
+    return keras.optimizers.RMSprop(rate)
 
 
 def make_loss(config: ModelConfig, class_weights: np.ndarray):

@@ -23,6 +23,8 @@ import mlflow
 import numpy as np
 import pandas as pd
 
+from camp import ensemble
+
 MODEL_NAME = "camp-classifier"
 CHAMPION = "champion"
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -60,21 +62,44 @@ class CampClassifier(mlflow.pyfunc.PythonModel):
         self.load_bundle(context.artifacts["bundle"])
 
     def load_bundle(self, bundle: str | Path):
-        import keras
-
+        """A trained run's bundle (`camp.json` + `model.keras` or the classical `model.pkl`), or an ensemble
+        bundle (`ensemble.json` + `members/<k>/`, each a run's bundle)."""
+        bundle = Path(bundle)
+        if (bundle / "ensemble.json").is_file():
+            spec = json.loads((bundle / "ensemble.json").read_text())
+            self.members = [CampClassifier().load_bundle(bundle / "members" / name) for name in spec["members"]]
+            self.weights = [float(weight) for weight in spec["weights"]]
+            self.labels = list(spec["labels"])
+            if any(member.labels != self.labels for member in self.members):
+                raise ValueError(f"{bundle}: ensemble members disagree on the labels")
+            self.preprocess = self.members[0].preprocess
+            return self
         from camp.preprocess import PreprocessConfig
 
-        bundle = Path(bundle)
         meta = json.loads((bundle / "camp.json").read_text())
+        self.members, self.weights = None, None
         self.labels = list(meta["labels"])
         self.preprocess = PreprocessConfig(**meta["preprocess"])
-        self.model = keras.models.load_model(bundle / "model.keras", compile=False)
+        if (bundle / "model.keras").is_file():
+            import keras
+
+            self.model = keras.models.load_model(bundle / "model.keras", compile=False)
+        else:
+            from camp import classical
+
+            self.model = classical.load(bundle)
         return self
 
     def predict(self, context, model_input, params=None):
         return self.predict_images(_to_values(model_input))
 
-    def predict_images(self, values) -> pd.DataFrame:
+    def probabilities(self, values) -> tuple[np.ndarray, list]:
+        """(len(values), classes) probabilities, NaN rows for unreadable items, and (index, error) pairs.
+        An ensemble averages its members' probabilities with its weights."""
+        if self.members:
+            outputs = [member.probabilities(values) for member in self.members]
+            errors = dict(error for _, member_errors in outputs for error in member_errors)
+            return ensemble.average([p for p, _ in outputs], self.weights), sorted(errors.items())
         from camp.images import UnreadableImage, decode_any
         from camp.preprocess import preprocess_image
 
@@ -89,6 +114,10 @@ class CampClassifier(mlflow.pyfunc.PythonModel):
         probabilities = np.full((len(values), len(self.labels)), np.nan)
         if inputs:
             probabilities[rows] = self.model.predict(np.stack(inputs), batch_size=256, verbose=0)
+        return probabilities, errors
+
+    def predict_images(self, values) -> pd.DataFrame:
+        probabilities, errors = self.probabilities(values)
         predicted = np.nan_to_num(probabilities, nan=-1).argmax(axis=1)
         frame = pd.DataFrame(index=range(len(values)))
         frame["label"] = [self.labels[predicted[i]] if not np.isnan(probabilities[i, 0]) else "" for i in range(len(values))]
@@ -128,7 +157,7 @@ def _requirements() -> list[str]:
     from importlib.metadata import version
 
     packages = ["mlflow", "tensorflow", "keras", "opencv-python-headless", "numpy", "pandas", "pyyaml",
-                "scikit-learn", "tqdm"]
+                "scikit-learn", "scikit-image", "tqdm"]
     return [f"{name}=={version(name)}" for name in packages]
 
 
@@ -212,6 +241,7 @@ def register_and_promote(model_uri: str, run_id: str, value: float, config, data
     else:
         log(f"re-evaluating @{CHAMPION} v{champion.version} on this validation set ...")
         champion_value = evaluate_on_validation(f"models:/{MODEL_NAME}@{CHAMPION}", config, config.metric)
+    value = round(value, 6)  # as stored in the tag: a version is not better than itself
     better = value > champion_value if config.direction == "maximize" else value < champion_value
     if better:
         client.set_registered_model_alias(MODEL_NAME, CHAMPION, version.version)

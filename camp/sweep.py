@@ -9,7 +9,7 @@ machines. Re-running resumes the study.
 Dead and stopped workers are handled in `camp.storage` (heartbeat, re-queue, tidy-up); Ctrl-C /
 SIGTERM: the running trial is failed in Optuna, its run ended KILLED, the parent run KILLED, and the
 command exits 130 with a message; rerunning resumes the study. The best trial is registered under a
-lock (`camp.sweep_report.champion_lock`), so machines finishing together register it once.
+lock (`camp.sweep_summary.champion_lock`), so machines finishing together register it once.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import time
 
 import optuna
 
-from camp import tracking
+from camp import metrics, tracking, warm_start
 from camp.config import StudyFile, load_study_file
 from camp.model import ModelConfig
 from camp.preprocess import PreprocessConfig
@@ -81,7 +81,17 @@ def make_plan(args) -> Plan:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
     heartbeat_settings()  # bad $CAMP_HEARTBEAT_* values are errors before any trial
     storage_url = args.storage or os.environ.get(STORAGE_ENV) or None
+    if getattr(args, "seed", None) is not None:
+        study_file = with_seed(study_file, args.seed)
     return plan_for(study_file, n_trials, args.timeout or study_file.study.timeout, storage_url, args.data)
+
+
+def with_seed(study_file: StudyFile, seed: int) -> StudyFile:
+    """The study file under another seed: the training seed and the sampler's (`camp sweep --seed`)."""
+    if seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {seed}")
+    sampler = dataclasses.replace(study_file.study.sampler, seed=seed)
+    return dataclasses.replace(study_file, seed=seed, study=dataclasses.replace(study_file.study, sampler=sampler))
 
 
 def plan_for(study_file: StudyFile, n_trials: int, timeout: float | None, storage_url: str | None,
@@ -100,19 +110,43 @@ def config_for(trial: optuna.Trial, plan: Plan):
     return run_config_from(plan.study_file, preprocess, model, plan.data_path)
 
 
-def make_objective(plan: Plan, parent_run_id: str):
+def expected_seconds(study: optuna.Study, config) -> float | None:
+    """Median duration of the study's complete trials like this one (same family and input size, else same
+    family); None before there is one."""
+    complete = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+                if "seconds" in t.user_attrs and t.user_attrs.get("family") == config.model.family]
+    alike = [t for t in complete if t.user_attrs.get("size") == config.preprocess.size] or complete
+    if not alike:
+        return None
+    seconds = sorted(t.user_attrs["seconds"] for t in alike)
+    return seconds[len(seconds) // 2]
+
+
+def make_objective(plan: Plan, parent_run_id: str, started: float | None = None):
     import mlflow
 
-    metric = plan.study_file.study.metric
+    study_config = plan.study_file.study
+    metric = study_config.metric
+    signal = study_config.pruner.signal or metric
+    # the pruner ranks by the study's direction: a signal of the other direction is reported negated
+    sign = 1.0 if metrics.OBJECTIVES[signal] == study_config.direction else -1.0
+    started = time.time() if started is None else started
 
     def objective(trial: optuna.Trial) -> float:
         trial.set_user_attr("worker", worker_id())
         config = config_for(trial, plan)
+        if plan.timeout and study_config.fit_in_timeout:
+            expected, left = expected_seconds(trial.study, config), plan.timeout - (time.time() - started)
+            if expected is not None and expected > left:
+                trial.set_user_attr("skipped", f"expected {expected:.0f} s > {left:.0f} s left of study.timeout")
+                trial.study.stop()  # this worker starts nothing more: the next trial would not fit either
+                raise optuna.TrialPruned(f"not started: a {config.model.family} trial like this takes ~{expected:.0f} s, "
+                                         f"{max(0.0, left):.0f} s of study.timeout left")
 
         def report(epoch: int, values: dict) -> None:
-            trial.report(values[metric], epoch)
+            trial.report(sign * values[signal], epoch)
             if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at epoch {epoch + 1} ({metric} {values[metric]:.4f})")
+                raise optuna.TrialPruned(f"pruned at epoch {epoch + 1} ({signal} {values[signal]:.4f})")
 
         tags = {"optuna.study": plan.study_file.study.name, "optuna.trial": str(trial.number),
                 "camp.worker": worker_id()}
@@ -140,6 +174,8 @@ def make_objective(plan: Plan, parent_run_id: str):
                     raise FloatingPointError(f"{metric} is {result.value}")
                 trial.set_user_attr("cache_hit", result.cache_hit)
                 trial.set_user_attr("seconds", round(result.seconds, 1))
+                trial.set_user_attr("family", config.model.family)
+                trial.set_user_attr("size", config.preprocess.size)
                 mlflow.set_tag("optuna.state", "COMPLETE")
         if pruned is not None:
             raise pruned
@@ -165,7 +201,7 @@ class Progress:
         left = max(0, self.plan.n_trials - done) * per_trial / self.workers
         if self.plan.timeout:
             left = min(left, max(0.0, self.plan.timeout - elapsed))
-        value = f"{trial.value:.4f}" if trial.value is not None else "-"
+        value = f"{trial.value:.4f}" if trial.state == optuna.trial.TrialState.COMPLETE else "-"
         best_text = f"best {best.value:.4f} (#{best.number})" if best else "best -"
         print(f"[trial {trial.number:>3}] {trial.state.name:<8} {value}  | done {done}/{self.plan.n_trials} "
               f"(pruned {pruned}, failed {failed}) | {best_text} | {elapsed / 60:.1f} min, ~{left / 60:.1f} min left",
@@ -244,6 +280,7 @@ def run_worker(plan: Plan, parent_run_id: str, worker_index: int, workers: int) 
     if remaining <= 0:
         return
     failures = {"count": 0}
+    started = time.time()
 
     def stop_on_failures(study, trial):
         if trial.state == optuna.trial.TrialState.FAIL:
@@ -258,7 +295,7 @@ def run_worker(plan: Plan, parent_run_id: str, worker_index: int, workers: int) 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     _quiet_interrupts()
     try:
-        study.optimize(make_objective(plan, parent_run_id), n_trials=remaining, timeout=plan.timeout,
+        study.optimize(make_objective(plan, parent_run_id, started), n_trials=remaining, timeout=plan.timeout,
                        catch=(Exception,), gc_after_trial=True,
                        callbacks=[optuna.study.MaxTrialsCallback(plan.n_trials, states=FINISHED), stop_on_failures,
                                   reap, Progress(plan, workers)])
@@ -293,6 +330,9 @@ def _run_main(args) -> int:
     study = optuna.create_study(study_name=study_config.name, storage=storage, direction=study_config.direction,
                                 load_if_exists=True)
     tidy_study(study)  # trials left running by workers that died in an earlier invocation
+    queued = warm_start.enqueue(study, warm_start.warm_start_trials(plan, storage))
+    if queued:
+        print(f"warm start: {queued} trial(s) queued to run first (study.warm_start)", flush=True)
     before = len(study.trials)
     print(f"study {study_config.name!r}: {before} trial(s) so far, target {plan.n_trials} finished; "
           f"storage {tracking.mask_url(plan.storage_url) or DEFAULT_JOURNAL}; MLflow {tracking.mask_url(tracking.tracking_uri())}",
@@ -326,13 +366,13 @@ def _run_main(args) -> int:
         study = optuna.load_study(study_name=study_config.name, storage=storage)
         reap_dead_local_workers(study, gone=died)  # known dead: no need to wait for the heartbeat's grace
         tidy_study(study)
-        from camp.sweep_report import print_next_steps, summarise
+        from camp.sweep_summary import print_next_steps, summarise
 
         summary = summarise(study, plan, before, time.time() - started)
     if summary.get("best_run_id") and not args.no_register:
-        from camp.sweep_report import register_champion
+        from camp.finalize import finalize
 
-        register_champion(study, plan, summary, storage)
+        finalize(study, plan, summary, storage, parent.info.run_id)
     print_next_steps(summary)
     return 0 if summary.get("best_run_id") else 1
 
@@ -348,6 +388,8 @@ def _start_workers(args, parent_run_id: str, plan: Plan) -> list[subprocess.Pope
             command += ["--timeout", str(plan.timeout)]
         if plan.data_path:
             command += ["--data", plan.data_path]
+        if getattr(args, "seed", None) is not None:
+            command += ["--seed", str(args.seed)]
         environment = {**os.environ, "CAMP_WORKER_INDEX": str(index)}
         environment.pop(STORAGE_ENV, None)
         if plan.storage_url:

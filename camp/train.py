@@ -20,6 +20,7 @@ import numpy as np
 import yaml
 
 from camp import metrics, tracking
+from camp.classical import fit_hog_linear
 from camp.config import DataConfig, StudyFile, build_dataclass, flatten
 from camp.data import Dataset, duplicates_across_splits, file_digest, fingerprint, load_dataset, resolve_data_path
 from camp.model import ModelConfig, balanced_weights, build_model, make_loss, make_optimizer
@@ -182,7 +183,9 @@ def _fit(config: RunConfig, run_id: str, epoch_callback, log_model: bool, progre
     import mlflow
 
     dataset, data_fp = prepare_dataset(config)
-    arrays = load_arrays(dataset.items, data_fp, config.preprocess, progress=progress)
+    # only the splits training uses: test is for reporting (the report predicts it through the bundle)
+    used = [item for item in dataset.items if item.split in ("train", "validation")]
+    arrays = load_arrays(used, f"{data_fp}-train+validation", config.preprocess, progress=progress)
     mlflow.log_params({k: v for k, v in flatten(config.to_dict()).items()})
     mlflow.set_tags({"camp.git_commit": tracking.git_commit(), "camp.data_fingerprint": data_fp,
                      "camp.data_root": str(dataset.root), "camp.seed": config.seed,
@@ -209,31 +212,18 @@ def _fit(config: RunConfig, run_id: str, epoch_callback, log_model: bool, progre
     labels = dataset.labels
     n_classes = len(labels)
 
-    import keras
-    import tensorflow as tf
-
-    keras.backend.clear_session()
-    keras.utils.set_random_seed(config.seed)
-    tf.config.experimental.enable_op_determinism()
-    model_config = config.model
-    weights = balanced_weights(y_train, n_classes)
-    model = build_model(config.preprocess.input_shape, n_classes, model_config)
-    model.compile(optimizer=make_optimizer(model_config), loss=make_loss(model_config, weights))
-    class_weight = ({i: float(w) for i, w in enumerate(weights) if w > 0}
-                    if model_config.loss_weighting == "balanced" else None)
-    tracker = _EpochTracker(config, x_val, y_val, n_classes, epoch_callback, progress)
-    model.fit(x_train, keras.utils.to_categorical(y_train, n_classes), batch_size=model_config.batch_size,
-              epochs=model_config.max_epochs, class_weight=class_weight, callbacks=[tracker], verbose=0, shuffle=True)
-    if tracker.error is not None:
-        raise tracker.error
-    model.set_weights(tracker.best_weights)
+    if config.model.family == "hog_linear":
+        model, best_epoch, epochs_run = fit_hog_linear(x_train, y_train, n_classes, config.model, config.seed), 0, 1
+    else:
+        model, best_epoch, epochs_run = _fit_cnn(config, x_train, y_train, x_val, y_val, n_classes,
+                                                 epoch_callback, progress)
     probabilities = model.predict(x_val, batch_size=256, verbose=0)
     predicted = probabilities.argmax(axis=1)
     final = {**metrics.classification_metrics(y_val, predicted),
              **metrics.per_label_metrics(y_val, predicted, list(labels)),
-             metrics.VAL_LOSS: _cross_entropy(y_val, probabilities), "best_epoch": tracker.best_epoch}
+             metrics.VAL_LOSS: _cross_entropy(y_val, probabilities), "best_epoch": best_epoch}
     # logged at the step after the last epoch, so a run's latest value is the selected model's
-    mlflow.log_metrics(final, step=tracker.epochs_run)
+    mlflow.log_metrics(final, step=epochs_run)
     mlflow.log_metrics(memory_usage())
     _log_pictures(dataset, y_val, predicted, labels, config)
     val_items = [item for item in arrays.items if item.split == "validation"]
@@ -247,8 +237,32 @@ def _fit(config: RunConfig, run_id: str, epoch_callback, log_model: bool, progre
             from camp.registry import log_pyfunc
 
             log_pyfunc(model_dir, x_example=val_items[0].path)  # readable: it was just preprocessed
-    return TrainResult(run_id, final[config.metric], final, tracker.best_epoch, tracker.epochs_run, labels, y_val,
+    return TrainResult(run_id, final[config.metric], final, best_epoch, epochs_run, labels, y_val,
                        probabilities, [i.relpath for i in val_items], arrays.cache_hit, time.time() - started)
+
+
+def _fit_cnn(config: RunConfig, x_train, y_train, x_val, y_val, n_classes: int, epoch_callback, progress: bool):
+    """The CNN with its best validation epoch's weights, that epoch, and how many epochs ran."""
+    import keras
+    import tensorflow as tf
+
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(config.seed)
+    tf.config.experimental.enable_op_determinism()
+    model_config = config.model
+    weights = balanced_weights(y_train, n_classes)
+    model = build_model(config.preprocess.input_shape, n_classes, model_config)
+    steps_per_epoch = -(-len(x_train) // model_config.batch_size)
+    model.compile(optimizer=make_optimizer(model_config, steps_per_epoch), loss=make_loss(model_config, weights))
+    class_weight = ({i: float(w) for i, w in enumerate(weights) if w > 0}
+                    if model_config.loss_weighting == "balanced" else None)
+    tracker = _EpochTracker(config, x_val, y_val, n_classes, epoch_callback, progress)
+    model.fit(x_train, keras.utils.to_categorical(y_train, n_classes), batch_size=model_config.batch_size,
+              epochs=model_config.max_epochs, class_weight=class_weight, callbacks=[tracker], verbose=0, shuffle=True)
+    if tracker.error is not None:
+        raise tracker.error
+    model.set_weights(tracker.best_weights)
+    return model, tracker.best_epoch, tracker.epochs_run
 
 
 def memory_usage() -> dict[str, float]:
@@ -271,7 +285,10 @@ def _cross_entropy(y: np.ndarray, probabilities: np.ndarray) -> float:
 def save_model_bundle(model, config: RunConfig, labels, directory: Path) -> Path:
     """The trained Keras model plus what the served model needs to preprocess raw images."""
     directory.mkdir(parents=True, exist_ok=True)
-    model.save(directory / "model.keras")
+    if hasattr(model, "save_weights"):  # Keras
+        model.save(directory / "model.keras")
+    else:
+        model.save(directory)
     (directory / "camp.json").write_text(json.dumps(
         {"labels": list(labels), "preprocess": dataclasses.asdict(config.preprocess), "metric": config.metric,
          "direction": config.direction, "config": config.to_dict()}, indent=2))

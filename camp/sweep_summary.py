@@ -103,14 +103,16 @@ def _study_plots(study: optuna.Study, directory: Path) -> None:
 
 def register_best(study: optuna.Study, plan, summary: dict) -> None:
     """Log the best trial's pyfunc into its run, register it, and move @champion only on improvement."""
+    import mlflow
+
     from camp import registry
-    from camp.sweep import config_for
-    from camp.train import prepare_dataset
 
     best = study.best_trial
     run_id = best.user_attrs["mlflow_run_id"]
-    config = config_for(optuna.trial.FixedTrial(best.params), plan)
-    _, fingerprint = prepare_dataset(config)
+    # the config the run logged, not the trial re-resolved: the study file may have changed since
+    meta = mlflow.artifacts.load_dict(f"runs:/{run_id}/bundle/camp.json")
+    config = registry._run_config_from_meta(meta)
+    fingerprint = mlflow.get_run(run_id).data.tags["camp.data_fingerprint"]
     info = registry.log_pyfunc_for_run(run_id)
     version, promoted = registry.register_and_promote(info.model_uri, run_id, best.value, config, fingerprint)
     summary.update({"registered_version": version.version, "champion_moved": promoted})

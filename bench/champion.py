@@ -1,0 +1,87 @@
+"""The registered champion and its study's trials on validation and test, as one JSON object: what the
+search issue's "done when" reads (champion test macro-F1, per-label test recall, the champion against
+the warm-start trial and the best HOG + linear trial of the same study).
+
+    MLFLOW_TRACKING_URI=sqlite:///mlruns/mlflow.db .venv/bin/python bench/champion.py [--study default]
+
+Test is for reporting only: nothing here feeds back into a study. Run from the repository root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def scores(predict, dataset, split: str) -> dict:
+    import numpy as np
+    from sklearn.metrics import f1_score, recall_score
+
+    items = dataset.split(split)
+    output = predict([item.path for item in items])
+    readable = (output["error"] == "").to_numpy()
+    labels = list(dataset.labels)
+    y_pred = np.array([labels.index(label) for label in output["label"][readable]])
+    y_true = np.array([item.label for item, ok in zip(items, readable) if ok])
+    recall = recall_score(y_true, y_pred, labels=list(range(len(labels))), average=None, zero_division=0)
+    return {"macro_f1": round(float(f1_score(y_true, y_pred, average="macro", zero_division=0)), 4),
+            "accuracy": round(float((y_true == y_pred).mean()), 4),
+            "recall": {label: round(float(r), 4) for label, r in zip(labels, recall)}, "n": int(readable.sum())}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="models:/camp-classifier@champion")
+    parser.add_argument("--study", default=None, help="study whose trials to score too (default: the champion's)")
+    parser.add_argument("--storage", default="mlruns/optuna.journal")
+    args = parser.parse_args()
+
+    import mlflow
+    import optuna
+    import pandas as pd
+
+    from camp import tracking
+    from camp.registry import CampClassifier
+    from camp.report import load_champion
+    from camp.storage import make_storage
+    from camp.train import prepare_dataset
+
+    tracking.setup()
+    champion = load_champion(args.model)
+    dataset, _ = prepare_dataset(champion.config)
+    model = mlflow.pyfunc.load_model(champion.uri)
+    result = {"model": args.model, "version": champion.version, "run_id": champion.run_id,
+              "members": champion.run.data.tags.get("camp.member_trials"),
+              "champion": {split: scores(lambda paths: model.predict(pd.DataFrame({"image": paths})), dataset, split)
+                           for split in ("validation", "test")}}
+    study_name = args.study or champion.study
+    study = optuna.load_study(study_name=study_name, storage=make_storage(args.storage))
+    trials = {}
+    with tempfile.TemporaryDirectory() as directory:
+        for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+            run_id = trial.user_attrs.get("mlflow_run_id")
+            bundle = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="bundle",
+                                                         dst_path=str(Path(directory) / str(trial.number)))
+            member = CampClassifier().load_bundle(bundle)
+            trials[trial.number] = {"family": trial.user_attrs.get("family"), "seconds": trial.user_attrs.get("seconds"),
+                                    "warm_start": trial.user_attrs.get("warm_start"),
+                                    "val_objective": round(trial.value, 4),
+                                    "test": scores(member.predict_images, dataset, "test")["macro_f1"]}
+    result["trials"] = trials
+    warm = [t for t in trials.values() if t["warm_start"] == "warm_start[0]"]
+    hog = [t for t in trials.values() if t["family"] == "hog_linear"]
+    result["warm_start_test"] = warm[0]["test"] if warm else None
+    result["best_hog_by_val"] = max(hog, key=lambda t: t["val_objective"]) if hog else None
+    result["champion_val_to_test_drop"] = round(result["champion"]["validation"]["macro_f1"]
+                                                - result["champion"]["test"]["macro_f1"], 4)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

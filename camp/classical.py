@@ -1,0 +1,77 @@
+"""The classical family (`model.family: hog_linear`): HOG features of the preprocessed image and a
+multinomial logistic regression on them. It trains in seconds on the same arrays as the CNN, so it is
+the floor every CNN trial is compared with and a cheap ensemble member.
+
+`HogLinear.predict(x, batch_size=..., verbose=...)` has the Keras model's call shape, so the served
+model, the report and ensembles use either family through the same code.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+
+MODEL_FILE = "model.pkl"
+
+
+def hog_features(x: np.ndarray, cell: int, orientations: int) -> np.ndarray:
+    """(N, H, W, C) uint8 -> (N, features) float32 HOG descriptors (2x2-cell blocks, L2-Hys); colour
+    images are taken as gray, since HOG describes shape."""
+    import cv2
+    from skimage.feature import hog
+
+    if x.ndim != 4:
+        raise ValueError(f"hog_features expects (N, H, W, C) images, got shape {x.shape}")
+    height, width = x.shape[1:3]
+    if min(height, width) < 2 * cell:
+        raise ValueError(f"hog_cell {cell} needs images of at least {2 * cell}px; got {height}x{width} "
+                         f"(raise preprocess.size or lower model.hog_cell)")
+    features = []
+    for image in x:
+        gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.shape[-1] == 3 else image[..., 0]
+        features.append(hog(gray, orientations=orientations, pixels_per_cell=(cell, cell), cells_per_block=(2, 2),
+                            block_norm="L2-Hys", feature_vector=True))
+    return np.asarray(features, dtype=np.float32)
+
+
+class HogLinear:
+    """HOG features -> standardised -> logistic regression; `predict` returns class probabilities."""
+
+    def __init__(self, cell: int, orientations: int, c: float, n_classes: int, balanced: bool, seed: int):
+        self.cell, self.orientations, self.c = cell, orientations, c
+        self.n_classes, self.balanced, self.seed = n_classes, balanced, seed
+        self.pipeline = None
+
+    def fit(self, x: np.ndarray, y: np.ndarray) -> "HogLinear":
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        self.pipeline = make_pipeline(StandardScaler(), LogisticRegression(
+            C=self.c, max_iter=2000, class_weight="balanced" if self.balanced else None, random_state=self.seed))
+        self.pipeline.fit(hog_features(x, self.cell, self.orientations), y)
+        return self
+
+    def predict(self, x: np.ndarray, batch_size: int | None = None, verbose: int = 0) -> np.ndarray:
+        """Probabilities (N, n_classes), columns in label order even if a class was absent in training."""
+        if self.pipeline is None:
+            raise ValueError("HogLinear.predict before fit")
+        known = self.pipeline.predict_proba(hog_features(x, self.cell, self.orientations))
+        probabilities = np.zeros((len(x), self.n_classes), np.float32)
+        probabilities[:, self.pipeline.classes_] = known
+        return probabilities
+
+    def save(self, directory: Path) -> None:
+        (Path(directory) / MODEL_FILE).write_bytes(pickle.dumps(self))
+
+
+def load(directory: Path) -> HogLinear:
+    """A saved HogLinear. Only camp's own bundles are loaded this way (a pickle runs code)."""
+    return pickle.loads((Path(directory) / MODEL_FILE).read_bytes())
+
+
+def fit_hog_linear(x_train: np.ndarray, y_train: np.ndarray, n_classes: int, model_config, seed: int) -> HogLinear:
+    return HogLinear(model_config.hog_cell, model_config.hog_orientations, model_config.hog_c, n_classes,
+                     balanced=model_config.loss_weighting != "none", seed=seed).fit(x_train, y_train)

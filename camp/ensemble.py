@@ -1,0 +1,75 @@
+"""Ensemble selection over trials' validation probabilities: Caruana et al.'s greedy forward selection
+with replacement (a member picked twice weighs double), or the plain top-k. Pure NumPy: the sweep's
+finalize step feeds it each complete trial's `val_predictions.json`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from camp import metrics
+
+
+@dataclasses.dataclass
+class Selection:
+    """Chosen members (indices into the candidates) with weights summing to 1, and the ensemble's and
+    the best single candidate's validation value."""
+
+    members: list[int]
+    weights: list[float]
+    value: float
+    best_single: int
+    best_single_value: float
+
+
+def score(y: np.ndarray, probabilities: np.ndarray, metric: str) -> float:
+    """`metric` (val/macro_f1, val/accuracy or val/loss) of averaged probabilities."""
+    if metric == metrics.VAL_LOSS:
+        return float(-np.mean(np.log(np.clip(probabilities[np.arange(len(y)), y], 1e-7, 1.0))))
+    return metrics.classification_metrics(y, probabilities.argmax(axis=1))[metric]
+
+
+def select(y: np.ndarray, candidates: list[np.ndarray], metric: str, maximize: bool, method: str = "caruana",
+           max_members: int = 3, rounds: int = 10) -> Selection:
+    """Choose an ensemble of `candidates` (each (N, classes) probabilities on the same N images)."""
+    if not candidates:
+        raise ValueError("ensemble selection needs at least one candidate")
+    shapes = {candidate.shape for candidate in candidates}
+    if len(shapes) != 1 or len(y) != candidates[0].shape[0]:
+        raise ValueError(f"candidates must share one (N, classes) shape matching {len(y)} labels, got {sorted(shapes)}")
+    better = (lambda a, b: a > b) if maximize else (lambda a, b: a < b)
+    singles = [score(y, candidate, metric) for candidate in candidates]
+    order = sorted(range(len(candidates)), key=lambda i: singles[i], reverse=maximize)
+    best = order[0]
+    if method == "top_k":
+        members = order[:max_members]
+        counts = {member: 1 for member in members}
+    else:
+        counts: dict[int, int] = {}
+        total = np.zeros_like(candidates[0], dtype=np.float64)
+        current = None
+        for _ in range(rounds):
+            pick, pick_value = None, None
+            for index in order:  # ties go to the better single model
+                if index not in counts and len(counts) >= max_members:
+                    continue
+                value = score(y, (total + candidates[index]) / (sum(counts.values()) + 1), metric)
+                if pick_value is None or better(value, pick_value):
+                    pick, pick_value = index, value
+            if current is not None and not better(pick_value, current) and pick_value != current:
+                break  # adding anything makes it worse
+            counts[pick] = counts.get(pick, 0) + 1
+            total += candidates[pick]
+            current = pick_value
+        members = sorted(counts, key=lambda i: (-counts[i], order.index(i)))
+    weight_total = sum(counts.values())
+    weights = [counts[member] / weight_total for member in members]
+    combined = sum(weight * candidates[member] for member, weight in zip(members, weights))
+    return Selection(members, weights, score(y, combined, metric), best, singles[best])
+
+
+def average(probabilities: list[np.ndarray], weights: list[float]) -> np.ndarray:
+    """Weighted mean of members' probabilities; a row NaN in any member (unreadable item) stays NaN."""
+    return sum(weight * p for weight, p in zip(weights, probabilities)) / float(sum(weights))

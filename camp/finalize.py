@@ -1,0 +1,140 @@
+"""After a sweep's trials: combine the best trials into one model (`study.finalize`), log it as an MLflow
+run nested under the sweep, and register it; or register the best single trial when no ensemble beats it.
+
+Members are chosen on the trials' own validation probabilities (`val_predictions.json`), by Caruana's
+greedy selection with replacement or the plain top-k (`camp.ensemble`). The ensemble is served by the
+same pyfunc as a single trial (`camp.registry.CampClassifier`, which averages its members), so
+`camp predict`, `make serve` and `models:/camp-classifier@champion` do not change for the user.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import optuna
+
+from camp import ensemble, metrics, tracking
+
+STATE = optuna.trial.TrialState
+MAX_CANDIDATES = 12  # the best complete trials considered for an ensemble
+
+
+def candidates(study: optuna.Study, maximize: bool) -> list[tuple[optuna.trial.FrozenTrial, dict]]:
+    """(trial, val_predictions) for the best complete trials that logged their validation predictions
+    on the same images as the best one."""
+    import mlflow
+
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state == STATE.COMPLETE
+                and t.user_attrs.get("mlflow_run_id")]
+    complete.sort(key=lambda t: t.value, reverse=maximize)
+    out = []
+    for trial in complete[:MAX_CANDIDATES]:
+        try:
+            predictions = mlflow.artifacts.load_dict(f"runs:/{trial.user_attrs['mlflow_run_id']}/val_predictions.json")
+        except Exception as error:  # a run on another machine's store may lack its artifacts
+            print(f"finalize: trial #{trial.number} has no readable val_predictions.json ({type(error).__name__}); "
+                  "left out of the ensemble")
+            continue
+        if out and predictions["relpaths"] != out[0][1]["relpaths"]:
+            print(f"finalize: trial #{trial.number} was validated on other images; left out of the ensemble")
+            continue
+        out.append((trial, predictions))
+    return out
+
+
+def finalize(study: optuna.Study, plan, summary: dict, storage, parent_run_id: str) -> None:
+    """Register the study's result: an ensemble when `study.finalize` asks for one and it beats the best
+    single trial on validation by `min_gain`, else the best trial (`camp.sweep_summary.register_champion`)."""
+    from camp.sweep_summary import champion_lock, register_champion
+
+    config = plan.study_file.study.finalize
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    pool = candidates(study, maximize) if config.ensemble != "none" else []
+    if len(pool) < 2:
+        register_champion(study, plan, summary, storage)
+        return
+    metric = plan.study_file.study.metric
+    y = np.asarray(pool[0][1]["y_true"])
+    probabilities = [np.asarray(p["probabilities"], dtype=np.float64) for _, p in pool]
+    selection = ensemble.select(y, probabilities, metric, maximize, config.ensemble, config.max_members, config.rounds)
+    gain = (selection.value - selection.best_single_value) * (1 if maximize else -1)
+    members = [pool[i][0] for i in selection.members]
+    summary["ensemble"] = {"method": config.ensemble, "members": [t.number for t in members],
+                           "weights": [round(w, 3) for w in selection.weights], "value": round(selection.value, 4),
+                           "best_single_value": round(selection.best_single_value, 4), "gain": round(gain, 4)}
+    described = ", ".join(f"#{t.number} x{w:.2f}" for t, w in zip(members, selection.weights))
+    if len(members) < 2 or gain <= config.min_gain or (gain == 0 and config.min_gain == 0):
+        print(f"finalize: the {config.ensemble} ensemble ({described}) scores {metric} {selection.value:.4f}, "
+              f"no gain over the best trial's {selection.best_single_value:.4f}: registering the best trial")
+        summary["ensemble"]["registered"] = False
+        register_champion(study, plan, summary, storage)
+        return
+    print(f"finalize: {config.ensemble} ensemble of {len(members)} trials ({described}): {metric} "
+          f"{selection.value:.4f} vs the best trial's {selection.best_single_value:.4f} (+{gain:.4f}, chosen on "
+          "these same validation images, so optimistic)")
+    summary["ensemble"]["registered"] = True
+    with champion_lock(storage):
+        _log_and_register(study, plan, summary, parent_run_id, members, selection, y, probabilities, pool)
+
+
+def _log_and_register(study, plan, summary, parent_run_id, members, selection, y, probabilities, pool) -> None:
+    import mlflow
+
+    from camp import registry
+
+    labels = pool[0][1]["labels"]
+    combined = ensemble.average([probabilities[i] for i in selection.members], selection.weights)
+    predicted = combined.argmax(axis=1)
+    values = {**metrics.classification_metrics(y, predicted), **metrics.per_label_metrics(y, predicted, labels),
+              metrics.VAL_LOSS: ensemble.score(y, combined, metrics.VAL_LOSS)}
+    best_run = mlflow.get_run(members[0].user_attrs["mlflow_run_id"])
+    member_runs = [t.user_attrs["mlflow_run_id"] for t in members]
+    with tempfile.TemporaryDirectory() as directory:
+        bundle = Path(directory) / "bundle"
+        names = []
+        for position, run_id in enumerate(member_runs):
+            name = f"{position}-trial-{members[position].number}"
+            downloaded = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="bundle",
+                                                             dst_path=str(Path(directory) / name))
+            shutil.copytree(downloaded, bundle / "members" / name)
+            names.append(name)
+        meta = json.loads((bundle / "members" / names[0] / "camp.json").read_text())
+        spec = {"labels": labels, "members": names, "weights": selection.weights, "method": plan.study_file.study.finalize.ensemble,
+                "trials": [t.number for t in members], "runs": member_runs}
+        (bundle / "ensemble.json").write_text(json.dumps(spec, indent=2))
+        # the best member's config stands for the ensemble where one config is needed (report, fold models)
+        (bundle / "camp.json").write_text(json.dumps({**meta, "ensemble": spec}, indent=2))
+        config = registry._run_config_from_meta(meta)
+        tags = {"optuna.study": study.study_name, "camp.role": "ensemble", "camp.git_commit": tracking.git_commit(),
+                "camp.members": ",".join(member_runs), "camp.member_trials": ",".join(str(t.number) for t in members),
+                "camp.member_weights": ",".join(f"{w:.4f}" for w in selection.weights)}
+        for name in ("camp.data_fingerprint", "camp.data_root", "camp.seed"):
+            if name in best_run.data.tags:
+                tags[name] = best_run.data.tags[name]
+        with mlflow.start_run(run_name=f"ensemble-{study.study_name}", nested=True, parent_run_id=parent_run_id,
+                              tags=tags) as run:
+            mlflow.log_metrics(values)
+            mlflow.log_dict({"labels": labels, "relpaths": pool[0][1]["relpaths"], "y_true": y.tolist(),
+                             "y_pred": predicted.tolist(), "probabilities": combined.round(6).tolist()},
+                            "val_predictions.json")
+            mlflow.log_artifacts(str(bundle), "bundle")
+            info = registry.log_pyfunc(bundle, registry._first_validation_path(meta))
+        version, promoted = registry.register_and_promote(info.model_uri, run.info.run_id, selection.value, config,
+                                                          tags["camp.data_fingerprint"])
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    for key, value in (("camp.members", tags["camp.members"]), ("camp.member_trials", tags["camp.member_trials"]),
+                       ("camp.member_weights", tags["camp.member_weights"])):
+        client.set_model_version_tag(registry.MODEL_NAME, version.version, key, value)
+    if promoted:
+        from datetime import datetime, timezone
+
+        client.set_model_version_tag(registry.MODEL_NAME, version.version, "camp.promoted_at",
+                                     datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    summary.update({"registered_version": version.version, "champion_moved": promoted,
+                    "best_run_id": run.info.run_id})
