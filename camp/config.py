@@ -116,7 +116,7 @@ class FinalizeConfig:
     beats the best single trial on validation by at least `min_gain`.
     """
 
-    ensemble: str = "caruana"
+    ensemble: str = "none"  # sweeps/default.yaml asks for caruana
     max_members: int = 3
     rounds: int = 10  # selection steps (members may repeat: that is their weight)
     min_gain: float = 0.0
@@ -164,7 +164,7 @@ class StudyConfig:
         if self.timeout is not None and self.timeout <= 0:
             raise ValueError(f"study.timeout must be > 0 seconds, got {self.timeout}")
         if self.warm_start is not None:
-            if not isinstance(self.warm_start, list):
+            if not isinstance(self.warm_start, (list, tuple)):
                 raise ValueError(f"study.warm_start must be a list, got {type(self.warm_start).__name__}")
             for index, entry in enumerate(self.warm_start):
                 _check_warm_start(entry, f"study.warm_start[{index}]")

@@ -47,22 +47,28 @@ def select(y: np.ndarray, candidates: list[np.ndarray], metric: str, maximize: b
         members = order[:max_members]
         counts = {member: 1 for member in members}
     else:
-        counts: dict[int, int] = {}
+        # every round adds the best member (repeats allowed); the best prefix of the rounds is kept, so a
+        # pair that only helps once a third joins is still found (ties: the shorter prefix)
+        picks, values = [], []
         total = np.zeros_like(candidates[0], dtype=np.float64)
-        current = None
         for _ in range(rounds):
             pick, pick_value = None, None
             for index in order:  # ties go to the better single model
-                if index not in counts and len(counts) >= max_members:
+                if index not in picks and len(set(picks)) >= max_members:
                     continue
-                value = score(y, (total + candidates[index]) / (sum(counts.values()) + 1), metric)
+                value = score(y, (total + candidates[index]) / (len(picks) + 1), metric)
                 if pick_value is None or better(value, pick_value):
                     pick, pick_value = index, value
-            if current is not None and not better(pick_value, current) and pick_value != current:
-                break  # adding anything makes it worse
-            counts[pick] = counts.get(pick, 0) + 1
+            picks.append(pick)
+            values.append(pick_value)
             total += candidates[pick]
-            current = pick_value
+        best_prefix = 0
+        for position, value in enumerate(values):
+            if better(value, values[best_prefix]):
+                best_prefix = position
+        counts: dict[int, int] = {}
+        for pick in picks[:best_prefix + 1]:
+            counts[pick] = counts.get(pick, 0) + 1
         members = sorted(counts, key=lambda i: (-counts[i], order.index(i)))
     weight_total = sum(counts.values())
     weights = [counts[member] / weight_total for member in members]

@@ -119,3 +119,58 @@ def test_make_optimizer(name, cls):
 def test_invalid_model_config_names_the_knob(name, value):
     with pytest.raises(ValueError, match=name):
         ModelConfig(**{name: value})
+
+
+def _rate(schedule, step: int) -> float:
+    return float(schedule(step)) if callable(schedule) else float(schedule)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear"])
+def test_decaying_schedules_warm_up_then_reach_zero_at_max_epochs(schedule):
+    from camp.model import learning_rate
+
+    config = ModelConfig(learning_rate=0.01, lr_schedule=schedule, warmup_epochs=2, max_epochs=10)
+    rate = learning_rate(config, steps_per_epoch=5)
+    assert _rate(rate, 0) < 0.005  # warm-up starts low
+    assert _rate(rate, 10) == pytest.approx(0.01, rel=0.05)  # peak after 2 epochs of 5 steps
+    assert _rate(rate, 30) < _rate(rate, 15) < 0.01  # then decays
+    assert _rate(rate, 50) == pytest.approx(0.0, abs=1e-6)  # zero at max_epochs * steps_per_epoch
+
+
+def test_constant_schedule_is_a_plain_rate_and_warmup_alone_rises_then_holds():
+    from camp.model import learning_rate
+
+    assert learning_rate(ModelConfig(learning_rate=0.02), 7) == 0.02
+    rate = learning_rate(ModelConfig(learning_rate=0.02, warmup_epochs=1, max_epochs=4), 10)
+    assert _rate(rate, 0) < _rate(rate, 5) < 0.02
+    assert _rate(rate, 10) == pytest.approx(0.02) and _rate(rate, 39) == pytest.approx(0.02)
+
+
+def test_scheduled_optimizer_steps_follow_the_schedule():
+    optimizer = make_optimizer(ModelConfig(optimizer="adamw", learning_rate=0.01, lr_schedule="cosine",
+                                           max_epochs=2), steps_per_epoch=3)
+    assert isinstance(optimizer.learning_rate, (float, np.floating)) or hasattr(optimizer, "_learning_rate")
+    schedule = optimizer._learning_rate
+    assert float(schedule(0)) == pytest.approx(0.01) and float(schedule(6)) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_residual_blocks_add_shortcuts_and_still_train():
+    plain = build_model((32, 32, 1), 5, ModelConfig(conv_blocks=2, filters=8, block="plain"))
+    residual = build_model((32, 32, 1), 5, ModelConfig(conv_blocks=2, filters=8, block="residual"))
+    names = [layer.__class__.__name__ for layer in residual.layers]
+    assert names.count("Add") == 2 and "Add" not in [layer.__class__.__name__ for layer in plain.layers]
+    assert residual.count_params() > plain.count_params()  # the 1x1 projections
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (16, 32, 32, 1), dtype=np.uint8), np.eye(5)[rng.integers(0, 5, 16)]
+    residual.compile(optimizer=make_optimizer(ModelConfig(lr_schedule="linear", max_epochs=1), 1),
+                     loss="categorical_crossentropy")
+    history = residual.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+
+
+@pytest.mark.parametrize("name, value", [("family", "xgboost"), ("block", "dense"), ("lr_schedule", "step"),
+                                         ("warmup_epochs", -1), ("warmup_epochs", 20), ("hog_cell", 1),
+                                         ("hog_orientations", 1), ("hog_c", 0.0)])
+def test_invalid_new_knobs_name_themselves(name, value):
+    with pytest.raises(ValueError, match=name):
+        ModelConfig(**{name: value})

@@ -1,0 +1,135 @@
+"""camp.finalize and the sweep's new budget knobs, end to end on synthetic data: warm start runs first,
+an ensemble is logged, registered and served as one pyfunc, `--seed` reproduces, and no trial starts
+that would not fit in the study's timeout."""
+
+from __future__ import annotations
+
+import textwrap
+
+import numpy as np
+import optuna
+import pytest
+
+from camp import cli
+
+STUDY = """
+study:
+  name: fin
+  n_trials: 4
+  sampler: {name: tpe, seed: 5, n_startup_trials: 2}
+  pruner: {name: none}
+  warm_start:
+    - model: {family: hog_linear, hog_cell: 4}
+    - model: {family: cnn}
+  finalize: {ensemble: caruana, max_members: 3}
+data: {label_map: camp5}
+seed: 5
+preprocess: {crop_method: none, mode: gray, size: 24}
+model:
+  family: {choice: [cnn, hog_linear]}
+  hog_cell: {choice: [4, 6], when: {family: hog_linear}}
+  hog_c: {float: [0.01, 1.0], log: true, when: {family: hog_linear}}
+  conv_blocks: 2
+  filters: 8
+  dense_units: 16
+  max_epochs: 2
+  min_epochs: 1
+  lr_schedule: cosine
+  learning_rate: 0.003
+"""
+
+
+@pytest.fixture()
+def fin_sweep(isolated, synthetic_data):
+    path = isolated / "fin.yaml"
+    path.write_text(textwrap.dedent(STUDY))
+    journal = isolated / "optuna.journal"
+    assert cli.main(["sweep", str(path), "--data", str(synthetic_data), "--storage", str(journal)]) == 0
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    return isolated, path, optuna.load_study(study_name="fin", storage=storage)
+
+
+@pytest.mark.slow
+def test_warm_start_runs_first_and_an_ensemble_is_served_as_one_model(fin_sweep, synthetic_data):
+    import mlflow
+    import pandas as pd
+    from mlflow import MlflowClient
+
+    from camp import ensemble, finalize
+    from camp.config import load_study_file
+    from camp.registry import CampClassifier
+    from camp.sweep import plan_for
+
+    directory, path, study = fin_sweep
+    trials = sorted(study.trials, key=lambda t: t.number)
+    assert trials[0].params["model.family"] == "hog_linear" and trials[0].params["model.hog_cell"] == 4
+    assert trials[0].user_attrs["warm_start"] == "warm_start[0]"
+    assert trials[1].params["model.family"] == "cnn"
+    # force an ensemble of the two warm-start trials and register it (the sweep registers one only on a gain)
+    plan = plan_for(load_study_file(path), 4, None, None, str(synthetic_data))
+    pool = [entry for entry in finalize.candidates(study, True) if entry[0].number in (0, 1)]
+    y = np.asarray(pool[0][1]["y_true"])
+    probabilities = [np.asarray(p["probabilities"]) for _, p in pool]
+    selection = ensemble.select(y, probabilities, "val/macro_f1", True, "top_k", max_members=2)
+    parent = next(run for run in mlflow.search_runs(output_format="list") if run.data.tags.get("camp.role") == "sweep")
+    summary: dict = {}
+    finalize._log_and_register(study, plan, summary, parent.info.run_id, [pool[i][0] for i in selection.members],
+                               selection, y, probabilities, pool)
+    client = MlflowClient()
+    version = client.get_model_version("camp-classifier", summary["registered_version"])
+    assert version.tags["camp.member_trials"] == ",".join(str(pool[i][0].number) for i in selection.members)
+    run = mlflow.get_run(summary["best_run_id"])
+    assert run.data.tags["camp.role"] == "ensemble" and run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    # the served ensemble is the weighted mean of its members, each through its own bundle
+    paths = [str(synthetic_data / relpath) for relpath in pool[0][1]["relpaths"]][:6]
+    served = mlflow.pyfunc.load_model(f"models:/camp-classifier/{version.version}").predict(pd.DataFrame({"image": paths}))
+    members = []
+    for index in selection.members:
+        bundle = mlflow.artifacts.download_artifacts(run_id=pool[index][0].user_attrs["mlflow_run_id"],
+                                                     artifact_path="bundle", dst_path=str(directory / f"m{index}"))
+        members.append(CampClassifier().load_bundle(bundle).probabilities(paths)[0])
+    expected = ensemble.average(members, selection.weights)
+    labels = pool[0][1]["labels"]
+    np.testing.assert_allclose(served[[f"p_{label}" for label in labels]].to_numpy(float), expected, atol=1e-5)
+    assert list(served["label"]) == [labels[i] for i in expected.argmax(axis=1)]
+
+
+def test_with_seed_sets_the_training_and_sampler_seeds(tmp_path):
+    from camp.config import load_study_file
+    from camp.sweep import make_plan, with_seed
+
+    path = tmp_path / "fin.yaml"
+    path.write_text(textwrap.dedent(STUDY))
+    seeded = with_seed(load_study_file(path), 11)
+    assert seeded.seed == 11 and seeded.study.sampler.seed == 11 and seeded.study.name == "fin"
+    plan = make_plan(cli.build_parser().parse_args(["sweep", str(path), "--seed", "12"]))
+    assert plan.study_file.seed == 12 and plan.study_file.study.sampler.seed == 12
+    with pytest.raises(ValueError, match="--seed"):
+        with_seed(load_study_file(path), -1)
+
+
+def test_no_trial_starts_that_would_not_fit_in_the_timeout(tmp_path, monkeypatch):
+    """A study whose CNN trials take ~100 s, 50 s before its timeout: the next CNN trial is not started,
+    the worker stops, and nothing was trained."""
+
+    from camp import sweep
+    from camp.config import load_study_file
+
+    path = tmp_path / "fin.yaml"
+    path.write_text(textwrap.dedent(STUDY))
+    plan = sweep.plan_for(load_study_file(path), 4, 150.0, None, None)
+    study = optuna.create_study(direction="maximize")
+    distributions = {"model.family": optuna.distributions.CategoricalDistribution(["cnn", "hog_linear"])}
+    for family, seconds in (("cnn", 90.0), ("cnn", 110.0), ("hog_linear", 2.0)):
+        study.add_trial(optuna.trial.create_trial(params={"model.family": family}, distributions=distributions,
+                                                  value=0.5, user_attrs={"seconds": seconds, "family": family,
+                                                                         "size": 24}))
+    study.enqueue_trial({"model.family": "cnn"})
+    monkeypatch.setattr(sweep, "train", lambda *a, **k: pytest.fail("a trial that cannot fit was started"))
+    objective = sweep.make_objective(plan, parent_run_id="unused", started=__import__("time").time() - 100)
+    study.optimize(objective, n_trials=3)
+    skipped = [t for t in study.trials if "skipped" in t.user_attrs]
+    assert len(skipped) == 1 and skipped[0].state == optuna.trial.TrialState.PRUNED
+    assert len(study.trials) == 4  # the worker stopped after it
+    config = sweep.config_for(optuna.trial.FixedTrial({"model.family": "cnn"}), plan)
+    assert sweep.expected_seconds(study, config) == 110.0  # median of the complete CNN trials (upper middle)
