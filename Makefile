@@ -15,7 +15,7 @@ SHARED := ../shared/datasets/clothing-small
 export MLFLOW_TRACKING_URI ?= sqlite:///mlruns/mlflow.db
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data sweep train test test-fast ui serve dashboard predict clean-cache
+.PHONY: help setup data sweep train test test-fast lint ui serve dashboard predict clean-cache
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -41,8 +41,11 @@ sweep: setup data ## run the default study (about 30 min on 2 cores), register t
 train: setup data ## one tracked run of the recipe defaults (sweeps/baseline.yaml)
 	$(BIN)/camp train sweeps/baseline.yaml
 
-test: setup ## the whole test suite (uses ../shared when present)
+test: setup lint ## ruff, then the whole test suite (uses ../shared when present)
 	$(BIN)/python -m pytest -q
+
+lint: setup ## ruff check (configuration in pyproject.toml)
+	$(BIN)/ruff check .
 
 test-fast: setup ## tests not marked slow
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -53,7 +53,7 @@ def _data_summary(args) -> int:
         print(f"left out: {info['count']} '{source}' images ({info['reason']})")
     if skipped:
         print(f"warning: skipped {len(skipped)} unreadable file(s):", file=sys.stderr)
-        for relpath, reason in list(skipped.items())[:20]:
+        for _relpath, reason in list(skipped.items())[:20]:
             print(f"  {reason}", file=sys.stderr)
     if leaks:
         print(f"warning: {len(leaks)} identical file(s) appear in more than one split (leakage): {leaks[:5]}", file=sys.stderr)

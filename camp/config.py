@@ -252,8 +252,8 @@ def load_study_file(path: str | os.PathLike) -> StudyFile:
     if unknown:
         raise ValueError(f"{path}: unknown section(s) {', '.join(map(str, unknown))}; allowed: {', '.join(SECTIONS)}")
     seed = document.get("seed", 42)
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise ValueError(f"{path}: seed must be an integer, got {seed!r}")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2 ** 32:
+        raise ValueError(f"{path}: seed must be an integer in [0, 2**32), got {seed!r}")
     for section in ("preprocess", "model"):
         if not isinstance(document.get(section) or {}, dict):
             raise ValueError(f"{path}: {section} must be a mapping of knobs")

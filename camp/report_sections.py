@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
 from camp import report as core
 from camp.report_html import Code, Heading, Picture, Row, Table, Text
 

@@ -16,27 +16,36 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import logging
 import math
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import optuna
 
 from camp import metrics, tracking, warm_start
 from camp.config import StudyFile, load_study_file
+from camp.interrupts import interrupts_raise_once, quiet_interrupt_tracebacks
 from camp.model import ModelConfig
 from camp.preprocess import PreprocessConfig
 from camp.space import parse_space, resolve, suggest_with
-from camp.storage import (DEFAULT_JOURNAL, STATE, STORAGE_ENV, fail_trial, heartbeat_settings,
-                          kill_trial_run, make_storage, reap_dead_local_workers, tidy_study, worker_id)
+from camp.storage import (
+    DEFAULT_JOURNAL,
+    STATE,
+    STORAGE_ENV,
+    fail_trial,
+    heartbeat_settings,
+    kill_trial_run,
+    make_storage,
+    reap_dead_local_workers,
+    tidy_study,
+    worker_id,
+)
+from camp.sweep_summary import FINISHED, Progress
 from camp.train import run_config_from, train
 
-FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 STOP_SECONDS = 60  # how long an interrupted sweep waits for its worker processes before killing them
 
 
@@ -100,6 +109,27 @@ def plan_for(study_file: StudyFile, n_trials: int, timeout: float | None, storag
     preprocess_knobs = parse_space("preprocess", study_file.preprocess, PreprocessConfig, study_file.path)
     model_knobs = parse_space("model", study_file.model, ModelConfig, study_file.path)
     return Plan(study_file, preprocess_knobs, model_knobs, n_trials, timeout, storage_url, data_path)
+
+
+def preflight(plan: Plan) -> None:
+    """What every trial would fail on, found once before the first: the data (path, label map, exclusion
+    list: `data.*` and the seed are the same for every trial) and a writable cache folder."""
+    from camp.images import cache_dir
+    from camp.train import RunConfig, prepare_dataset
+
+    config = RunConfig(data=plan.study_file.data, seed=plan.study_file.seed, data_path=plan.data_path)
+    dataset, _ = prepare_dataset(config)  # memoised: the first trial of this process reuses it
+    if not dataset.split("train"):
+        raise ValueError(f"{dataset.root}: no train images (after data.exclude and the label map)")
+    folder = cache_dir()
+    probe = folder / f".write-test-{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise ValueError(f"cache folder {folder} is not a writable folder ({error.strerror or error}); "
+                         "set $CAMP_CACHE to one") from None
 
 
 def config_for(trial: optuna.Trial, plan: Plan):
@@ -184,76 +214,6 @@ def make_objective(plan: Plan, parent_run_id: str, started: float | None = None)
     return objective
 
 
-class Progress:
-    """After each trial: done/pruned/failed, best so far, elapsed and an estimate of time left."""
-
-    def __init__(self, plan: Plan, workers: int):
-        self.plan, self.workers, self.started = plan, workers, time.time()
-
-    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        states = [t.state for t in study.get_trials(deepcopy=False)]
-        done = sum(state in FINISHED for state in states)
-        pruned = states.count(optuna.trial.TrialState.PRUNED)
-        failed = states.count(optuna.trial.TrialState.FAIL)
-        elapsed = time.time() - self.started
-        best = _best(study)
-        per_trial = elapsed / max(1, trial.number + 1)
-        left = max(0, self.plan.n_trials - done) * per_trial / self.workers
-        if self.plan.timeout:
-            left = min(left, max(0.0, self.plan.timeout - elapsed))
-        value = f"{trial.value:.4f}" if trial.state == optuna.trial.TrialState.COMPLETE else "-"
-        best_text = f"best {best.value:.4f} (#{best.number})" if best else "best -"
-        print(f"[trial {trial.number:>3}] {trial.state.name:<8} {value}  | done {done}/{self.plan.n_trials} "
-              f"(pruned {pruned}, failed {failed}) | {best_text} | {elapsed / 60:.1f} min, ~{left / 60:.1f} min left",
-              flush=True)
-
-
-def _best(study: optuna.Study):
-    try:
-        return study.best_trial
-    except ValueError:
-        return None
-
-
-@contextlib.contextmanager
-def interrupts_raise_once():
-    """SIGINT (Ctrl-C) and SIGTERM raise KeyboardInterrupt once; later ones are ignored while the sweep
-    cleans up (a terminal's Ctrl-C reaches the workers directly and through their parent)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    signals = (signal.SIGINT, signal.SIGTERM)
-    previous = {number: signal.getsignal(number) for number in signals}
-
-    def handler(number, frame):
-        for each in signals:
-            signal.signal(each, signal.SIG_IGN)
-        raise KeyboardInterrupt(signal.Signals(number).name)
-
-    for number in signals:
-        signal.signal(number, handler)
-    try:
-        yield
-    finally:
-        for number, action in previous.items():
-            signal.signal(number, action)
-
-
-class _NoInterruptTraceback(logging.Filter):
-    """Optuna logs a failed trial with its traceback: for Ctrl-C/SIGTERM the one-line message is enough."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and record.exc_info[0] is KeyboardInterrupt:
-            record.exc_info, record.exc_text = None, None
-        return True
-
-
-def _quiet_interrupts() -> None:
-    logger = logging.getLogger("optuna.study._optimize")
-    if not any(isinstance(f, _NoInterruptTraceback) for f in logger.filters):
-        logger.addFilter(_NoInterruptTraceback())
-
-
 def _stop_own_trials(study: optuna.Study, parent_run_id: str) -> None:
     """After an interrupt: no trial of this process stays RUNNING in Optuna or MLflow."""
     import mlflow
@@ -293,7 +253,7 @@ def run_worker(plan: Plan, parent_run_id: str, worker_index: int, workers: int) 
         reap_dead_local_workers(study)
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    _quiet_interrupts()
+    quiet_interrupt_tracebacks()
     try:
         study.optimize(make_objective(plan, parent_run_id, started), n_trials=remaining, timeout=plan.timeout,
                        catch=(Exception,), gc_after_trial=True,
@@ -324,6 +284,7 @@ def _run_main(args) -> int:
     import mlflow
 
     plan = make_plan(args)  # every knob and range checked here, before any trial
+    preflight(plan)
     study_config = plan.study_file.study
     tracking.setup()
     storage = make_storage(plan.storage_url)

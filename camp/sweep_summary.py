@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,6 +19,7 @@ import optuna
 from camp import tracking
 
 STATE = optuna.trial.TrialState
+FINISHED = (STATE.COMPLETE, STATE.PRUNED)
 ADVISORY_LOCK_KEY = int(hashlib.sha1(b"camp-champion").hexdigest()[:15], 16)
 
 
@@ -194,3 +196,34 @@ def register_champion(study: optuna.Study, plan, summary: dict, storage) -> None
         if summary.get("champion_moved"):
             client.set_model_version_tag(MODEL_NAME, summary["registered_version"], "camp.promoted_at",
                                          datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+
+class Progress:
+    """After each trial: done/pruned/failed, best so far, elapsed and an estimate of time left."""
+
+    def __init__(self, plan, workers: int):
+        self.plan, self.workers, self.started = plan, workers, time.time()
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        states = [t.state for t in study.get_trials(deepcopy=False)]
+        done = sum(state in FINISHED for state in states)
+        pruned = states.count(optuna.trial.TrialState.PRUNED)
+        failed = states.count(optuna.trial.TrialState.FAIL)
+        elapsed = time.time() - self.started
+        best = _best(study)
+        per_trial = elapsed / max(1, trial.number + 1)
+        left = max(0, self.plan.n_trials - done) * per_trial / self.workers
+        if self.plan.timeout:
+            left = min(left, max(0.0, self.plan.timeout - elapsed))
+        value = f"{trial.value:.4f}" if trial.state == optuna.trial.TrialState.COMPLETE else "-"
+        best_text = f"best {best.value:.4f} (#{best.number})" if best else "best -"
+        print(f"[trial {trial.number:>3}] {trial.state.name:<8} {value}  | done {done}/{self.plan.n_trials} "
+              f"(pruned {pruned}, failed {failed}) | {best_text} | {elapsed / 60:.1f} min, ~{left / 60:.1f} min left",
+              flush=True)
+
+
+def _best(study: optuna.Study):
+    try:
+        return study.best_trial
+    except ValueError:
+        return None

@@ -51,15 +51,18 @@ def git_commit() -> str:
 
 
 _CREDENTIALS = re.compile(r"(?<=://)([^:/@\s]*):([^@\s]+)@")
+# libpq and SQLAlchemy also take the password as a query parameter (`?password=...`, `&sslpassword=...`)
+_QUERY_PASSWORD = re.compile(r"(?i)([?&](?:ssl)?password=)[^&\s#]*")
 
 
 def mask_url(url: str | None) -> str | None:
-    """A storage URL with its password replaced by ***, for anything printed or logged."""
+    """A storage URL with its password replaced by ***, for anything printed or logged: the userinfo
+    form (`user:PW@host`) and the query form (`?password=PW`)."""
     if url is None:
         return None
-    return _CREDENTIALS.sub(r"\1:***@", url)
+    return mask_secrets(url)
 
 
 def mask_secrets(text: str) -> str:
-    """Any `scheme://user:password@` inside a longer text (an error message) with the password masked."""
-    return _CREDENTIALS.sub(r"\1:***@", str(text))
+    """Any `scheme://user:password@` or `password=` query inside a longer text (an error message) masked."""
+    return _QUERY_PASSWORD.sub(r"\1***", _CREDENTIALS.sub(r"\1:***@", str(text)))

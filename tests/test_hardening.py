@@ -31,9 +31,9 @@ from camp import data, images, preprocess
 from camp.cli import main
 from camp.data import Item
 from camp.preprocess import PreprocessConfig
+from tests.conftest import run_concurrently
 from tests.fixtures import bad_files
 from tests.fixtures.bad_files import CASES, READ, SKIPPED
-from tests.conftest import run_concurrently
 from tests.synthetic import make_image_folder
 from tests.test_preprocess import knobs as preprocess_knobs
 

@@ -28,6 +28,8 @@ HERE = "tests/test_readme.py"
 #: test runs it, or the same thing with test data in place of a placeholder), "tests/FILE.py" (a
 #: test file of its own) or ".ci/run" (CI runs it literally). The first matching pattern counts.
 COVERAGE = [
+    (r"make sweep SEED=\d+$", [f"{HERE}::test_make_targets_run_the_documented_commands",
+                               "tests/test_finalize.py::test_with_seed_sets_the_training_and_sampler_seeds"]),
     (r"make sweep$", [f"{HERE}::test_make_targets_run_the_documented_commands",
                       "tests/test_sweep.py::test_smoke_sweep_tracks_every_trial_and_registers_a_champion"]),
     (r"make test$", [".ci/run"]),
@@ -134,6 +136,7 @@ def test_make_targets_run_the_documented_commands():
             if command.startswith("make ") and len(command.split()) > 1}
     assert used <= listed, f"README uses targets `make help` does not list: {used - listed}"
     assert ".venv/bin/camp sweep sweeps/default.yaml --workers 2" in make("sweep")
+    assert ".venv/bin/camp sweep sweeps/default.yaml --workers 2 --seed 43" in make("sweep", "SEED=43")
     assert ".venv/bin/camp train sweeps/baseline.yaml" in make("train")
     assert ".venv/bin/camp predict a.jpg b.jpg" in make("predict", "IMAGES=a.jpg b.jpg")
     assert "pytest -q -m \"not slow\"" in make("test-fast")
@@ -193,10 +196,10 @@ def test_study_file_table_documents_every_key_with_its_default():
     table = readme_table()
     expected = {"seed": "42"}
     sections = {"study": config.StudyConfig, "study.sampler": config.SamplerConfig, "study.pruner": config.PrunerConfig,
-                "data": config.DataConfig, "preprocess": PreprocessConfig, "model": ModelConfig}
+                "study.finalize": config.FinalizeConfig, "data": config.DataConfig, "preprocess": PreprocessConfig, "model": ModelConfig}
     for prefix, cls in sections.items():
         for field in dataclasses.fields(cls):
-            if dataclasses.is_dataclass(field.type) or field.name in ("sampler", "pruner"):
+            if dataclasses.is_dataclass(field.type) or field.name in ("sampler", "pruner", "finalize"):
                 continue
             expected[f"{prefix}.{field.name}"] = as_readme(field.default)
     missing = sorted(set(expected) - set(table))

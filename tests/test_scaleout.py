@@ -158,7 +158,7 @@ def test_three_workers_on_postgres_survive_a_killed_worker(cluster, synthetic_da
 
         victim = _wait_for(running_trial_of_worker, 180, "a trial running in machine A's second worker")
         os.kill(worker, signal.SIGKILL)
-        for key, machine in machines.items():
+        for machine in machines.values():
             machine.wait(timeout=360)
     finally:
         for machine in machines.values():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -179,3 +180,39 @@ def test_same_seed_gives_the_same_trial_parameters(isolated, synthetic_data):
             study.tell(trial, 0.5)
         sampled.append(configs)
     assert sampled[0] == sampled[1]
+
+
+@pytest.mark.parametrize("study, message", [
+    ("data: {label_map: no-such-map}", "no label map 'no-such-map'"),
+    ("data: {label_map: missing.yaml}", "missing.yaml"),
+    ("data: {exclude: missing-list.txt}", "data.exclude: no such file"),
+    ("seed: -1", r"seed must be an integer in \[0, 2\*\*32\)"),
+])
+def test_bad_data_settings_are_refused_before_any_trial(isolated, synthetic_data, capsys, study, message):
+    bad = isolated / "bad.yaml"
+    bad.write_text("study: {name: bad}\n" + study + "\n")
+    journal = isolated / "optuna.journal"
+    assert cli.main(["sweep", str(bad), "--data", str(synthetic_data), "--storage", str(journal)]) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not journal.exists() and not _runs_or_none()
+
+
+def test_a_missing_dataset_or_an_unwritable_cache_is_refused_before_any_trial(isolated, synthetic_data, capsys,
+                                                                              monkeypatch):
+    journal = isolated / "optuna.journal"
+    assert cli.main(["sweep", SMOKE, "--data", str(isolated / "nowhere"), "--storage", str(journal)]) == 2
+    assert "nowhere" in capsys.readouterr().err
+    blocker = isolated / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("CAMP_CACHE", str(blocker))
+    assert cli.main(["sweep", SMOKE, "--data", str(synthetic_data), "--storage", str(journal)]) == 2
+    assert f"cache folder {blocker} is not a writable folder" in capsys.readouterr().err
+    assert not journal.exists()
+
+
+def _runs_or_none():
+    import mlflow
+
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    experiment = mlflow.get_experiment_by_name("camp")
+    return [] if experiment is None else _runs()

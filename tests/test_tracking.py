@@ -23,3 +23,10 @@ def test_a_sqlite_store_elsewhere_keeps_its_artifacts_beside_it(tmp_path, monkey
 def test_masks_passwords_in_urls_and_messages():
     assert tracking.mask_url("postgresql://camp:s3cret@db:5432/optuna") == "postgresql://camp:***@db:5432/optuna"
     assert "s3cret" not in tracking.mask_secrets("could not connect to postgresql://camp:s3cret@db/optuna: refused")
+
+
+def test_mask_url_hides_a_password_given_as_a_query_parameter():
+    assert (tracking.mask_url("postgresql://camp@db/optuna?password=PW&sslmode=require")
+            == "postgresql://camp@db/optuna?password=***&sslmode=require")
+    assert tracking.mask_url("postgresql://db/optuna?sslmode=require&PASSWORD=x#y") == "postgresql://db/optuna?sslmode=require&PASSWORD=***#y"
+    assert tracking.mask_secrets("failed: postgresql://u:p@h/d?sslpassword=k") == "failed: postgresql://u:***@h/d?sslpassword=***"

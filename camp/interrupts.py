@@ -1,0 +1,48 @@
+"""Ctrl-C and SIGTERM in a sweep: raised once as KeyboardInterrupt (later signals are ignored while the
+sweep cleans up), and logged by Optuna without a traceback."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+
+
+@contextlib.contextmanager
+def interrupts_raise_once():
+    """SIGINT (Ctrl-C) and SIGTERM raise KeyboardInterrupt once; later ones are ignored while the sweep
+    cleans up (a terminal's Ctrl-C reaches the workers directly and through their parent)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {number: signal.getsignal(number) for number in signals}
+
+    def handler(number, frame):
+        for each in signals:
+            signal.signal(each, signal.SIG_IGN)
+        raise KeyboardInterrupt(signal.Signals(number).name)
+
+    for number in signals:
+        signal.signal(number, handler)
+    try:
+        yield
+    finally:
+        for number, action in previous.items():
+            signal.signal(number, action)
+
+
+class _NoInterruptTraceback(logging.Filter):
+    """Optuna logs a failed trial with its traceback: for Ctrl-C/SIGTERM the one-line message is enough."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[0] is KeyboardInterrupt:
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def quiet_interrupt_tracebacks() -> None:
+    logger = logging.getLogger("optuna.study._optimize")
+    if not any(isinstance(f, _NoInterruptTraceback) for f in logger.filters):
+        logger.addFilter(_NoInterruptTraceback())
