@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 
 import optuna
 
@@ -291,6 +292,9 @@ def _run_main(args) -> int:
     study = optuna.create_study(study_name=study_config.name, storage=storage, direction=study_config.direction,
                                 load_if_exists=True)
     tidy_study(study)  # trials left running by workers that died in an earlier invocation
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # experimental in Optuna 5: optuna-dashboard then names the objective
+        study.set_metric_names([study_config.metric])
     queued = warm_start.enqueue(study, warm_start.warm_start_trials(plan, storage))
     if queued:
         print(f"warm start: {queued} trial(s) queued to run first (study.warm_start)", flush=True)

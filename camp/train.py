@@ -192,6 +192,7 @@ def _fit(config: RunConfig, run_id: str, epoch_callback, log_model: bool, progre
                      "camp.cache": "hit" if arrays.cache_hit else "miss", "camp.cache_key": arrays.key,
                      "camp.skipped_images": len(arrays.skipped)})
     mlflow.log_text(yaml.safe_dump(config.to_dict(), sort_keys=False), "config.yaml")
+    log_datasets(dataset, data_fp)
     if _LEAKS[data_fp]:  # identical files in two splits, found by prepare_dataset: reported on every run
         mlflow.log_dict({"groups": _LEAKS[data_fp]}, "duplicates_across_splits.json")
         mlflow.set_tag("camp.leaked_duplicates", len(_LEAKS[data_fp]))
@@ -263,6 +264,27 @@ def _fit_cnn(config: RunConfig, x_train, y_train, x_val, y_val, n_classes: int, 
         raise tracker.error
     model.set_weights(tracker.best_weights)
     return model, tracker.best_epoch, tracker.epochs_run
+
+
+def log_datasets(dataset: Dataset, data_fp: str) -> None:
+    """Each split as an MLflow dataset input (relpath, label; digest = the data fingerprint, source = the
+    data root), so the UI's Dataset column and filter show what a run was trained and judged on."""
+    import warnings
+
+    import mlflow
+    import pandas as pd
+
+    for split, context in (("train", "training"), ("validation", "validation"), ("test", "test")):
+        items = dataset.split(split)
+        if not items:
+            continue
+        frame = pd.DataFrame({"relpath": [item.relpath for item in items],
+                              "label": [dataset.labels[item.label] for item in items]})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # MLflow warns that a plain folder source is "local"
+            source = mlflow.data.from_pandas(frame, source=str(dataset.root), targets="label",
+                                             name=f"{dataset.root.name}-{split}", digest=data_fp[:20])
+        mlflow.log_input(source, context=context)
 
 
 def memory_usage() -> dict[str, float]:

@@ -64,6 +64,7 @@ def test_warm_start_runs_first_and_an_ensemble_is_served_as_one_model(fin_sweep,
     trials = sorted(study.trials, key=lambda t: t.number)
     assert trials[0].params["model.family"] == "hog_linear" and trials[0].params["model.hog_cell"] == 4
     assert trials[0].user_attrs["warm_start"] == "warm_start[0]"
+    assert study.metric_names == ["val/macro_f1"]  # optuna-dashboard labels the objective
     assert trials[1].params["model.family"] == "cnn"
     # force an ensemble of the two warm-start trials and register it (the sweep registers one only on a gain)
     plan = plan_for(load_study_file(path), 4, None, None, str(synthetic_data))

@@ -94,6 +94,10 @@ def test_train_logs_one_complete_run(isolated, synthetic_data):
     assert tags["camp.git_commit"] in (head, f"{head}-dirty")
     assert tags["camp.data_fingerprint"] == data.fingerprint(data.load_dataset(synthetic_data).items)
     assert tags["camp.cache"] == "miss" and tags["camp.skipped_images"] == "0"
+    inputs = {entry.tags[0].value: entry.dataset for entry in run.inputs.dataset_inputs}
+    assert sorted(inputs) == ["test", "training", "validation"]  # MLflow's dataset inputs, one per split
+    assert {dataset.digest for dataset in inputs.values()} == {tags["camp.data_fingerprint"][:20]}
+    assert all(str(synthetic_data) in dataset.source for dataset in inputs.values())
 
     artifacts = artifact_paths(result.run_id)
     for expected in ("confusion_matrix.png", "preprocessing.png", "config.yaml", "bundle/model.keras",
