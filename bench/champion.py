@@ -18,7 +18,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def scores(predict, dataset, split: str) -> dict:
+def scores(predict, dataset, split: str, keep: dict | None = None) -> dict:
+    """Macro-F1, accuracy and per-label recall of `predict` on a split; `keep` receives the predictions."""
     import numpy as np
     from sklearn.metrics import f1_score, recall_score
 
@@ -28,10 +29,28 @@ def scores(predict, dataset, split: str) -> dict:
     labels = list(dataset.labels)
     y_pred = np.array([labels.index(label) for label in output["label"][readable]])
     y_true = np.array([item.label for item, ok in zip(items, readable) if ok])
+    if keep is not None:
+        keep.update(y_true=y_true, y_pred=y_pred)
     recall = recall_score(y_true, y_pred, labels=list(range(len(labels))), average=None, zero_division=0)
     return {"macro_f1": round(float(f1_score(y_true, y_pred, average="macro", zero_division=0)), 4),
             "accuracy": round(float((y_true == y_pred).mean()), 4),
             "recall": {label: round(float(r), 4) for label, r in zip(labels, recall)}, "n": int(readable.sum())}
+
+
+def paired_difference(y, first, second) -> dict:
+    """Macro-F1(first) - macro-F1(second) on the same images, with a 95% percentile bootstrap interval."""
+    import numpy as np
+    from scipy.stats import bootstrap
+    from sklearn.metrics import f1_score
+
+    def difference(index):
+        return (f1_score(y[index], first[index], average="macro", zero_division=0)
+                - f1_score(y[index], second[index], average="macro", zero_division=0))
+
+    interval = bootstrap((np.arange(len(y)),), difference, vectorized=False, n_resamples=2000, method="percentile",
+                         random_state=0).confidence_interval
+    return {"difference": round(float(difference(np.arange(len(y)))), 4),
+            "ci95": [round(float(interval.low), 4), round(float(interval.high), 4)]}
 
 
 def main() -> int:
@@ -55,28 +74,37 @@ def main() -> int:
     champion = load_champion(args.model)
     dataset, _ = prepare_dataset(champion.config)
     model = mlflow.pyfunc.load_model(champion.uri)
+    champion_test: dict = {}
     result = {"model": args.model, "version": champion.version, "run_id": champion.run_id,
               "members": champion.run.data.tags.get("camp.member_trials"),
-              "champion": {split: scores(lambda paths: model.predict(pd.DataFrame({"image": paths})), dataset, split)
+              "champion": {split: scores(lambda paths: model.predict(pd.DataFrame({"image": paths})), dataset, split,
+                                         champion_test if split == "test" else None)
                            for split in ("validation", "test")}}
     study_name = args.study or champion.study
     study = optuna.load_study(study_name=study_name, storage=make_storage(args.storage))
-    trials = {}
+    trials, predictions = {}, {}
     with tempfile.TemporaryDirectory() as directory:
         for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
             run_id = trial.user_attrs.get("mlflow_run_id")
             bundle = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="bundle",
                                                          dst_path=str(Path(directory) / str(trial.number)))
             member = CampClassifier().load_bundle(bundle)
+            predictions[trial.number] = {}
             trials[trial.number] = {"family": trial.user_attrs.get("family"), "seconds": trial.user_attrs.get("seconds"),
                                     "warm_start": trial.user_attrs.get("warm_start"),
                                     "val_objective": round(trial.value, 4),
-                                    "test": scores(member.predict_images, dataset, "test")["macro_f1"]}
+                                    "test": scores(member.predict_images, dataset, "test",
+                                                   predictions[trial.number])["macro_f1"]}
     result["trials"] = trials
     warm = [t for t in trials.values() if t["warm_start"] == "warm_start[0]"]
     hog = [t for t in trials.values() if t["family"] == "hog_linear"]
     result["warm_start_test"] = warm[0]["test"] if warm else None
     result["best_hog_by_val"] = max(hog, key=lambda t: t["val_objective"]) if hog else None
+    members = [int(n) for n in (result["members"] or "").split(",") if n]
+    if members:  # an ensemble: against its best member by validation, on the same test images
+        best_member = max(members, key=lambda n: trials[n]["val_objective"])
+        result["ensemble_vs_best_member_test"] = {"member": best_member, **paired_difference(
+            champion_test["y_true"], champion_test["y_pred"], predictions[best_member]["y_pred"])}
     result["champion_val_to_test_drop"] = round(result["champion"]["validation"]["macro_f1"]
                                                 - result["champion"]["test"]["macro_f1"], 4)
     print(json.dumps(result))

@@ -66,6 +66,7 @@ def make_storage(url: str | None):
     if is_journal(url):
         path = Path(url[len("journal:"):] if url and url.startswith("journal:") else (url or DEFAULT_JOURNAL))
         path.parent.mkdir(parents=True, exist_ok=True)
+        repair_journal_tail(path)
         return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
     mlflow_uri = tracking.tracking_uri()
     if url == mlflow_uri or (url.startswith("sqlite:") and os.path.abspath(url.split("///", 1)[-1]) ==
@@ -91,6 +92,40 @@ def make_storage(url: str | None):
             time.sleep(1 + 2 * attempt)
     first_line = tracking.mask_secrets(str(error).strip().splitlines()[0] if str(error).strip() else repr(error))
     raise ValueError(f"cannot open the Optuna storage {tracking.mask_url(url)}: {first_line}")
+
+
+def repair_journal_tail(path: Path) -> int:
+    """Cut a last record that a crash left half-written (no final newline), with a warning naming the file;
+    returns the bytes removed. Appending onto such a line would break every later read of the journal.
+    Done under the journal's own lock, so a record another process is writing is never mistaken for one."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return 0
+    lock = optuna.storages.journal.JournalFileSymlinkLock(str(path))
+    lock.acquire()
+    try:
+        with open(path, "rb+") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, size - 1))
+            if handle.read(1) == b"\n":
+                return 0
+            # find the last newline: everything after it is the partial record
+            position, chunk = size, 1 << 16
+            end = 0
+            while position > 0:
+                start = max(0, position - chunk)
+                handle.seek(start)
+                found = handle.read(position - start).rfind(b"\n")
+                if found >= 0:
+                    end = start + found + 1
+                    break
+                position = start
+            handle.truncate(end)
+    finally:
+        lock.release()
+    removed = size - end
+    print(f"camp: warning: {path}: its last record was cut off ({removed} bytes, left by a crash mid-write); "
+          "removed it so the journal stays readable", file=sys.stderr)
+    return removed
 
 
 def worker_id() -> str:
