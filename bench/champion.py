@@ -62,7 +62,6 @@ def main() -> int:
 
     import mlflow
     import optuna
-    import pandas as pd
 
     from camp import tracking
     from camp.registry import CampClassifier
@@ -77,7 +76,7 @@ def main() -> int:
     champion_test: dict = {}
     result = {"model": args.model, "version": champion.version, "run_id": champion.run_id,
               "members": champion.run.data.tags.get("camp.member_trials"),
-              "champion": {split: scores(lambda paths: model.predict(pd.DataFrame({"image": paths})), dataset, split,
+              "champion": {split: scores(model.unwrap_python_model().predict_files, dataset, split,
                                          champion_test if split == "test" else None)
                            for split in ("validation", "test")}}
     study_name = args.study or champion.study
@@ -93,7 +92,7 @@ def main() -> int:
             trials[trial.number] = {"family": trial.user_attrs.get("family"), "seconds": trial.user_attrs.get("seconds"),
                                     "warm_start": trial.user_attrs.get("warm_start"),
                                     "val_objective": round(trial.value, 4),
-                                    "test": scores(member.predict_images, dataset, "test",
+                                    "test": scores(member.predict_files, dataset, "test",
                                                    predictions[trial.number])["macro_f1"]}
     result["trials"] = trials
     warm = [t for t in trials.values() if t["warm_start"] == "warm_start[0]"]

@@ -47,7 +47,11 @@ def main() -> None:
     fresh_total = time.perf_counter() - started
     import_seconds, load_seconds = map(float, fresh.stdout.split()[-2:])
     model = mlflow.pyfunc.load_model(args.model)
-    paths = [item.path for item in data.load_dataset(args.data).split("validation")]
+    import base64
+
+    # what a client sends: each image base64-encoded (the served model does not read client-named paths)
+    paths = [base64.b64encode(Path(item.path).read_bytes()).decode("ascii")
+             for item in data.load_dataset(args.data).split("validation")]
     model.predict(pd.DataFrame({"image": paths[:2]}))  # warm-up
     latencies = []
     for path in paths[:args.single]:

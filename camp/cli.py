@@ -102,13 +102,13 @@ def _sweep(args) -> int:
 
 def _predict(args) -> int:
     import mlflow
-    import pandas as pd
 
     from camp import tracking
 
     tracking.setup()
-    model = mlflow.pyfunc.load_model(args.model)
-    output = model.predict(pd.DataFrame({"image": [str(path) for path in args.images]}))
+    # local files, read by this (trusted) process: the served model itself refuses client-named paths
+    model = mlflow.pyfunc.load_model(args.model).unwrap_python_model()
+    output = model.predict_files([str(path) for path in args.images])
     failed = 0
     for path, (_, row) in zip(args.images, output.iterrows()):
         record = {"path": str(path), "label": row["label"] or None,

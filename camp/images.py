@@ -88,6 +88,15 @@ def decode_bytes(data: bytes, reduction: int = 2, where: str = "<bytes>") -> np.
     return image
 
 
+def encoded_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's frame header or a PNG's IHDR, without decoding; None otherwise."""
+    if data[:2] == b"\xff\xd8":
+        return jpeg_structure(data)[1]
+    if data[:8] == PNG_SIGNATURE and len(data) >= 24:
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    return None
+
+
 def _check_pixels(width: int, height: int, where: str) -> None:
     if width * height > MAX_PIXELS:
         raise UnreadableImage(f"{where}: {width}x{height} is {width * height / 1e6:.0f} megapixels, over camp's "

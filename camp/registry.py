@@ -1,9 +1,16 @@
 """The served model and the registry: a pyfunc that takes raw images (preprocessing included),
 registered as `camp-classifier`, with the `champion` alias moved only on a real improvement.
 
-Input: a pandas DataFrame with one column `image` holding, per row, a file path or the image's
-bytes base64-encoded (the form `mlflow models serve` receives as JSON); raw bytes also work from
-Python. For HxWxC uint8 arrays call `model.unwrap_python_model().predict_images(list_of_arrays)`.
+Input: a pandas DataFrame with one column `image` holding, per row, the image's bytes base64-encoded
+(the form `mlflow models serve` receives as JSON); raw bytes also work from Python. For HxWxC uint8
+arrays call `model.unwrap_python_model().predict_images(list_of_arrays)`, for files on this machine
+`model.unwrap_python_model().predict_files(paths)` (camp predict, the report).
+
+File paths in the input are refused by default, with one error whatever the path (a client learns
+nothing about the server's files). An operator who wants clients to name server-side files sets
+$CAMP_SERVE_PATHS to the folders allowed (os.pathsep-separated): then a path inside one of them that
+is a regular file of at most $CAMP_SERVE_MAX_BYTES (32 MiB) is read. A request's images may hold at
+most `MAX_REQUEST_PIXELS` in all (each one at most `camp.images.MAX_PIXELS`), counted before decoding.
 Output: one row per input: `label`, `p_<label>` per class, and `error` (empty when the item was
 read; otherwise the label is empty, the probabilities NaN, and `error` says what was wrong).
 A bad item never fails the batch and never gets a label: unreadable, corrupt or oversized images
@@ -24,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from camp import ensemble
+from camp.images import UnreadableImage
 
 MODEL_NAME = "camp-classifier"
 CHAMPION = "champion"
@@ -43,16 +51,79 @@ def _to_values(model_input) -> list:
     return [model_input]
 
 
-def _as_image_source(value):
-    """A path that exists stays a path; otherwise a string is read as base64-encoded image bytes."""
+PATHS_ENV = "CAMP_SERVE_PATHS"
+_REFUSED = object()  # a source already answered with an error (None is a value a client may send)
+MAX_BYTES_ENV = "CAMP_SERVE_MAX_BYTES"
+MAX_FILE_BYTES = 32 * 2 ** 20
+MAX_REQUEST_PIXELS = 200_000_000  # ~25 photos at the per-image cap; a batch of bombs stops here
+
+
+def allowed_roots() -> list[Path]:
+    """The folders $CAMP_SERVE_PATHS allows clients to name files in (none: paths are refused)."""
+    return [Path(part).resolve() for part in os.environ.get(PATHS_ENV, "").split(os.pathsep) if part.strip()]
+
+
+def _refused(index: int) -> UnreadableImage:
+    return UnreadableImage(f"item {index}: not base64-encoded image bytes (file paths are not read by the served "
+                           f"model unless the server sets ${PATHS_ENV} to the folders that hold them)")
+
+
+def _allowed_path(value: str, index: int, roots: list[Path]):
+    """A path inside an allowed root, if it is a regular file within the size cap; else an error that
+    does not tell whether anything exists outside the roots."""
+    import stat
+
+    path = Path(value).expanduser()
+    resolved = path.resolve() if path.is_absolute() else (Path.cwd() / path).resolve()
+    if not any(resolved.is_relative_to(root) for root in roots):
+        raise _refused(index)
+    try:
+        status = os.stat(resolved)
+    except OSError as error:
+        raise UnreadableImage(f"{value}: cannot read ({error.strerror or error}); check that the file exists and "
+                              "that this user may read it") from None
+    if not stat.S_ISREG(status.st_mode):
+        raise UnreadableImage(f"{value}: not a regular file")
+    limit = int(os.environ.get(MAX_BYTES_ENV) or MAX_FILE_BYTES)
+    if status.st_size > limit:
+        raise UnreadableImage(f"{value}: {status.st_size} bytes, over the served model's limit of {limit} "
+                              f"(${MAX_BYTES_ENV})")
+    return str(resolved) if not path.is_absolute() else value
+
+
+def _as_image_source(value, index: int = 0, roots: list[Path] | None = None):
+    """What a client sent -> bytes, an array, or (only inside $CAMP_SERVE_PATHS) a vetted path."""
+    if isinstance(value, Path):
+        value = str(value)
     if isinstance(value, str):
-        if len(value) < 4096 and os.path.exists(value):
-            return value
+        roots = allowed_roots() if roots is None else roots
+        if roots and len(value) < 4096 and not _looks_base64(value):
+            return _allowed_path(value, index, roots)
         try:
             return base64.b64decode(value, validate=True)
         except (binascii.Error, ValueError):
-            return value  # reported as a missing file by the decoder
+            raise _refused(index) from None
     return value
+
+
+def _looks_base64(value: str) -> bool:
+    try:
+        base64.b64decode(value, validate=True)
+        return len(value) > 64  # a short name like "abcd" is valid base64 too: taken as a path
+    except (binascii.Error, ValueError):
+        return False
+
+
+def _pixels(source) -> int:
+    """Pixels an item will decode to, read from its header before decoding (0 when unknown)."""
+    from camp.images import encoded_size
+
+    if isinstance(source, np.ndarray):
+        return int(np.prod(source.shape[:2])) if source.ndim >= 2 else 0
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        size = encoded_size(bytes(source))
+        return size[0] * size[1] if size else 0
+    return 0
 
 
 class CampClassifier(mlflow.pyfunc.PythonModel):
@@ -93,34 +164,66 @@ class CampClassifier(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input, params=None):
         return self.predict_images(_to_values(model_input))
 
+    def predict_files(self, paths) -> pd.DataFrame:
+        """Files on this machine (a trusted caller: camp predict, the report); errors name each file."""
+        return self._frame(*self._probabilities([str(path) for path in paths], []))
+
     def probabilities(self, values) -> tuple[np.ndarray, list]:
-        """(len(values), classes) probabilities, NaN rows for unreadable items, and (index, error) pairs.
-        An ensemble averages its members' probabilities with its weights."""
+        """(len(values), classes) probabilities, NaN rows for unreadable items, and (index, error) pairs;
+        values as a client sends them (bytes, base64, arrays; paths only under $CAMP_SERVE_PATHS)."""
+        sources, errors = self._sources(values)
+        return self._probabilities(sources, errors)
+
+    def predict_images(self, values) -> pd.DataFrame:
+        return self._frame(*self.probabilities(values))
+
+    def _sources(self, values) -> tuple[list, list]:
+        """Client values -> decodable sources (None where refused), errors, and the request's pixel budget."""
+        from camp.images import UnreadableImage
+
+        roots, sources, errors, pixels = allowed_roots(), [], [], 0
+        for index, value in enumerate(values):
+            try:
+                source = _as_image_source(value, index, roots)
+                pixels += _pixels(source)
+                if pixels > MAX_REQUEST_PIXELS:
+                    raise UnreadableImage(f"item {index}: the request's images exceed {MAX_REQUEST_PIXELS / 1e6:.0f} "
+                                          "megapixels in all; send fewer or smaller images per request")
+                sources.append(source)
+            except UnreadableImage as error:
+                sources.append(_REFUSED)
+                errors.append((index, str(error)))
+        return sources, errors
+
+    def _probabilities(self, sources, errors) -> tuple[np.ndarray, list]:
+        """Probabilities for decodable sources (`_REFUSED`: already an error); an ensemble averages its members'."""
         if self.members:
-            outputs = [member.probabilities(values) for member in self.members]
-            errors = dict(error for _, member_errors in outputs for error in member_errors)
-            return ensemble.average([p for p, _ in outputs], self.weights), sorted(errors.items())
+            outputs = [member._probabilities(sources, errors) for member in self.members]
+            merged = dict(error for _, member_errors in outputs for error in member_errors)
+            return ensemble.average([p for p, _ in outputs], self.weights), sorted(merged.items())
         from camp.images import UnreadableImage, decode_any
         from camp.preprocess import preprocess_image
 
-        inputs, rows, errors = [], [], []
-        for index, value in enumerate(values):
+        inputs, rows, errors = [], [], list(errors)
+        for index, source in enumerate(sources):
+            if source is _REFUSED:
+                continue
             try:
-                decoded = decode_any(_as_image_source(value), self.preprocess.decode_reduction, where=f"item {index}")
+                decoded = decode_any(source, self.preprocess.decode_reduction, where=f"item {index}")
                 inputs.append(preprocess_image(decoded, self.preprocess))
                 rows.append(index)
             except UnreadableImage as error:
                 errors.append((index, str(error)))
-        probabilities = np.full((len(values), len(self.labels)), np.nan)
+        probabilities = np.full((len(sources), len(self.labels)), np.nan)
         if inputs:
             probabilities[rows] = self.model.predict(np.stack(inputs), batch_size=256, verbose=0)
         return probabilities, errors
 
-    def predict_images(self, values) -> pd.DataFrame:
-        probabilities, errors = self.probabilities(values)
+    def _frame(self, probabilities: np.ndarray, errors: list) -> pd.DataFrame:
+        count = len(probabilities)
         predicted = np.nan_to_num(probabilities, nan=-1).argmax(axis=1)
-        frame = pd.DataFrame(index=range(len(values)))
-        frame["label"] = [self.labels[predicted[i]] if not np.isnan(probabilities[i, 0]) else "" for i in range(len(values))]
+        frame = pd.DataFrame(index=range(count))
+        frame["label"] = [self.labels[predicted[i]] if not np.isnan(probabilities[i, 0]) else "" for i in range(count)]
         for column, label in enumerate(self.labels):
             frame[f"p_{label}"] = probabilities[:, column]
         frame["error"] = ""
@@ -205,8 +308,8 @@ def evaluate_on_validation(model_uri: str, config, metric: str) -> float:
 
     dataset, _ = prepare_dataset(config)
     items = dataset.split("validation")
-    model = mlflow.pyfunc.load_model(model_uri)
-    output = model.predict(pd.DataFrame({"image": [item.path for item in items]}))
+    model = mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
+    output = model.predict_files([item.path for item in items])
     readable = output["error"] == ""
     labels = list(dataset.labels)
     predicted = np.array([labels.index(label) for label in output["label"][readable]])

@@ -91,8 +91,8 @@ def predict_items(predict, items, labels, split: str) -> pd.DataFrame:
 def pyfunc_predictor(model_uri: str):
     import mlflow
 
-    model = mlflow.pyfunc.load_model(model_uri)
-    return lambda paths: model.predict(pd.DataFrame({"image": paths}))
+    model = mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
+    return model.predict_files  # the report's own files: read here, not as a client's paths
 
 
 def run_predictor(run_id: str, directory: Path):
@@ -103,7 +103,7 @@ def run_predictor(run_id: str, directory: Path):
 
     bundle = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="bundle", dst_path=str(directory))
     model = CampClassifier().load_bundle(bundle)
-    return model.predict_images
+    return model.predict_files
 
 
 def class_report(frame: pd.DataFrame, labels) -> dict:

@@ -83,12 +83,13 @@ def test_warm_start_runs_first_and_an_ensemble_is_served_as_one_model(fin_sweep,
     assert run.data.tags["camp.role"] == "ensemble" and run.data.tags["mlflow.parentRunId"] == parent.info.run_id
     # the served ensemble is the weighted mean of its members, each through its own bundle
     paths = [str(synthetic_data / relpath) for relpath in pool[0][1]["relpaths"]][:6]
-    served = mlflow.pyfunc.load_model(f"models:/camp-classifier/{version.version}").predict(pd.DataFrame({"image": paths}))
+    encoded = [__import__("base64").b64encode(open(path, "rb").read()).decode("ascii") for path in paths]
+    served = mlflow.pyfunc.load_model(f"models:/camp-classifier/{version.version}").predict(pd.DataFrame({"image": encoded}))
     members = []
     for index in selection.members:
         bundle = mlflow.artifacts.download_artifacts(run_id=pool[index][0].user_attrs["mlflow_run_id"],
                                                      artifact_path="bundle", dst_path=str(directory / f"m{index}"))
-        members.append(CampClassifier().load_bundle(bundle).probabilities(paths)[0])
+        members.append(CampClassifier().load_bundle(bundle).probabilities(encoded)[0])
     expected = ensemble.average(members, selection.weights)
     labels = pool[0][1]["labels"]
     np.testing.assert_allclose(served[[f"p_{label}" for label in labels]].to_numpy(float), expected, atol=1e-5)

@@ -506,6 +506,7 @@ def _check_rows(frame, expect_error: dict[int, str]):
 
 def test_served_model_answers_every_item_of_a_batch_of_bad_files(classifier, case_files, monkeypatch):
     deny_reading(monkeypatch)
+    monkeypatch.setenv("CAMP_SERVE_PATHS", str(next(iter(case_files.values())).parent))  # the operator's opt-in
     names = list(CASES)
     frame = classifier.predict(None, [str(case_files[name]) for name in names])
     assert len(frame) == len(names)
@@ -530,7 +531,7 @@ def test_served_model_refuses_wrong_arrays_with_the_expected_shape(classifier):
     expected = "(H, W), (H, W, 1), (H, W, 3) or (H, W, 4)"
     _check_rows(frame, {1: "item 1: expected dtype uint8, got float32; send (H, W, 3) uint8 RGB", 2: expected,
                         3: expected, 4: expected, 6: "item 6: expected dtype uint8, got bool",
-                        7: "not a path or base64 ~~: cannot read", 8: "item 8: expected a file path",
+                        7: "item 7: not base64-encoded image bytes", 8: "item 8: expected a file path",
                         9: "got float"})
     # whole arrays through predict(): (N, H, W, C) is a batch, (H, W, C) one image, one row each
     assert len(classifier.predict(None, np.stack([good] * 3).astype(np.float64))) == 3
@@ -539,7 +540,7 @@ def test_served_model_refuses_wrong_arrays_with_the_expected_shape(classifier):
     assert len(classifier.predict(None, good[..., 0])) == 1 and classifier.predict(None, good[..., 0]).loc[0, "error"] == ""
 
 
-def test_registered_pyfunc_keeps_per_item_errors_and_refuses_a_wrong_frame(bundle, isolated, case_files):
+def test_registered_pyfunc_keeps_per_item_errors_and_refuses_a_wrong_frame(bundle, isolated, case_files, monkeypatch):
     """Through MLflow's pyfunc (what `mlflow models serve` runs): per-item errors; a frame without the
     `image` column is an MlflowException naming it."""
     import mlflow
@@ -552,6 +553,7 @@ def test_registered_pyfunc_keeps_per_item_errors_and_refuses_a_wrong_frame(bundl
     with mlflow.start_run():
         info = registry.log_pyfunc(bundle, good)
     served = mlflow.pyfunc.load_model(info.model_uri)
+    monkeypatch.setenv("CAMP_SERVE_PATHS", str(good.parent))
     names = ["gray_jpeg", "zero_byte", "png_alpha", "corrupt_jpeg_scan", "huge", "text_as_jpg"]
     values = [str(case_files[name]) for name in names]
     values[2] = base64.b64encode(case_files["png_alpha"].read_bytes()).decode("ascii")

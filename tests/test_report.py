@@ -237,7 +237,6 @@ class _Tables(html.parser.HTMLParser):
 def test_per_label_table_matches_scikit_learn_on_the_models_predictions(reported, synthetic_data):
     """Predict the splits again with the registered model, recompute with sklearn, compare to the HTML."""
     import mlflow
-    import pandas as pd
     from sklearn.metrics import classification_report
 
     directory, out, _ = reported
@@ -249,7 +248,7 @@ def test_per_label_table_matches_scikit_learn_on_the_models_predictions(reported
         paths = sorted((synthetic_data / split).glob("*/*.jpg"))
         truth = [{"hat": "cap_and_hat", "outwear": "outerwear", "t-shirt": "tops", "pants": "bottoms",
                   "shoes": "shoes"}[path.parent.name] for path in paths]
-        predicted = model.predict(pd.DataFrame({"image": [str(p) for p in paths]}))["label"]
+        predicted = model.unwrap_python_model().predict_files([str(p) for p in paths])["label"]
         expected = classification_report(truth, predicted, labels=LABELS, output_dict=True, zero_division=0)
         rows = {row[0]: row[1:] for row in parser.tables[f"per-label-{split}"][1:]}
         assert list(rows) == [*LABELS, "accuracy", "macro avg", "weighted avg"]

@@ -45,8 +45,10 @@ def photos(current_smoke_store) -> list[Path]:
 def server(current_smoke_store):
     """`make serve` on a free port of 127.0.0.1; stopped (process group, by PID) after the module."""
     port = free_port()
+    # the operator's opt-in for the path forms (the photos are copied into the store's folder)
+    environment = {**clean_env(), "CAMP_SERVE_PATHS": str(current_smoke_store)}
     with serving(make_command("serve", SERVE_PORT=str(port)), f"http://{HOST}:{port}/health",
-                 current_smoke_store / "serve.log", env=clean_env()) as process:
+                 current_smoke_store / "serve.log", env=environment) as process:
         yield f"http://{HOST}:{port}", process.startup_seconds
 
 

@@ -81,7 +81,7 @@ def test_served_model_in_a_fresh_process_matches_the_trial(smoke_sweep, syntheti
     script = (
         "import json, sys, mlflow, pandas as pd\n"
         "model = mlflow.pyfunc.load_model('models:/camp-classifier@champion')\n"
-        "out = model.predict(pd.DataFrame({'image': json.loads(sys.argv[1])}))\n"
+        "out = model.unwrap_python_model().predict_files(json.loads(sys.argv[1]))\n"
         "print(json.dumps(out[[c for c in out.columns if c.startswith('p_')]].values.tolist()))\n"
     )
     outside = tmp_path_factory.mktemp("outside")

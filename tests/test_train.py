@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -57,7 +58,7 @@ def test_fixed_run_config_needs_fixed_knobs(tmp_path, synthetic_data):
         fixed_run_config(config_module.load_study_file(tmp_path / "bad.yaml"))
 
 
-def test_train_logs_one_complete_run(isolated, synthetic_data):
+def test_train_logs_one_complete_run(isolated, synthetic_data, monkeypatch):
     import mlflow
 
     config = run_config(isolated, synthetic_data)
@@ -113,6 +114,11 @@ def test_train_logs_one_complete_run(isolated, synthetic_data):
     import pandas as pd
 
     image = data.load_dataset(synthetic_data).split("test")[0].path
+    refused = served.predict(pd.DataFrame({"image": [image, str(isolated / "missing.jpg")]}))
+    assert (refused["label"] == "").all()  # client-named paths: refused, the same way whether or not they exist
+    assert refused.loc[0, "error"].split(":", 1)[1] == refused.loc[1, "error"].split(":", 1)[1]
+    assert "CAMP_SERVE_PATHS" in refused.loc[0, "error"]
+    monkeypatch.setenv("CAMP_SERVE_PATHS", os.pathsep.join([str(synthetic_data), str(isolated)]))
     output = served.predict(pd.DataFrame({"image": [image, str(isolated / "missing.jpg")]}))
     assert output.loc[0, "label"] in LABELS and output.loc[0, "error"] == ""
     assert output.loc[1, "label"] == "" and "missing.jpg" in output.loc[1, "error"]
