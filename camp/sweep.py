@@ -30,6 +30,7 @@ from camp import metrics, tracking, warm_start
 from camp.config import StudyFile, load_study_file
 from camp.interrupts import interrupts_raise_once, quiet_interrupt_tracebacks
 from camp.model import ModelConfig
+from camp.preflight import check_same_data, preflight
 from camp.preprocess import PreprocessConfig
 from camp.space import parse_space, resolve, suggest_with
 from camp.storage import (
@@ -110,27 +111,6 @@ def plan_for(study_file: StudyFile, n_trials: int, timeout: float | None, storag
     preprocess_knobs = parse_space("preprocess", study_file.preprocess, PreprocessConfig, study_file.path)
     model_knobs = parse_space("model", study_file.model, ModelConfig, study_file.path)
     return Plan(study_file, preprocess_knobs, model_knobs, n_trials, timeout, storage_url, data_path)
-
-
-def preflight(plan: Plan) -> None:
-    """What every trial would fail on, found once before the first: the data (path, label map, exclusion
-    list: `data.*` and the seed are the same for every trial) and a writable cache folder."""
-    from camp.images import cache_dir
-    from camp.train import RunConfig, prepare_dataset
-
-    config = RunConfig(data=plan.study_file.data, seed=plan.study_file.seed, data_path=plan.data_path)
-    dataset, _ = prepare_dataset(config)  # memoised: the first trial of this process reuses it
-    if not dataset.split("train"):
-        raise ValueError(f"{dataset.root}: no train images (after data.exclude and the label map)")
-    folder = cache_dir()
-    probe = folder / f".write-test-{os.getpid()}"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as error:
-        raise ValueError(f"cache folder {folder} is not a writable folder ({error.strerror or error}); "
-                         "set $CAMP_CACHE to one") from None
 
 
 def config_for(trial: optuna.Trial, plan: Plan):
@@ -285,12 +265,13 @@ def _run_main(args) -> int:
     import mlflow
 
     plan = make_plan(args)  # every knob and range checked here, before any trial
-    preflight(plan)
+    data_root, fingerprint = preflight(plan)
     study_config = plan.study_file.study
     tracking.setup()
     storage = make_storage(plan.storage_url)
     study = optuna.create_study(study_name=study_config.name, storage=storage, direction=study_config.direction,
                                 load_if_exists=True)
+    check_same_data(study, data_root, fingerprint)
     tidy_study(study)  # trials left running by workers that died in an earlier invocation
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # experimental in Optuna 5: optuna-dashboard then names the objective

@@ -216,3 +216,17 @@ def _runs_or_none():
     mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
     experiment = mlflow.get_experiment_by_name("camp")
     return [] if experiment is None else _runs()
+
+
+def test_resuming_a_study_on_other_data_is_refused_naming_both(isolated, synthetic_data, capsys, tmp_path):
+    from tests.synthetic import make_image_folder
+
+    journal = isolated / "optuna.journal"
+    assert cli.main(["sweep", SMOKE, "--data", str(synthetic_data), "--storage", str(journal), "--n-trials", "1",
+                     "--no-register"]) == 0
+    other = make_image_folder(tmp_path / "other", per_class={"train": 8, "validation": 4}, seed=1)
+    capsys.readouterr()
+    assert cli.main(["sweep", SMOKE, "--data", str(other), "--storage", str(journal), "--no-register"]) == 2
+    error = capsys.readouterr().err
+    assert str(synthetic_data) in error and str(other) in error and "another study.name" in error
+    assert len(_study(journal).trials) == 1  # nothing ran on the other data
