@@ -42,3 +42,33 @@ def check_same_data(study: optuna.Study, root: str, fingerprint: str) -> None:
         raise ValueError(f"study {study.study_name!r} was run on {study.user_attrs.get('data_root')} (data fingerprint "
                          f"{recorded[:12]}), but this run's data {root} has fingerprint {fingerprint[:12]}: resume it on "
                          "the same data, or give this run another study.name")
+
+
+def space_of(plan) -> dict:
+    """The study file's knobs as plain values (fixed value or range), for comparing across resumes."""
+    import dataclasses
+
+    return {knob.param_name: {key: (list(value) if isinstance(value, tuple) else value)
+                              for key, value in dataclasses.asdict(knob).items() if key not in ("section", "name")}
+            for knob in plan.preprocess_knobs + plan.model_knobs}
+
+
+def check_same_space(study: optuna.Study, plan, warn=None) -> list[str]:
+    """Record the search space on the first run; on a resume, warn naming the knobs whose fixed value or
+    range changed since (the trials so far were sampled from the old space). Returns those knobs."""
+    import json
+    import sys
+
+    current = json.loads(json.dumps(space_of(plan), default=str))
+    recorded = study.user_attrs.get("search_space")
+    if recorded is None:
+        study.set_user_attr("search_space", current)
+        return []
+    changed = sorted(name for name in set(current) | set(recorded) if current.get(name) != recorded.get(name))
+    if changed:
+        (warn or (lambda text: print(text, file=sys.stderr)))(
+            f"camp: warning: study {study.study_name!r}: the study file changed since its earlier runs; these knobs "
+            f"differ: {', '.join(changed)}. Earlier trials keep their values (registration uses each run's logged "
+            "config); give the study another name to start afresh")
+        study.set_user_attr("search_space", current)
+    return changed

@@ -30,7 +30,7 @@ from camp import metrics, tracking, warm_start
 from camp.config import StudyFile, load_study_file
 from camp.interrupts import interrupts_raise_once, quiet_interrupt_tracebacks
 from camp.model import ModelConfig
-from camp.preflight import check_same_data, preflight
+from camp.preflight import check_same_data, check_same_space, preflight
 from camp.preprocess import PreprocessConfig
 from camp.space import parse_space, resolve, suggest_with
 from camp.storage import (
@@ -272,6 +272,7 @@ def _run_main(args) -> int:
     study = optuna.create_study(study_name=study_config.name, storage=storage, direction=study_config.direction,
                                 load_if_exists=True)
     check_same_data(study, data_root, fingerprint)
+    check_same_space(study, plan)
     tidy_study(study)  # trials left running by workers that died in an earlier invocation
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # experimental in Optuna 5: optuna-dashboard then names the objective

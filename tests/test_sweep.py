@@ -230,3 +230,16 @@ def test_resuming_a_study_on_other_data_is_refused_naming_both(isolated, synthet
     error = capsys.readouterr().err
     assert str(synthetic_data) in error and str(other) in error and "another study.name" in error
     assert len(_study(journal).trials) == 1  # nothing ran on the other data
+
+
+def test_a_changed_search_space_on_resume_is_named(isolated, synthetic_data, capsys):
+    journal = isolated / "optuna.journal"
+    assert cli.main(["sweep", SMOKE, "--data", str(synthetic_data), "--storage", str(journal), "--n-trials", "1",
+                     "--no-register"]) == 0
+    edited = isolated / "smoke.yaml"
+    edited.write_text(Path(SMOKE).read_text().replace("dense_units: 16", "dense_units: {choice: [16, 32]}"))
+    capsys.readouterr()
+    assert cli.main(["sweep", str(edited), "--data", str(synthetic_data), "--storage", str(journal), "--n-trials", "2",
+                     "--no-register"]) == 0
+    err = capsys.readouterr().err
+    assert "the study file changed since its earlier runs" in err and "model.dense_units" in err
