@@ -154,9 +154,12 @@ def make_objective(plan: Plan, parent_run_id: str, started: float | None = None)
                 raise optuna.TrialPruned(f"not started: a {config.model.family} trial like this takes ~{expected:.0f} s, "
                                          f"{max(0.0, left):.0f} s of study.timeout left")
 
+        # a warm-start trial is the floor the study promises not to go below: it always runs to the end
+        protected = "warm_start" in trial.user_attrs
+
         def report(epoch: int, values: dict) -> None:
             trial.report(sign * values[signal], epoch)
-            if trial.should_prune():
+            if not protected and trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {epoch + 1} ({signal} {values[signal]:.4f})")
 
         tags = {"optuna.study": plan.study_file.study.name, "optuna.trial": str(trial.number),

@@ -135,3 +135,39 @@ def test_no_trial_starts_that_would_not_fit_in_the_timeout(tmp_path, monkeypatch
     assert len(study.trials) == 4  # the worker stopped after it
     config = sweep.config_for(optuna.trial.FixedTrial({"model.family": "cnn"}), plan)
     assert sweep.expected_seconds(study, config) == 110.0  # median of the complete CNN trials (upper middle)
+
+
+class _AlwaysPrune(optuna.pruners.BasePruner):
+    def prune(self, study, trial) -> bool:
+        return True
+
+
+def test_a_warm_start_trial_is_never_pruned(isolated, tmp_path, monkeypatch):
+    """The pruner may stop any sampled trial, but not the warm start the study promises to reach."""
+    import types
+
+    from camp import sweep
+    from camp.config import load_study_file
+
+    path = tmp_path / "fin.yaml"
+    path.write_text(textwrap.dedent(STUDY))
+    plan = sweep.plan_for(load_study_file(path), 4, None, None, None)
+
+    def fake_train(config, epoch_callback=None, **_):
+        for epoch in range(3):
+            epoch_callback(epoch, {"val/macro_f1": 0.1, "val/loss": 1.0, "val/accuracy": 0.1})
+        return types.SimpleNamespace(value=0.5, cache_hit=False, seconds=1.0)
+
+    monkeypatch.setattr(sweep, "train", fake_train)
+    study = optuna.create_study(direction="maximize", pruner=_AlwaysPrune())
+    study.enqueue_trial({"model.family": "cnn"}, user_attrs={"warm_start": "warm_start[1]"})
+    study.enqueue_trial({"model.family": "cnn"})
+    import mlflow
+
+    from camp import tracking
+
+    tracking.setup()
+    with mlflow.start_run() as parent:
+        pass
+    study.optimize(sweep.make_objective(plan, parent_run_id=parent.info.run_id), n_trials=2)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED]
