@@ -20,6 +20,27 @@ def preflight(plan) -> tuple[str, str]:
     if not dataset.split("train"):
         raise ValueError(f"{dataset.root}: no train images (after data.exclude and the label map)")
     folder = cache_dir()
+    _check_writable(folder)
+    _check_readable_train(plan, dataset, fingerprint)
+    return str(dataset.root), fingerprint
+
+
+def _check_readable_train(plan, dataset, fingerprint: str) -> None:
+    """Decode train + validation once, as the trials will (the decoded cache they then reuse), and refuse a
+    dataset with no readable train image, naming why the first one was skipped."""
+    from camp.images import load_decoded
+
+    knob = next((k for k in plan.preprocess_knobs if k.name == "decode_reduction"), None)
+    reduction = knob.value if knob is not None and knob.kind == "fixed" else 2
+    used = [item for item in dataset.items if item.split in ("train", "validation")]
+    _, skipped = load_decoded(used, f"{fingerprint}-train+validation", reduction, progress=False)
+    train = [item for item in used if item.split == "train"]
+    if all(item.relpath in skipped for item in train):
+        raise ValueError(f"{dataset.root}: none of its {len(train)} train images can be read, e.g. "
+                         f"{skipped[train[0].relpath]}")
+
+
+def _check_writable(folder) -> None:
     probe = folder / f".write-test-{os.getpid()}"
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -28,7 +49,6 @@ def preflight(plan) -> tuple[str, str]:
     except OSError as error:
         raise ValueError(f"cache folder {folder} is not a writable folder ({error.strerror or error}); "
                          "set $CAMP_CACHE to one") from None
-    return str(dataset.root), fingerprint
 
 
 def check_same_data(study: optuna.Study, root: str, fingerprint: str) -> None:

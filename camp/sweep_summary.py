@@ -217,7 +217,8 @@ class Progress:
             left = min(left, max(0.0, self.plan.timeout - elapsed))
         value = f"{trial.value:.4f}" if trial.state == optuna.trial.TrialState.COMPLETE else "-"
         best_text = f"best {best.value:.4f} (#{best.number})" if best else "best -"
-        print(f"[trial {trial.number:>3}] {trial.state.name:<8} {value}  | done {done}/{self.plan.n_trials} "
+        state = "SKIPPED" if "skipped" in trial.user_attrs else trial.state.name  # not started: no time left
+        print(f"[trial {trial.number:>3}] {state:<8} {value}  | done {done}/{self.plan.n_trials} "
               f"(pruned {pruned}, failed {failed}) | {best_text} | {elapsed / 60:.1f} min, ~{left / 60:.1f} min left",
               flush=True)
 

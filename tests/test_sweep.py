@@ -243,3 +243,16 @@ def test_a_changed_search_space_on_resume_is_named(isolated, synthetic_data, cap
                      "--no-register"]) == 0
     err = capsys.readouterr().err
     assert "the study file changed since its earlier runs" in err and "model.dense_units" in err
+
+
+def test_a_dataset_whose_train_images_are_all_unreadable_is_refused_before_any_trial(isolated, capsys, tmp_path):
+    from tests.synthetic import make_image_folder
+
+    root = make_image_folder(tmp_path / "broken", per_class={"train": 2, "validation": 2}, seed=2)
+    for image in (root / "train").glob("*/*.jpg"):
+        image.write_text("not a photo")
+    journal = isolated / "optuna.journal"
+    assert cli.main(["sweep", SMOKE, "--data", str(root), "--storage", str(journal)]) == 2
+    error = capsys.readouterr().err
+    assert "none of its 10 train images can be read" in error and "not a readable image" in error
+    assert not journal.exists()
