@@ -113,7 +113,7 @@ class FinalizeConfig:
     `caruana`: greedy forward selection with replacement on the trials' validation probabilities
     (Caruana et al. 2004), at most `max_members` distinct trials; `top_k`: the `max_members` best,
     equally weighted; `none`: register the best single trial. The ensemble is registered only when it
-    beats the best single trial on validation by at least `min_gain`.
+    beats the best single trial on validation by more than `min_gain`.
     """
 
     ensemble: str = "none"  # sweeps/default.yaml asks for caruana

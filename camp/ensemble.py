@@ -27,7 +27,7 @@ class Selection:
 def score(y: np.ndarray, probabilities: np.ndarray, metric: str) -> float:
     """`metric` (val/macro_f1, val/accuracy or val/loss) of averaged probabilities."""
     if metric == metrics.VAL_LOSS:
-        return float(-np.mean(np.log(np.clip(probabilities[np.arange(len(y)), y], 1e-7, 1.0))))
+        return metrics.cross_entropy(y, probabilities)
     return metrics.classification_metrics(y, probabilities.argmax(axis=1))[metric]
 
 

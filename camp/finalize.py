@@ -67,7 +67,7 @@ def finalize(study: optuna.Study, plan, summary: dict, storage, parent_run_id: s
                            "weights": [round(w, 3) for w in selection.weights], "value": round(selection.value, 4),
                            "best_single_value": round(selection.best_single_value, 4), "gain": round(gain, 4)}
     described = ", ".join(f"#{t.number} x{w:.2f}" for t, w in zip(members, selection.weights))
-    if len(members) < 2 or gain <= config.min_gain or (gain == 0 and config.min_gain == 0):
+    if len(members) < 2 or gain <= config.min_gain:
         print(f"finalize: the {config.ensemble} ensemble ({described}) scores {metric} {selection.value:.4f}, "
               f"no gain over the best trial's {selection.best_single_value:.4f}: registering the best trial")
         summary["ensemble"]["registered"] = False
@@ -123,18 +123,8 @@ def _log_and_register(study, plan, summary, parent_run_id, members, selection, y
                             "val_predictions.json")
             mlflow.log_artifacts(str(bundle), "bundle")
             info = registry.log_pyfunc(bundle, registry._first_validation_path(meta))
+        members_tags = {key: tags[key] for key in ("camp.members", "camp.member_trials", "camp.member_weights")}
         version, promoted = registry.register_and_promote(info.model_uri, run.info.run_id, selection.value, config,
-                                                          tags["camp.data_fingerprint"])
-    from mlflow import MlflowClient
-
-    client = MlflowClient()
-    for key, value in (("camp.members", tags["camp.members"]), ("camp.member_trials", tags["camp.member_trials"]),
-                       ("camp.member_weights", tags["camp.member_weights"])):
-        client.set_model_version_tag(registry.MODEL_NAME, version.version, key, value)
-    if promoted:
-        from datetime import datetime, timezone
-
-        client.set_model_version_tag(registry.MODEL_NAME, version.version, "camp.promoted_at",
-                                     datetime.now(timezone.utc).isoformat(timespec="seconds"))
+                                                          tags["camp.data_fingerprint"], tags=members_tags)
     summary.update({"registered_version": version.version, "champion_moved": promoted,
                     "best_run_id": run.info.run_id})

@@ -22,6 +22,11 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, prefix: str =
     }
 
 
+def cross_entropy(y_true: np.ndarray, probabilities: np.ndarray) -> float:
+    """Mean negative log-probability of the true label (probabilities clipped at 1e-7): `val/loss`."""
+    return float(-np.mean(np.log(np.clip(probabilities[np.arange(len(y_true)), y_true], 1e-7, 1.0))))
+
+
 def per_label_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str], prefix: str = "val") -> dict[str, float]:
     """Precision, recall, F1 and support of every label, as `prefix/<metric>/<label>` names."""
     precision, recall, f1, support = precision_recall_fscore_support(

@@ -73,7 +73,7 @@ def space_of(plan) -> dict:
             for knob in plan.preprocess_knobs + plan.model_knobs}
 
 
-def check_same_space(study: optuna.Study, plan, warn=None) -> list[str]:
+def check_same_space(study: optuna.Study, plan) -> list[str]:
     """Record the search space on the first run; on a resume, warn naming the knobs whose fixed value or
     range changed since (the trials so far were sampled from the old space). Returns those knobs."""
     import json
@@ -86,9 +86,9 @@ def check_same_space(study: optuna.Study, plan, warn=None) -> list[str]:
         return []
     changed = sorted(name for name in set(current) | set(recorded) if current.get(name) != recorded.get(name))
     if changed:
-        (warn or (lambda text: print(text, file=sys.stderr)))(
+        print(
             f"camp: warning: study {study.study_name!r}: the study file changed since its earlier runs; these knobs "
             f"differ: {', '.join(changed)}. Earlier trials keep their values (registration uses each run's logged "
-            "config); give the study another name to start afresh")
+            "config); give the study another name to start afresh", file=sys.stderr)
         study.set_user_attr("search_space", current)
     return changed

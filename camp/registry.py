@@ -97,21 +97,17 @@ def _as_image_source(value, index: int = 0, roots: list[Path] | None = None):
         value = str(value)
     if isinstance(value, str):
         roots = allowed_roots() if roots is None else roots
-        if roots and len(value) < 4096 and not _looks_base64(value):
-            return _allowed_path(value, index, roots)
         try:
-            return base64.b64decode(value, validate=True)
+            decoded = base64.b64decode(value, validate=True)
         except (binascii.Error, ValueError):
-            raise _refused(index) from None
+            decoded = None
+        # with allowed roots, a string that is not base64 is a path; so is a short one ("abcd" decodes too)
+        if roots and len(value) < 4096 and (decoded is None or len(value) <= 64):
+            return _allowed_path(value, index, roots)
+        if decoded is None:
+            raise _refused(index)
+        return decoded
     return value
-
-
-def _looks_base64(value: str) -> bool:
-    try:
-        base64.b64decode(value, validate=True)
-        return len(value) > 64  # a short name like "abcd" is valid base64 too: taken as a path
-    except (binascii.Error, ValueError):
-        return False
 
 
 def _pixels(source) -> int:
@@ -178,9 +174,8 @@ class CampClassifier(mlflow.pyfunc.PythonModel):
         return self._frame(*self.probabilities(values))
 
     def _sources(self, values) -> tuple[list, list]:
-        """Client values -> decodable sources (None where refused), errors, and the request's pixel budget."""
-        from camp.images import UnreadableImage
-
+        """Client values -> decodable sources (`_REFUSED` where refused) and errors, within the request's
+        pixel budget."""
         roots, sources, errors, pixels = allowed_roots(), [], [], 0
         for index, value in enumerate(values):
             try:
@@ -201,7 +196,7 @@ class CampClassifier(mlflow.pyfunc.PythonModel):
             outputs = [member._probabilities(sources, errors) for member in self.members]
             merged = dict(error for _, member_errors in outputs for error in member_errors)
             return ensemble.average([p for p, _ in outputs], self.weights), sorted(merged.items())
-        from camp.images import UnreadableImage, decode_any
+        from camp.images import decode_any
         from camp.preprocess import preprocess_image
 
         inputs, rows, errors = [], [], list(errors)
@@ -321,35 +316,45 @@ def evaluate_on_validation(model_uri: str, config, metric: str) -> float:
 
 
 def register_and_promote(model_uri: str, run_id: str, value: float, config, data_fingerprint: str,
-                         log=print):
-    """Register a model version; move `champion` to it only if it beats the current champion on the
-    same validation data. Returns (version, promoted: bool)."""
+                         log=print, tags: dict | None = None):
+    """Register a model version (with camp's tags and any `tags` given); move `champion` to it only if it
+    beats the current champion on the same validation data, recording the move as tag `camp.promoted_at`.
+    Returns (version, promoted: bool)."""
     from mlflow import MlflowClient
 
     client = MlflowClient()
     version = mlflow.register_model(model_uri, MODEL_NAME, tags={
-        "camp.metric": config.metric, "camp.value": f"{value:.6f}", "camp.data_fingerprint": data_fingerprint,
-        "camp.run_id": run_id})
+        **(tags or {}), "camp.metric": config.metric, "camp.value": f"{value:.6f}",
+        "camp.data_fingerprint": data_fingerprint, "camp.run_id": run_id})
     try:
         champion = client.get_model_version_by_alias(MODEL_NAME, CHAMPION)
     except mlflow.exceptions.MlflowException:
         champion = None
     if champion is None:
-        client.set_registered_model_alias(MODEL_NAME, CHAMPION, version.version)
+        _promote(client, version)
         log(f"registered {MODEL_NAME} v{version.version} ({config.metric} {value:.4f}) as @{CHAMPION} (first champion)")
         return version, True
-    tags = champion.tags or {}
-    if tags.get("camp.data_fingerprint") == data_fingerprint and tags.get("camp.metric") == config.metric:
-        champion_value = float(tags["camp.value"])
+    champion_tags = champion.tags or {}
+    if champion_tags.get("camp.data_fingerprint") == data_fingerprint and champion_tags.get("camp.metric") == config.metric:
+        champion_value = float(champion_tags["camp.value"])
     else:
         log(f"re-evaluating @{CHAMPION} v{champion.version} on this validation set ...")
         champion_value = evaluate_on_validation(f"models:/{MODEL_NAME}@{CHAMPION}", config, config.metric)
     value = round(value, 6)  # as stored in the tag: a version is not better than itself
     better = value > champion_value if config.direction == "maximize" else value < champion_value
     if better:
-        client.set_registered_model_alias(MODEL_NAME, CHAMPION, version.version)
+        _promote(client, version)
         log(f"@{CHAMPION} moved to {MODEL_NAME} v{version.version}: {config.metric} {value:.4f} beats v{champion.version}'s {champion_value:.4f}")
     else:
         log(f"registered {MODEL_NAME} v{version.version} ({config.metric} {value:.4f}); @{CHAMPION} stays on "
             f"v{champion.version} ({champion_value:.4f})")
     return version, better
+
+
+def _promote(client, version) -> None:
+    """Move @champion to `version` and record when (tag `camp.promoted_at`)."""
+    from datetime import datetime, timezone
+
+    client.set_registered_model_alias(MODEL_NAME, CHAMPION, version.version)
+    client.set_model_version_tag(MODEL_NAME, version.version, "camp.promoted_at",
+                                 datetime.now(timezone.utc).isoformat(timespec="seconds"))

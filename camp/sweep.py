@@ -138,9 +138,9 @@ def make_objective(plan: Plan, parent_run_id: str, started: float | None = None)
 
     study_config = plan.study_file.study
     metric = study_config.metric
-    signal = study_config.pruner.signal or metric
+    prune_signal = study_config.pruner.signal or metric
     # the pruner ranks by the study's direction: a signal of the other direction is reported negated
-    sign = 1.0 if metrics.OBJECTIVES[signal] == study_config.direction else -1.0
+    sign = 1.0 if metrics.OBJECTIVES[prune_signal] == study_config.direction else -1.0
     started = time.time() if started is None else started
 
     def objective(trial: optuna.Trial) -> float:
@@ -158,9 +158,9 @@ def make_objective(plan: Plan, parent_run_id: str, started: float | None = None)
         protected = "warm_start" in trial.user_attrs
 
         def report(epoch: int, values: dict) -> None:
-            trial.report(sign * values[signal], epoch)
+            trial.report(sign * values[prune_signal], epoch)
             if not protected and trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at epoch {epoch + 1} ({signal} {values[signal]:.4f})")
+                raise optuna.TrialPruned(f"pruned at epoch {epoch + 1} ({prune_signal} {values[prune_signal]:.4f})")
 
         tags = {"optuna.study": plan.study_file.study.name, "optuna.trial": str(trial.number),
                 "camp.worker": worker_id()}

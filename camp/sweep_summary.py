@@ -11,7 +11,6 @@ import os
 import tempfile
 import time
 import warnings
-from datetime import datetime, timezone
 from pathlib import Path
 
 import optuna
@@ -192,10 +191,7 @@ def register_champion(study: optuna.Study, plan, summary: dict, storage) -> None
                   + (f" (@{CHAMPION})" if str(champion) == str(version.version) else f"; @{CHAMPION} is v{champion}")
                   + ": nothing to register")
             return
-        register_best(study, plan, summary)
-        if summary.get("champion_moved"):
-            client.set_model_version_tag(MODEL_NAME, summary["registered_version"], "camp.promoted_at",
-                                         datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        register_best(study, plan, summary)  # a promotion is tagged `camp.promoted_at` by the registry
 
 
 class Progress:

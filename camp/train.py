@@ -222,7 +222,7 @@ def _fit(config: RunConfig, run_id: str, epoch_callback, log_model: bool, progre
     predicted = probabilities.argmax(axis=1)
     final = {**metrics.classification_metrics(y_val, predicted),
              **metrics.per_label_metrics(y_val, predicted, list(labels)),
-             metrics.VAL_LOSS: _cross_entropy(y_val, probabilities), "best_epoch": best_epoch}
+             metrics.VAL_LOSS: metrics.cross_entropy(y_val, probabilities), "best_epoch": best_epoch}
     # logged at the step after the last epoch, so a run's latest value is the selected model's
     mlflow.log_metrics(final, step=epochs_run)
     mlflow.log_metrics(memory_usage())
@@ -300,10 +300,6 @@ def memory_usage() -> dict[str, float]:
     return {"system/rss_mb": round(current, 1), "system/peak_rss_mb": round(peak, 1)}
 
 
-def _cross_entropy(y: np.ndarray, probabilities: np.ndarray) -> float:
-    return float(-np.mean(np.log(np.clip(probabilities[np.arange(len(y)), y], 1e-7, 1.0))))
-
-
 def save_model_bundle(model, config: RunConfig, labels, directory: Path) -> Path:
     """The trained Keras model plus what the served model needs to preprocess raw images."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -359,7 +355,7 @@ class _EpochTracker:
                 logs = logs or {}
                 probabilities = self.model.predict(self.x_val, batch_size=256, verbose=0)
                 values = {metrics.TRAIN_LOSS: float(logs.get("loss", np.nan)),
-                          metrics.VAL_LOSS: _cross_entropy(self.y_val, probabilities),
+                          metrics.VAL_LOSS: metrics.cross_entropy(self.y_val, probabilities),
                           **metrics.classification_metrics(self.y_val, probabilities.argmax(axis=1))}
                 self.epochs_run = epoch + 1
                 mlflow.log_metrics(values, step=epoch)
