@@ -133,6 +133,19 @@ def expected_seconds(study: optuna.Study, config) -> float | None:
     return seconds[len(seconds) // 2]
 
 
+MAX_SKIPS_IN_A_ROW = 5
+
+
+def cheapest_seconds(study: optuna.Study) -> float | None:
+    """The shortest median duration over the kinds of complete trials (family, input size) seen so far."""
+    groups: dict[tuple, list[float]] = {}
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        if "seconds" in t.user_attrs:
+            groups.setdefault((t.user_attrs.get("family"), t.user_attrs.get("size")), []).append(t.user_attrs["seconds"])
+    medians = [sorted(seconds)[len(seconds) // 2] for seconds in groups.values()]
+    return min(medians) if medians else None
+
+
 def make_objective(plan: Plan, parent_run_id: str, started: float | None = None):
     import mlflow
 
@@ -143,6 +156,8 @@ def make_objective(plan: Plan, parent_run_id: str, started: float | None = None)
     sign = 1.0 if metrics.OBJECTIVES[prune_signal] == study_config.direction else -1.0
     started = time.time() if started is None else started
 
+    skips: list[int] = []  # this worker's trials not started in a row (they would not fit the time left)
+
     def objective(trial: optuna.Trial) -> float:
         trial.set_user_attr("worker", worker_id())
         config = config_for(trial, plan)
@@ -150,10 +165,16 @@ def make_objective(plan: Plan, parent_run_id: str, started: float | None = None)
             expected, left = expected_seconds(trial.study, config), plan.timeout - (time.time() - started)
             if expected is not None and expected > left:
                 trial.set_user_attr("skipped", f"expected {expected:.0f} s > {left:.0f} s left of study.timeout")
-                trial.study.stop()  # this worker starts nothing more: the next trial would not fit either
+                cheapest = cheapest_seconds(trial.study)
+                skips.append(trial.number)
+                # a cheaper kind of trial (a smaller input, the classical family) may still fit the time left;
+                # once none does, or the sampler keeps proposing ones that do not, this worker starts nothing more
+                if cheapest is None or cheapest > left or len(skips) >= MAX_SKIPS_IN_A_ROW:
+                    trial.study.stop()
                 raise optuna.TrialPruned(f"not started: a {config.model.family} trial like this takes ~{expected:.0f} s, "
                                          f"{max(0.0, left):.0f} s of study.timeout left")
 
+        skips.clear()
         # a warm-start trial is the floor the study promises not to go below: it always runs to the end
         protected = "warm_start" in trial.user_attrs
 

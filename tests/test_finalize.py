@@ -110,9 +110,11 @@ def test_with_seed_sets_the_training_and_sampler_seeds(tmp_path):
         with_seed(load_study_file(path), -1)
 
 
-def test_no_trial_starts_that_would_not_fit_in_the_timeout(tmp_path, monkeypatch):
-    """A study whose CNN trials take ~100 s, 50 s before its timeout: the next CNN trial is not started,
-    the worker stops, and nothing was trained."""
+@pytest.mark.parametrize("hog_seconds, stops", [(60.0, True), (2.0, False)])
+def test_no_trial_starts_that_would_not_fit_in_the_timeout(tmp_path, monkeypatch, hog_seconds, stops):
+    """A study whose CNN trials take ~100 s, 50 s before its timeout: the next CNN trials are not started
+    and nothing is trained. The worker stops when no kind of trial fits the time left; while a cheaper
+    kind (here HOG) still fits, it goes on, up to MAX_SKIPS_IN_A_ROW proposals that do not fit."""
 
     from camp import sweep
     from camp.config import load_study_file
@@ -122,19 +124,22 @@ def test_no_trial_starts_that_would_not_fit_in_the_timeout(tmp_path, monkeypatch
     plan = sweep.plan_for(load_study_file(path), 4, 150.0, None, None)
     study = optuna.create_study(direction="maximize")
     distributions = {"model.family": optuna.distributions.CategoricalDistribution(["cnn", "hog_linear"])}
-    for family, seconds in (("cnn", 90.0), ("cnn", 110.0), ("hog_linear", 2.0)):
+    for family, seconds in (("cnn", 90.0), ("cnn", 110.0), ("hog_linear", hog_seconds)):
         study.add_trial(optuna.trial.create_trial(params={"model.family": family}, distributions=distributions,
                                                   value=0.5, user_attrs={"seconds": seconds, "family": family,
                                                                          "size": 24}))
-    study.enqueue_trial({"model.family": "cnn"})
+    for _ in range(sweep.MAX_SKIPS_IN_A_ROW + 1):
+        study.enqueue_trial({"model.family": "cnn"})
     monkeypatch.setattr(sweep, "train", lambda *a, **k: pytest.fail("a trial that cannot fit was started"))
     objective = sweep.make_objective(plan, parent_run_id="unused", started=__import__("time").time() - 100)
-    study.optimize(objective, n_trials=3)
+    study.optimize(objective, n_trials=sweep.MAX_SKIPS_IN_A_ROW + 1)
     skipped = [t for t in study.trials if "skipped" in t.user_attrs]
-    assert len(skipped) == 1 and skipped[0].state == optuna.trial.TrialState.PRUNED
-    assert len(study.trials) == 4  # the worker stopped after it
+    assert all(t.state == optuna.trial.TrialState.PRUNED for t in skipped)
+    # stopped at the first skip, or once the sampler proposed MAX_SKIPS_IN_A_ROW trials that do not fit
+    assert len(skipped) == (1 if stops else sweep.MAX_SKIPS_IN_A_ROW)
     config = sweep.config_for(optuna.trial.FixedTrial({"model.family": "cnn"}), plan)
     assert sweep.expected_seconds(study, config) == 110.0  # median of the complete CNN trials (upper middle)
+    assert sweep.cheapest_seconds(study) == hog_seconds  # the cheaper of the medians (CNN 110, HOG)
 
 
 class _AlwaysPrune(optuna.pruners.BasePruner):
