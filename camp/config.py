@@ -133,6 +133,26 @@ class FinalizeConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class PromotionConfig:
+    """When a registered model takes `@champion`: it must beat the trivial floors (always the largest label,
+    chance) and the current champion on the same validation images, each by a paired bootstrap whose
+    `confidence` interval of the difference excludes 0; with `min_gain` set, a point gain of at least
+    `min_gain` over the champion suffices instead (the floors still need the interval)."""
+
+    confidence: float = 0.95
+    min_gain: Optional[float] = None
+    resamples: int = 1000
+
+    def __post_init__(self):
+        if not 0.5 <= self.confidence < 1:
+            raise ValueError(f"promotion.confidence must be in [0.5, 1), got {self.confidence}")
+        if self.min_gain is not None and self.min_gain < 0:
+            raise ValueError(f"promotion.min_gain must be >= 0, got {self.min_gain}")
+        if not 100 <= self.resamples <= 100_000:
+            raise ValueError(f"promotion.resamples must be in [100, 100000], got {self.resamples}")
+
+
+@dataclasses.dataclass(frozen=True)
 class StudyConfig:
     """What to optimise and for how long."""
 
@@ -151,6 +171,7 @@ class StudyConfig:
     # values, or {study: NAME, top: N} for the N best complete trials of an earlier study
     warm_start: Optional[list] = None
     finalize: FinalizeConfig = FinalizeConfig()
+    promotion: PromotionConfig = PromotionConfig()
 
     def __post_init__(self):
         if self.metric not in metrics.OBJECTIVES:

@@ -84,7 +84,7 @@ def finalize(study: optuna.Study, plan, summary: dict, storage, parent_run_id: s
 def _log_and_register(study, plan, summary, parent_run_id, members, selection, y, probabilities, pool) -> None:
     import mlflow
 
-    from camp import registry
+    from camp import promotion, registry
 
     labels = pool[0][1]["labels"]
     combined = ensemble.average([probabilities[i] for i in selection.members], selection.weights)
@@ -118,13 +118,15 @@ def _log_and_register(study, plan, summary, parent_run_id, members, selection, y
         with mlflow.start_run(run_name=f"ensemble-{study.study_name}", nested=True, parent_run_id=parent_run_id,
                               tags=tags) as run:
             mlflow.log_metrics(values)
-            mlflow.log_dict({"labels": labels, "relpaths": pool[0][1]["relpaths"], "y_true": y.tolist(),
-                             "y_pred": predicted.tolist(), "probabilities": combined.round(6).tolist()},
-                            "val_predictions.json")
+            predictions = {"labels": labels, "relpaths": pool[0][1]["relpaths"], "y_true": y.tolist(),
+                           "y_pred": predicted.tolist(), "probabilities": combined.round(6).tolist()}
+            mlflow.log_dict(predictions, "val_predictions.json")
             mlflow.log_artifacts(str(bundle), "bundle")
             info = registry.log_pyfunc(bundle, registry._first_validation_path(meta))
         members_tags = {key: tags[key] for key in ("camp.members", "camp.member_trials", "camp.member_weights")}
-        version, promoted = registry.register_and_promote(info.model_uri, run.info.run_id, selection.value, config,
-                                                          tags["camp.data_fingerprint"], tags=members_tags)
+        version, promoted = promotion.register_and_promote(info.model_uri, run.info.run_id, selection.value, config,
+                                                           tags["camp.data_fingerprint"], tags=members_tags,
+                                                           predictions=predictions,
+                                                           rule=plan.study_file.study.promotion)
     summary.update({"registered_version": version.version, "champion_moved": promoted,
                     "best_run_id": run.info.run_id})

@@ -106,7 +106,7 @@ def register_best(study: optuna.Study, plan, summary: dict) -> None:
     """Log the best trial's pyfunc into its run, register it, and move @champion only on improvement."""
     import mlflow
 
-    from camp import registry
+    from camp import promotion, registry
 
     best = study.best_trial
     run_id = best.user_attrs["mlflow_run_id"]
@@ -115,7 +115,9 @@ def register_best(study: optuna.Study, plan, summary: dict) -> None:
     config = registry._run_config_from_meta(meta)
     fingerprint = mlflow.get_run(run_id).data.tags["camp.data_fingerprint"]
     info = registry.log_pyfunc_for_run(run_id)
-    version, promoted = registry.register_and_promote(info.model_uri, run_id, best.value, config, fingerprint)
+    version, promoted = promotion.register_and_promote(info.model_uri, run_id, best.value, config, fingerprint,
+                                                       predictions=promotion.run_predictions(run_id),
+                                                       rule=plan.study_file.study.promotion)
     summary.update({"registered_version": version.version, "champion_moved": promoted})
 
 

@@ -196,10 +196,11 @@ def test_study_file_table_documents_every_key_with_its_default():
     table = readme_table()
     expected = {"seed": "42"}
     sections = {"study": config.StudyConfig, "study.sampler": config.SamplerConfig, "study.pruner": config.PrunerConfig,
-                "study.finalize": config.FinalizeConfig, "data": config.DataConfig, "preprocess": PreprocessConfig, "model": ModelConfig}
+                "study.finalize": config.FinalizeConfig,
+                "study.promotion": config.PromotionConfig, "data": config.DataConfig, "preprocess": PreprocessConfig, "model": ModelConfig}
     for prefix, cls in sections.items():
         for field in dataclasses.fields(cls):
-            if dataclasses.is_dataclass(field.type) or field.name in ("sampler", "pruner", "finalize"):
+            if dataclasses.is_dataclass(field.type) or field.name in ("sampler", "pruner", "finalize", "promotion"):
                 continue
             expected[f"{prefix}.{field.name}"] = as_readme(field.default)
     missing = sorted(set(expected) - set(table))

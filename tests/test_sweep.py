@@ -111,7 +111,7 @@ def test_camp_predict_prints_one_json_line_per_image(smoke_sweep, synthetic_data
 def test_a_worse_model_never_takes_the_champion_alias(smoke_sweep, synthetic_data):
     from mlflow import MlflowClient
 
-    from camp import registry
+    from camp import promotion, registry
     from camp.sweep import config_for, make_plan
     from camp.train import prepare_dataset
 
@@ -124,11 +124,72 @@ def test_a_worse_model_never_takes_the_champion_alias(smoke_sweep, synthetic_dat
     _, fingerprint = prepare_dataset(config)
     before = MlflowClient().get_model_version_by_alias("camp-classifier", "champion").version
     info = registry.log_pyfunc_for_run(worst.user_attrs["mlflow_run_id"])
-    version, promoted = registry.register_and_promote(info.model_uri, worst.user_attrs["mlflow_run_id"],
+    version, promoted = promotion.register_and_promote(info.model_uri, worst.user_attrs["mlflow_run_id"],
                                                       worst.value - 0.5, config, fingerprint, log=lambda *_: None)
     assert not promoted
     assert MlflowClient().get_model_version_by_alias("camp-classifier", "champion").version == before
     assert int(version.version) > int(before)
+
+
+WEAK_STUDY = """\
+study: {name: weak, metric: val/macro_f1, n_trials: 1}
+data: {label_map: camp5}
+seed: 3
+preprocess: {mode: gray, size: 24, crop_method: none}
+model: {conv_blocks: 1, filters: 4, dense_units: 0, max_epochs: 1, min_epochs: 1, patience: 1, learning_rate: 1.0e-6}
+"""
+
+
+def test_a_sweep_whose_best_model_is_worse_leaves_the_champion_where_it_was(smoke_sweep, synthetic_data, capsys):
+    """A second study on the same data whose only trial barely learns (1 epoch at lr 1e-6) registers a
+    version, but @champion stays, and the sweep says why; the version's tags record the comparison."""
+    from mlflow import MlflowClient
+
+    directory, journal = smoke_sweep
+    client = MlflowClient()
+    before = client.get_model_version_by_alias("camp-classifier", "champion").version
+    capsys.readouterr()
+    weak = directory / "weak.yaml"
+    weak.write_text(WEAK_STUDY)
+    assert cli.main(["sweep", str(weak), "--data", str(synthetic_data), "--storage", str(journal)]) == 0
+    out = capsys.readouterr().out
+    assert client.get_model_version_by_alias("camp-classifier", "champion").version == before
+    latest = max(client.search_model_versions("name='camp-classifier'"), key=lambda v: int(v.version))
+    assert int(latest.version) > int(before)
+    assert latest.tags["camp.promotion"].startswith("does not beat")
+    assert "stays on" in out and "does not beat" in out
+
+
+def test_a_near_chance_model_is_never_promoted(smoke_sweep, synthetic_data):
+    """Registered with chance-level validation predictions, a version is refused by the trivial floors
+    before it is compared with the champion."""
+    from mlflow import MlflowClient
+
+    from camp import promotion, registry
+    from camp.sweep import config_for, make_plan
+    from camp.train import prepare_dataset
+
+    directory, journal = smoke_sweep
+    study = _study(journal)
+    best = study.best_trial
+    plan = make_plan(cli.build_parser().parse_args(["sweep", SMOKE, "--data", str(synthetic_data)]))
+    config = config_for(optuna.trial.FixedTrial(best.params), plan)
+    _, fingerprint = prepare_dataset(config)
+    run_id = best.user_attrs["mlflow_run_id"]
+    logged = promotion.run_predictions(run_id)
+    rng = np.random.default_rng(5)
+    chance = np.eye(len(logged["labels"]))[rng.integers(0, len(logged["labels"]), len(logged["y_true"]))]
+    before = MlflowClient().get_model_version_by_alias("camp-classifier", "champion").version
+    info = registry.log_pyfunc_for_run(run_id)
+    messages = []
+    version, promoted = promotion.register_and_promote(info.model_uri, run_id, 0.2, config, fingerprint,
+                                                       log=messages.append,
+                                                       predictions={**logged, "probabilities": chance.tolist()})
+    assert not promoted
+    assert MlflowClient().get_model_version_by_alias("camp-classifier", "champion").version == before
+    assert "near-trivial" in messages[-1] and "stays on" in messages[-1]
+    tags = MlflowClient().get_model_version("camp-classifier", version.version).tags
+    assert "near-trivial" in tags["camp.promotion"] and "largest label" in json.loads(tags["camp.floor_gain"])
 
 
 def test_a_stopped_study_resumes_to_the_asked_number_of_trials(isolated, synthetic_data):

@@ -1,0 +1,147 @@
+"""Promotion: a registered model version takes `@champion` only when it beats the trivial floors and the
+current champion on the same validation images, each by a paired bootstrap (`study.promotion`); the
+comparison is recorded in the version's tags either way, so a tie or a near-chance model leaves the
+champion where it was and says why.
+"""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import numpy as np
+
+from camp.registry import CHAMPION, MODEL_NAME
+
+
+def validation_outputs(model_uri: str, config) -> dict:
+    """The model's probabilities on `config`'s validation images, through pyfunc from raw files, in the
+    shape of a run's `val_predictions.json` (unreadable images left out)."""
+    from camp.train import prepare_dataset
+
+    dataset, _ = prepare_dataset(config)
+    items = dataset.split("validation")
+    model = mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
+    probabilities, errors = model._probabilities([item.path for item in items], [])
+    unreadable = {index for index, _ in errors}
+    kept = [index for index in range(len(items)) if index not in unreadable]
+    return {"labels": list(dataset.labels), "relpaths": [items[i].relpath for i in kept],
+            "y_true": [items[i].label for i in kept], "probabilities": probabilities[kept].tolist()}
+
+
+def evaluate_on_validation(model_uri: str, config, metric: str) -> float:
+    """The registered model's `metric` on `config`'s validation images, through pyfunc from raw files."""
+    from camp import metrics
+
+    outputs = validation_outputs(model_uri, config)
+    return metrics.value(metric, np.asarray(outputs["y_true"]), probabilities=np.asarray(outputs["probabilities"]))
+
+
+def run_predictions(run_id: str) -> dict | None:
+    """A run's logged `val_predictions.json`, or None where it has none."""
+    try:
+        return mlflow.artifacts.load_dict(f"runs:/{run_id}/val_predictions.json")
+    except Exception:  # noqa: BLE001 - older runs, or a store without the artifact: evaluated instead
+        return None
+
+
+def _aligned(first: dict, second: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(y, first's probabilities, second's) over the validation images both scored."""
+    position = {relpath: index for index, relpath in enumerate(second["relpaths"])}
+    shared = [(index, position[relpath]) for index, relpath in enumerate(first["relpaths"]) if relpath in position]
+    if not shared:
+        raise ValueError("the candidate and the champion share no validation image")
+    mine, theirs = (np.array(indices) for indices in zip(*shared))
+    return (np.asarray(first["y_true"])[mine], np.asarray(first["probabilities"], dtype=np.float64)[mine],
+            np.asarray(second["probabilities"], dtype=np.float64)[theirs])
+
+
+def gate(metric: str, maximize: bool, y: np.ndarray, candidate: np.ndarray, champion: np.ndarray | None,
+         rule) -> dict:
+    """Should `candidate` (validation probabilities) take @champion? Paired bootstraps against the trivial
+    floors and the `champion` (same items); returns the decision, the reason and the intervals."""
+    from camp import metrics
+
+    sign = 1.0 if maximize else -1.0
+
+    def versus(other):  # the candidate's gain (positive: better) and its interval
+        difference, low, high = metrics.paired_bootstrap(metric, y, candidate, other, rule.resamples, rule.confidence)
+        return (sign * difference, *sorted((sign * low, sign * high)))
+
+    out: dict = {"floors": {}}
+    for name, floor in metrics.trivial_predictions(metric, y, candidate.shape[1]).items():
+        gain, low, high = versus(floor)
+        out["floors"][name] = {"gain": round(gain, 4), "interval": [round(low, 4), round(high, 4)]}
+        if low <= 0:
+            return {**out, "promote": False, "reason": f"does not beat {name} ({metric} gain {gain:+.4f}, "
+                    f"{rule.confidence:.0%} interval [{low:+.4f}, {high:+.4f}] not above 0): a near-trivial model"}
+    if champion is None:
+        return {**out, "promote": True, "reason": "first champion"}
+    gain, low, high = versus(champion)
+    out.update(gain=round(gain, 4), interval=[round(low, 4), round(high, 4)])
+    if rule.min_gain is not None:
+        better = gain > 0 and gain >= rule.min_gain
+        test = f"gain {gain:+.4f} vs min_gain {rule.min_gain}"
+    else:
+        better = low > 0
+        test = f"gain {gain:+.4f}, {rule.confidence:.0%} interval [{low:+.4f}, {high:+.4f}]"
+    return {**out, "promote": better, "reason": ("beats" if better else "does not beat") + f" the champion: {test}"}
+
+
+def register_and_promote(model_uri: str, run_id: str, value: float, config, data_fingerprint: str,
+                         log=print, tags: dict | None = None, predictions: dict | None = None, rule=None):
+    """Register a model version (with camp's tags and any `tags` given); move `champion` to it only if it
+    passes `gate` (`rule`: a `PromotionConfig`), on its validation `predictions` (a `val_predictions.json`,
+    else computed through pyfunc) and the champion's on the same images. The comparison is recorded in the
+    version's tags, and a move as `camp.promoted_at`. Returns (version, promoted: bool)."""
+    from mlflow import MlflowClient
+
+    from camp.config import PromotionConfig
+
+    rule = rule or PromotionConfig()
+    client = MlflowClient()
+    version = mlflow.register_model(model_uri, MODEL_NAME, tags={
+        **(tags or {}), "camp.metric": config.metric, "camp.value": f"{value:.6f}",
+        "camp.data_fingerprint": data_fingerprint, "camp.run_id": run_id})
+    try:
+        champion = client.get_model_version_by_alias(MODEL_NAME, CHAMPION)
+    except mlflow.exceptions.MlflowException:
+        champion = None
+    mine = predictions or validation_outputs(model_uri, config)
+    theirs = None
+    if champion is not None:
+        champion_tags = champion.tags or {}
+        if champion_tags.get("camp.data_fingerprint") == data_fingerprint and champion_tags.get("camp.run_id"):
+            theirs = run_predictions(champion_tags["camp.run_id"])
+        if theirs is None or not set(theirs["relpaths"]) & set(mine["relpaths"]):
+            log(f"scoring @{CHAMPION} v{champion.version} on this validation set ...")
+            theirs = validation_outputs(f"models:/{MODEL_NAME}@{CHAMPION}", config)
+    y, candidate, champion_probabilities = _aligned(mine, theirs or mine)
+    decision = gate(config.metric, config.direction == "maximize", y, candidate,
+                    None if champion is None else champion_probabilities, rule)
+    recorded = {"camp.promotion": decision["reason"][:4000],
+                "camp.floor_gain": json.dumps(decision["floors"])}
+    if champion is not None:
+        recorded.update({"camp.compared_with": str(champion.version), "camp.gain_vs_champion": str(decision.get("gain")),
+                         "camp.gain_interval": json.dumps(decision.get("interval"))})
+    for key, text in recorded.items():
+        client.set_model_version_tag(MODEL_NAME, version.version, key, text)
+    where = f"{MODEL_NAME} v{version.version} ({config.metric} {value:.4f})"
+    if decision["promote"]:
+        _promote(client, version)
+        moved = "first champion" if champion is None else f"moved from v{champion.version}"
+        log(f"@{CHAMPION} -> {where}: {decision['reason']} ({moved})")
+    elif champion is None:
+        log(f"registered {where}, not promoted: it {decision['reason']}; no @{CHAMPION} is set")
+    else:
+        log(f"registered {where}; @{CHAMPION} stays on v{champion.version}: the new version {decision['reason']}")
+    return version, decision["promote"]
+
+
+def _promote(client, version) -> None:
+    """Move @champion to `version` and record when (tag `camp.promoted_at`)."""
+    from datetime import datetime, timezone
+
+    client.set_registered_model_alias(MODEL_NAME, CHAMPION, version.version)
+    client.set_model_version_tag(MODEL_NAME, version.version, "camp.promoted_at",
+                                 datetime.now(timezone.utc).isoformat(timespec="seconds"))
