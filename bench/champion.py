@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from camp import names  # noqa: E402 - after the path: the bench runs from a checkout
 
 
 def scores(predict, dataset, split: str, keep: dict | None = None) -> dict:
@@ -38,19 +39,11 @@ def scores(predict, dataset, split: str, keep: dict | None = None) -> dict:
 
 
 def paired_difference(y, first, second) -> dict:
-    """Macro-F1(first) - macro-F1(second) on the same images, with a 95% percentile bootstrap interval."""
-    import numpy as np
-    from scipy.stats import bootstrap
-    from sklearn.metrics import f1_score
+    """Macro-F1(first) - macro-F1(second) on the same images, with a 95% paired percentile bootstrap interval."""
+    from camp import metrics
 
-    def difference(index):
-        return (f1_score(y[index], first[index], average="macro", zero_division=0)
-                - f1_score(y[index], second[index], average="macro", zero_division=0))
-
-    interval = bootstrap((np.arange(len(y)),), difference, vectorized=False, n_resamples=2000, method="percentile",
-                         random_state=0).confidence_interval
-    return {"difference": round(float(difference(np.arange(len(y)))), 4),
-            "ci95": [round(float(interval.low), 4), round(float(interval.high), 4)]}
+    difference, low, high = metrics.paired_bootstrap("test/macro_f1", y, first, second, resamples=2000)
+    return {"difference": round(difference, 4), "ci95": [round(low, 4), round(high, 4)]}
 
 
 def main() -> int:
@@ -75,7 +68,7 @@ def main() -> int:
     model = mlflow.pyfunc.load_model(champion.uri)
     champion_test: dict = {}
     result = {"model": args.model, "version": champion.version, "run_id": champion.run_id,
-              "members": champion.run.data.tags.get("camp.member_trials"),
+              "members": champion.run.data.tags.get(names.MEMBER_TRIALS),
               "champion": {split: scores(model.unwrap_python_model().predict_files, dataset, split,
                                          champion_test if split == "test" else None)
                            for split in ("validation", "test")}}

@@ -63,6 +63,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
+from camp import names  # noqa: E402 - after the path: the bench runs from a checkout
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
@@ -176,13 +178,13 @@ def main() -> int:
     optuna.create_study(study_name=name, storage=storage, direction=plan.study_file.study.direction)
     start_memory = memory_now()
     log(f"{args.trials} trials of {args.config} in process {os.getpid()}; store {work}")
-    with stdout_to_stderr(), mlflow.start_run(run_name=f"sweep-{name}", tags={"camp.role": "sweep"}) as parent:
+    with stdout_to_stderr(), mlflow.start_run(run_name=f"sweep-{name}", tags={names.ROLE: "sweep"}) as parent:
         sweep.run_worker(plan, parent.info.run_id, 0, 1)
     wall = time.time() - started
     logged = {}
     for run in mlflow.search_runs(experiment_names=["camp"], output_format="list", max_results=10_000):
-        if run.data.tags.get("optuna.trial") is not None:
-            logged[int(run.data.tags["optuna.trial"])] = run.data.metrics.get("system/rss_mb")
+        if run.data.tags.get(names.TRIAL) is not None:
+            logged[int(run.data.tags[names.TRIAL])] = run.data.metrics.get("system/rss_mb")
     for reading in readings:
         reading["mlflow_rss_mb"] = logged.get(reading["trial"])
 

@@ -80,6 +80,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from camp import names  # noqa: E402 - after the path: the bench runs from a checkout
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
@@ -252,7 +254,7 @@ def run_arm(arm: str, seed: int, args, data: str, work: Path) -> dict:
         optuna.create_study(study_name=name, storage=storage, direction=study_config.direction)
         log(f"arm {arm} (seed {seed}): sampler {study_config.sampler.name}, pruner {study_config.pruner.name}, "
             f"budget {args.budget or '-'} s, trials {args.trials or '-'}, {args.workers} worker(s); store {directory}")
-        with mlflow.start_run(run_name=f"sweep-{name}", tags={"optuna.study": name, "camp.role": "sweep",
+        with mlflow.start_run(run_name=f"sweep-{name}", tags={names.STUDY: name, names.ROLE: "sweep",
                                                               "camp.bench": "bench/sweep.py"}) as parent:
             started = time.time()
             spec = {"arm": arm, "config": str(Path(args.config).resolve()), "study": name, "n_trials": n_trials,
@@ -267,9 +269,9 @@ def run_arm(arm: str, seed: int, args, data: str, work: Path) -> dict:
             codes = [child.wait() for child in children]
             wall = time.time() - started
         study = optuna.load_study(study_name=name, storage=storage)
-        cache_tags = [run.data.tags.get("camp.cache") for run in mlflow.search_runs(
+        cache_tags = [run.data.tags.get(names.CACHE) for run in mlflow.search_runs(
             experiment_names=["camp"], filter_string=f"tags.`optuna.study` = '{name}'", output_format="list",
-            max_results=10_000) if run.data.tags.get("camp.role") != "sweep"]
+            max_results=10_000) if run.data.tags.get(names.ROLE) != "sweep"]
         written = cache_files(Path(store["CAMP_CACHE"]))
     finally:
         for key, value in saved.items():
@@ -297,7 +299,6 @@ def run_arm(arm: str, seed: int, args, data: str, work: Path) -> dict:
 def summarise_arm(study, started: float, budget: float | None, target: float, direction: str) -> dict:
     from optuna.trial import TrialState
 
-    maximize = direction == "maximize"
     finished = [t for t in study.get_trials(deepcopy=False) if t.datetime_complete is not None]
     finished.sort(key=lambda t: t.datetime_complete)
     timeline, best, reached_at, best_curve = [], None, None, []
@@ -308,10 +309,10 @@ def summarise_arm(study, started: float, budget: float | None, target: float, di
             value = trial.intermediate_values[max(trial.intermediate_values)]  # its last reported value
         timeline.append([elapsed, None if value is None else round(value, 4), trial.state.name])
         if trial.state == TrialState.COMPLETE and value is not None and math.isfinite(value):
-            if best is None or (value > best if maximize else value < best):
+            if names.better(value, best, direction):
                 best = value
                 best_curve.append([elapsed, round(best, 4)])
-            if reached_at is None and (best >= target if maximize else best <= target):
+            if reached_at is None and not names.better(target, best, direction):
                 reached_at = elapsed
     within = reached_at is not None and (budget is None or reached_at <= budget)
     states = [t.state for t in study.get_trials(deepcopy=False)]

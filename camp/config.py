@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 import yaml
 
-from camp import metrics
+from camp import names
 
 SAMPLERS = ("tpe", "random")
 PRUNERS = ("median", "hyperband", "none")
@@ -99,8 +99,8 @@ class PrunerConfig:
     def __post_init__(self):
         if self.name not in PRUNERS:
             raise ValueError(f"pruner.name must be one of {PRUNERS}, got {self.name!r}")
-        if self.signal is not None and self.signal not in metrics.OBJECTIVES:
-            raise ValueError(f"pruner.signal must be one of {sorted(metrics.OBJECTIVES)}, got {self.signal!r}")
+        if self.signal is not None and self.signal not in names.OBJECTIVES:
+            raise ValueError(f"pruner.signal must be one of {sorted(names.OBJECTIVES)}, got {self.signal!r}")
 
 
 ENSEMBLES = ("none", "caruana", "top_k")
@@ -157,7 +157,7 @@ class StudyConfig:
     """What to optimise and for how long."""
 
     name: str = "camp"
-    metric: str = metrics.VAL_MACRO_F1
+    metric: str = names.VAL_MACRO_F1
     direction: Optional[str] = None
     n_trials: int = 20
     timeout: Optional[float] = None
@@ -174,10 +174,10 @@ class StudyConfig:
     promotion: PromotionConfig = PromotionConfig()
 
     def __post_init__(self):
-        if self.metric not in metrics.OBJECTIVES:
-            raise ValueError(f"study.metric must be one of {sorted(metrics.OBJECTIVES)}, got {self.metric!r}")
+        if self.metric not in names.OBJECTIVES:
+            raise ValueError(f"study.metric must be one of {sorted(names.OBJECTIVES)}, got {self.metric!r}")
         if self.direction is None:
-            object.__setattr__(self, "direction", metrics.OBJECTIVES[self.metric])
+            object.__setattr__(self, "direction", names.OBJECTIVES[self.metric])
         if self.direction not in ("maximize", "minimize"):
             raise ValueError(f"study.direction must be maximize or minimize, got {self.direction!r}")
         if self.n_trials < 1:

@@ -9,7 +9,7 @@ import dataclasses
 
 import numpy as np
 
-from camp import metrics
+from camp import metrics, names
 
 
 @dataclasses.dataclass
@@ -26,7 +26,7 @@ class Selection:
 
 def score(y: np.ndarray, probabilities: np.ndarray, metric: str) -> float:
     """`metric` (val/macro_f1, val/accuracy or val/loss) of averaged probabilities."""
-    if metric == metrics.VAL_LOSS:
+    if metric == names.VAL_LOSS:
         return metrics.cross_entropy(y, probabilities)
     return metrics.classification_metrics(y, probabilities.argmax(axis=1))[metric]
 
@@ -39,7 +39,10 @@ def select(y: np.ndarray, candidates: list[np.ndarray], metric: str, maximize: b
     shapes = {candidate.shape for candidate in candidates}
     if len(shapes) != 1 or len(y) != candidates[0].shape[0]:
         raise ValueError(f"candidates must share one (N, classes) shape matching {len(y)} labels, got {sorted(shapes)}")
-    better = (lambda a, b: a > b) if maximize else (lambda a, b: a < b)
+    direction = "maximize" if maximize else "minimize"
+
+    def better(a, b):
+        return names.better(a, b, direction)
     singles = [score(y, candidate, metric) for candidate in candidates]
     order = sorted(range(len(candidates)), key=lambda i: singles[i], reverse=maximize)
     best = order[0]

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 
-from camp import ensemble, metrics, tracking
+from camp import ensemble, metrics, names, tracking
 
 STATE = optuna.trial.TrialState
 MAX_CANDIDATES = 12  # the best complete trials considered for an ensemble
@@ -61,7 +61,7 @@ def finalize(study: optuna.Study, plan, summary: dict, storage, parent_run_id: s
     y = np.asarray(pool[0][1]["y_true"])
     probabilities = [np.asarray(p["probabilities"], dtype=np.float64) for _, p in pool]
     selection = ensemble.select(y, probabilities, metric, maximize, config.ensemble, config.max_members, config.rounds)
-    gain = (selection.value - selection.best_single_value) * (1 if maximize else -1)
+    gain = (selection.value - selection.best_single_value) * names.gain_sign(study.direction)
     members = [pool[i][0] for i in selection.members]
     summary["ensemble"] = {"method": config.ensemble, "members": [t.number for t in members],
                            "weights": [round(w, 3) for w in selection.weights], "value": round(selection.value, 4),
@@ -90,29 +90,29 @@ def _log_and_register(study, plan, summary, parent_run_id, members, selection, y
     combined = ensemble.average([probabilities[i] for i in selection.members], selection.weights)
     predicted = combined.argmax(axis=1)
     values = {**metrics.classification_metrics(y, predicted), **metrics.per_label_metrics(y, predicted, labels),
-              metrics.VAL_LOSS: ensemble.score(y, combined, metrics.VAL_LOSS)}
+              names.VAL_LOSS: ensemble.score(y, combined, names.VAL_LOSS)}
     best_run = mlflow.get_run(members[0].user_attrs["mlflow_run_id"])
     member_runs = [t.user_attrs["mlflow_run_id"] for t in members]
     with tempfile.TemporaryDirectory() as directory:
         bundle = Path(directory) / "bundle"
-        names = []
+        member_names = []
         for position, run_id in enumerate(member_runs):
             name = f"{position}-trial-{members[position].number}"
             downloaded = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="bundle",
                                                              dst_path=str(Path(directory) / name))
             shutil.copytree(downloaded, bundle / "members" / name)
-            names.append(name)
-        meta = json.loads((bundle / "members" / names[0] / "camp.json").read_text())
-        spec = {"labels": labels, "members": names, "weights": selection.weights, "method": plan.study_file.study.finalize.ensemble,
+            member_names.append(name)
+        meta = json.loads((bundle / "members" / member_names[0] / "camp.json").read_text())
+        spec = {"labels": labels, "members": member_names, "weights": selection.weights, "method": plan.study_file.study.finalize.ensemble,
                 "trials": [t.number for t in members], "runs": member_runs}
         (bundle / "ensemble.json").write_text(json.dumps(spec, indent=2))
         # the best member's config stands for the ensemble where one config is needed (report, fold models)
         (bundle / "camp.json").write_text(json.dumps({**meta, "ensemble": spec}, indent=2))
         config = registry._run_config_from_meta(meta)
-        tags = {"optuna.study": study.study_name, "camp.role": "ensemble", "camp.git_commit": tracking.git_commit(),
-                "camp.members": ",".join(member_runs), "camp.member_trials": ",".join(str(t.number) for t in members),
-                "camp.member_weights": ",".join(f"{w:.4f}" for w in selection.weights)}
-        for name in ("camp.data_fingerprint", "camp.data_root", "camp.seed"):
+        tags = {names.STUDY: study.study_name, names.ROLE: "ensemble", names.GIT_COMMIT: tracking.git_commit(),
+                names.MEMBERS: ",".join(member_runs), names.MEMBER_TRIALS: ",".join(str(t.number) for t in members),
+                names.MEMBER_WEIGHTS: ",".join(f"{w:.4f}" for w in selection.weights)}
+        for name in (names.DATA_FINGERPRINT, names.DATA_ROOT, names.SEED):
             if name in best_run.data.tags:
                 tags[name] = best_run.data.tags[name]
         with mlflow.start_run(run_name=f"ensemble-{study.study_name}", nested=True, parent_run_id=parent_run_id,
@@ -123,9 +123,9 @@ def _log_and_register(study, plan, summary, parent_run_id, members, selection, y
             mlflow.log_dict(predictions, "val_predictions.json")
             mlflow.log_artifacts(str(bundle), "bundle")
             info = registry.log_pyfunc(bundle, registry._first_validation_path(meta))
-        members_tags = {key: tags[key] for key in ("camp.members", "camp.member_trials", "camp.member_weights")}
+        members_tags = {key: tags[key] for key in (names.MEMBERS, names.MEMBER_TRIALS, names.MEMBER_WEIGHTS)}
         version, promoted = promotion.register_and_promote(info.model_uri, run.info.run_id, selection.value, config,
-                                                           tags["camp.data_fingerprint"], tags=members_tags,
+                                                           tags[names.DATA_FINGERPRINT], tags=members_tags,
                                                            predictions=predictions,
                                                            rule=plan.study_file.study.promotion)
     summary.update({"registered_version": version.version, "champion_moved": promoted,

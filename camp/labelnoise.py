@@ -23,6 +23,8 @@ from typing import Callable
 
 import numpy as np
 
+from camp import names
+
 POOL = ("train", "validation")
 CACHE_VERSION = 2  # bump when the computation changes: older caches are recomputed
 
@@ -149,7 +151,7 @@ def _train_fold(config, items, x_pool, decoded, train_index, test_index, fold: i
         image_io._MEMORY[memory_key] = ([decoded[os.path.abspath(item.path)] for item in dataset.items], {})
         try:
             with mlflow.start_run(run_name=f"oof-fold-{fold}", nested=mlflow.active_run() is not None,
-                                  tags={"camp.role": "oof-fold"}):
+                                  tags={names.ROLE: "oof-fold"}):
                 result = train(fold_config, log_model=False, progress=False)
             bundle = mlflow.artifacts.download_artifacts(run_id=result.run_id, artifact_path="bundle/model.keras",
                                                          dst_path=directory)

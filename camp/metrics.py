@@ -1,17 +1,9 @@
-"""Metric names (defined once, used by YAML, Optuna and MLflow) and how each is computed."""
+"""How each metric is computed (its name is in camp.names), with bootstrap intervals and trivial floors."""
 
 from __future__ import annotations
 
 import numpy as np
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
-
-TRAIN_LOSS = "train/loss"
-VAL_LOSS = "val/loss"
-VAL_ACCURACY = "val/accuracy"
-VAL_MACRO_F1 = "val/macro_f1"
-
-#: Metrics a study may optimise, with the direction that makes sense for each.
-OBJECTIVES = {VAL_MACRO_F1: "maximize", VAL_ACCURACY: "maximize", VAL_LOSS: "minimize"}
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, prefix: str = "val") -> dict[str, float]:

@@ -11,6 +11,7 @@ import json
 import mlflow
 import numpy as np
 
+from camp import names
 from camp.registry import CHAMPION, MODEL_NAME
 
 
@@ -62,7 +63,7 @@ def gate(metric: str, maximize: bool, y: np.ndarray, candidate: np.ndarray, cham
     floors and the `champion` (same items); returns the decision, the reason and the intervals."""
     from camp import metrics
 
-    sign = 1.0 if maximize else -1.0
+    sign = names.gain_sign("maximize" if maximize else "minimize")
 
     def versus(other):  # the candidate's gain (positive: better) and its interval
         difference, low, high = metrics.paired_bootstrap(metric, y, candidate, other, rule.resamples, rule.confidence)
@@ -101,8 +102,8 @@ def register_and_promote(model_uri: str, run_id: str, value: float, config, data
     rule = rule or PromotionConfig()
     client = MlflowClient()
     version = mlflow.register_model(model_uri, MODEL_NAME, tags={
-        **(tags or {}), "camp.metric": config.metric, "camp.value": f"{value:.6f}",
-        "camp.data_fingerprint": data_fingerprint, "camp.run_id": run_id})
+        **(tags or {}), names.METRIC: config.metric, names.VALUE: f"{value:.6f}",
+        names.DATA_FINGERPRINT: data_fingerprint, names.RUN_ID: run_id})
     try:
         champion = client.get_model_version_by_alias(MODEL_NAME, CHAMPION)
     except mlflow.exceptions.MlflowException:
@@ -111,19 +112,19 @@ def register_and_promote(model_uri: str, run_id: str, value: float, config, data
     theirs = None
     if champion is not None:
         champion_tags = champion.tags or {}
-        if champion_tags.get("camp.data_fingerprint") == data_fingerprint and champion_tags.get("camp.run_id"):
-            theirs = run_predictions(champion_tags["camp.run_id"])
+        if champion_tags.get(names.DATA_FINGERPRINT) == data_fingerprint and champion_tags.get(names.RUN_ID):
+            theirs = run_predictions(champion_tags[names.RUN_ID])
         if theirs is None or not set(theirs["relpaths"]) & set(mine["relpaths"]):
             log(f"scoring @{CHAMPION} v{champion.version} on this validation set ...")
             theirs = validation_outputs(f"models:/{MODEL_NAME}@{CHAMPION}", config)
     y, candidate, champion_probabilities = _aligned(mine, theirs or mine)
     decision = gate(config.metric, config.direction == "maximize", y, candidate,
                     None if champion is None else champion_probabilities, rule)
-    recorded = {"camp.promotion": decision["reason"][:4000],
-                "camp.floor_gain": json.dumps(decision["floors"])}
+    recorded = {names.PROMOTION: decision["reason"][:4000],
+                names.FLOOR_GAIN: json.dumps(decision["floors"])}
     if champion is not None:
-        recorded.update({"camp.compared_with": str(champion.version), "camp.gain_vs_champion": str(decision.get("gain")),
-                         "camp.gain_interval": json.dumps(decision.get("interval"))})
+        recorded.update({names.COMPARED_WITH: str(champion.version), names.GAIN_VS_CHAMPION: str(decision.get("gain")),
+                         names.GAIN_INTERVAL: json.dumps(decision.get("interval"))})
     for key, text in recorded.items():
         client.set_model_version_tag(MODEL_NAME, version.version, key, text)
     where = f"{MODEL_NAME} v{version.version} ({config.metric} {value:.4f})"
@@ -143,5 +144,5 @@ def _promote(client, version) -> None:
     from datetime import datetime, timezone
 
     client.set_registered_model_alias(MODEL_NAME, CHAMPION, version.version)
-    client.set_model_version_tag(MODEL_NAME, version.version, "camp.promoted_at",
+    client.set_model_version_tag(MODEL_NAME, version.version, names.PROMOTED_AT,
                                  datetime.now(timezone.utc).isoformat(timespec="seconds"))

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from camp import names
 from camp.report_html import render_html, render_markdown
 
 MODEL = "models:/camp-classifier@champion"
@@ -63,7 +64,7 @@ def load_champion(model_uri: str, data_path: str | None = None) -> Champion:
     except mlflow.exceptions.MlflowException as error:
         raise ValueError(f"{model_uri}: no such registered model in {mlflow.get_tracking_uri()} "
                          f"(run `camp sweep` first): {error.message.splitlines()[0]}") from None
-    run_id = (version.tags or {}).get("camp.run_id") or version.run_id
+    run_id = (version.tags or {}).get(names.RUN_ID) or version.run_id
     with tempfile.TemporaryDirectory() as directory:
         meta = json.loads(Path(mlflow.artifacts.download_artifacts(
             run_id=run_id, artifact_path="bundle/camp.json", dst_path=directory)).read_text())
@@ -71,7 +72,7 @@ def load_champion(model_uri: str, data_path: str | None = None) -> Champion:
     if data_path:
         config = dataclasses.replace(config, data_path=data_path)
     run = client.get_run(run_id)
-    return Champion(name, str(version.version), run_id, config, run, run.data.tags.get("optuna.study"))
+    return Champion(name, str(version.version), run_id, config, run, run.data.tags.get(names.STUDY))
 
 
 def predict_items(predict, items, labels, split: str) -> pd.DataFrame:
@@ -124,13 +125,13 @@ def find_runs(champion: Champion, matches) -> list:
     runs = mlflow.search_runs(experiment_ids=[champion.run.info.experiment_id], output_format="list",
                               filter_string="attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"],
                               max_results=5000)
-    root = os.path.realpath(champion.run.data.tags.get("camp.data_root", ""))
+    root = os.path.realpath(champion.run.data.tags.get(names.DATA_ROOT, ""))
     out = []
     for run in runs:
         tags, params = run.data.tags, run.data.params
-        if tags.get("camp.role") in ("sweep", "oof-fold") or "preprocess.mode" not in params:
+        if tags.get(names.ROLE) in ("sweep", "oof-fold") or "preprocess.mode" not in params:
             continue
-        if run.info.run_id == champion.run_id or os.path.realpath(tags.get("camp.data_root", "?")) != root:
+        if run.info.run_id == champion.run_id or os.path.realpath(tags.get(names.DATA_ROOT, "?")) != root:
             continue
         if params.get("data.label_map") == champion.run.data.params.get("data.label_map") and matches(params):
             out.append(run)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from camp import metrics
 from camp import report as core
 from camp.report_html import Code, Gallery, Heading, Table, Text, Tile
 from camp.report_sections import Context
@@ -135,16 +136,14 @@ def _exclusion_blocks(context: Context) -> list:
 
 
 def _difference_intervals(context: Context, with_frame: pd.DataFrame, without_frame: pd.DataFrame) -> dict:
-    from camp.report_sections import paired_difference_interval
-
     labels = context.labels
     readable = ((with_frame["error"] == "") & (without_frame["error"] == "")).to_numpy()
     y = with_frame["true"].map(labels.index).to_numpy()[readable]
     first = with_frame["predicted"][readable].map(labels.index).to_numpy()
     second = without_frame["predicted"][readable].map(labels.index).to_numpy()
     resamples = context.args.bootstrap
-    return {"accuracy": paired_difference_interval("val/accuracy", y, first, second, len(labels), resamples),
-            "macro F1": paired_difference_interval("val/macro_f1", y, first, second, len(labels), resamples)}
+    return {"accuracy": metrics.paired_bootstrap("val/accuracy", y, first, second, resamples)[1:],
+            "macro F1": metrics.paired_bootstrap("val/macro_f1", y, first, second, resamples)[1:]}
 
 
 def _study_document(champion: core.Champion, exclude: str | None, name: str) -> dict:

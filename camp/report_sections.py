@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from camp import metrics, names
 from camp import report as core
 from camp.report_html import Code, Heading, Picture, Row, Table, Text
 
@@ -159,41 +160,6 @@ def _knob(value) -> str:
 
 # 3. colour vs gray vs binary --------------------------------------------------------------------
 
-def metric_value(metric: str, y: np.ndarray, predicted: np.ndarray, probabilities: np.ndarray, k: int) -> float:
-    """The objective recomputed from predictions (macro-F1 over the labels present, as scikit-learn)."""
-    if metric.endswith("accuracy"):
-        return float((y == predicted).mean())
-    if metric.endswith("loss"):
-        return float(-np.mean(np.log(np.clip(probabilities[np.arange(len(y)), y], 1e-7, 1.0))))
-    confusion = np.bincount(y * k + predicted, minlength=k * k).reshape(k, k)
-    tp = np.diag(confusion)
-    denominator = confusion.sum(axis=0) + confusion.sum(axis=1)  # 2tp + fp + fn
-    present = denominator > 0
-    return float(np.mean(2 * tp[present] / denominator[present]))
-
-
-def bootstrap_interval(metric: str, y, predicted, probabilities, k: int, resamples: int = 1000, seed: int = 0,
-                       level: float = 0.95) -> tuple[float, float]:
-    """Percentile interval of the metric over `resamples` resamples (with replacement) of the items."""
-    rng = np.random.default_rng(seed)
-    y, predicted, probabilities = np.asarray(y), np.asarray(predicted), np.asarray(probabilities)
-    values = [metric_value(metric, y[i], predicted[i], probabilities[i], k)
-              for i in rng.integers(0, len(y), size=(resamples, len(y)))]
-    low, high = np.percentile(values, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
-    return float(low), float(high)
-
-
-def paired_difference_interval(metric: str, y, first, second, k: int, resamples: int = 1000, seed: int = 0,
-                               level: float = 0.95) -> tuple[float, float]:
-    """Percentile interval of metric(first) - metric(second), both scored on the same resampled items."""
-    rng = np.random.default_rng(seed)
-    y, first, second = np.asarray(y), np.asarray(first), np.asarray(second)
-    values = [metric_value(metric, y[i], first[i], None, k) - metric_value(metric, y[i], second[i], None, k)
-              for i in rng.integers(0, len(y), size=(resamples, len(y)))]
-    low, high = np.percentile(values, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
-    return float(low), float(high)
-
-
 def verdicts(results: dict, maximize: bool) -> list[str]:
     """Plain-words comparisons of {name: (value, low, high)}: a winner only when intervals do not overlap."""
     names = sorted(results, key=lambda name: results[name][0], reverse=maximize)
@@ -218,7 +184,7 @@ def best_by(trials: list, key: str, values, maximize: bool) -> dict:
         value = trial["params"].get(key)
         if value not in values:
             continue
-        if value not in best or (trial["value"] > best[value]["value"] if maximize else trial["value"] < best[value]["value"]):
+        if value not in best or names.better(trial["value"], best[value]["value"], "maximize" if maximize else "minimize"):
             best[value] = trial
     return {value: best[value] for value in values if value in best}
 
@@ -228,7 +194,7 @@ def modes_section(context: Context) -> list:
     study, trials = context.study()
     if study is None:
         return blocks + [Text(f"No study to compare: {trials}.")]
-    config, k = context.config, len(context.labels)
+    config = context.config
     maximize = config.direction == "maximize"
     best = best_by(trials, "preprocess.mode", MODES, maximize)
     rows, results = [], {}
@@ -239,8 +205,9 @@ def modes_section(context: Context) -> list:
         trial = best[mode]
         p = context.trial_predictions(trial["run_id"])
         y, predicted, probabilities = np.array(p["y_true"]), np.array(p["y_pred"]), np.array(p["probabilities"])
-        value = metric_value(config.metric, y, predicted, probabilities, k)
-        low, high = bootstrap_interval(config.metric, y, predicted, probabilities, k, context.args.bootstrap)
+        value = metrics.value(config.metric, y, predicted, probabilities)
+        outputs = probabilities if config.metric.endswith("/loss") else predicted
+        low, high = metrics.bootstrap_interval(config.metric, y, outputs, context.args.bootstrap)
         results[mode] = (value, low, high)
         rows.append([mode, f"#{trial['number']}", float(trial["value"]), value, low, high])
     context.numbers["modes"] = {m: {"trial": best[m]["number"], "objective": best[m]["value"], "value": v,

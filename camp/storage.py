@@ -25,7 +25,7 @@ from pathlib import Path
 import optuna
 from optuna.storages._heartbeat import is_heartbeat_enabled
 
-from camp import tracking
+from camp import names, tracking
 
 DEFAULT_JOURNAL = Path("mlruns/optuna.journal")
 STATE = optuna.trial.TrialState
@@ -159,8 +159,8 @@ def kill_trial_run(trial: optuna.trial.FrozenTrial, reason: str) -> bool:
     try:
         if client.get_run(run_id).info.status not in ("RUNNING", "SCHEDULED"):
             return False
-        client.set_tag(run_id, "optuna.state", "FAIL")
-        client.set_tag(run_id, "camp.killed", reason[:500])
+        client.set_tag(run_id, names.STATE, "FAIL")
+        client.set_tag(run_id, names.KILLED, reason[:500])
         client.set_terminated(run_id, "KILLED")
         return True
     except Exception as error:  # the tracking server may be gone too: the end-of-sweep tidy retries
@@ -180,8 +180,8 @@ def _kill_orphaned_parent(trial: optuna.trial.FrozenTrial) -> None:
     try:
         parent_id = client.get_run(run_id).data.tags.get("mlflow.parentRunId")
         parent = client.get_run(parent_id) if parent_id else None
-        if parent and parent.info.status == "RUNNING" and parent.data.tags.get("camp.worker") == owner:
-            client.set_tag(parent_id, "camp.status", f"main process {owner} lost")
+        if parent and parent.info.status == "RUNNING" and parent.data.tags.get(names.WORKER) == owner:
+            client.set_tag(parent_id, names.STATUS, f"main process {owner} lost")
             client.set_terminated(parent_id, "KILLED")
     except Exception as error:
         print(f"warning: could not check the parent run of trial {trial.number}: {tracking.mask_secrets(error)}",

@@ -26,7 +26,7 @@ import warnings
 
 import optuna
 
-from camp import metrics, tracking, warm_start
+from camp import names, tracking, warm_start
 from camp.config import StudyFile, load_study_file
 from camp.interrupts import interrupts_raise_once, quiet_interrupt_tracebacks
 from camp.model import ModelConfig
@@ -153,7 +153,7 @@ def make_objective(plan: Plan, parent_run_id: str, started: float | None = None)
     metric = study_config.metric
     prune_signal = study_config.pruner.signal or metric
     # the pruner ranks by the study's direction: a signal of the other direction is reported negated
-    sign = 1.0 if metrics.OBJECTIVES[prune_signal] == study_config.direction else -1.0
+    sign = 1.0 if names.OBJECTIVES[prune_signal] == study_config.direction else -1.0
     started = time.time() if started is None else started
 
     skips: list[int] = []  # this worker's trials not started in a row (they would not fit the time left)
@@ -183,11 +183,11 @@ def make_objective(plan: Plan, parent_run_id: str, started: float | None = None)
             if not protected and trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {epoch + 1} ({prune_signal} {values[prune_signal]:.4f})")
 
-        tags = {"optuna.study": plan.study_file.study.name, "optuna.trial": str(trial.number),
-                "camp.worker": worker_id()}
+        tags = {names.STUDY: plan.study_file.study.name, names.TRIAL: str(trial.number),
+                names.WORKER: worker_id()}
         retried = trial.storage.get_trial_system_attrs(trial._trial_id).get("failed_trial")
         if retried is not None:
-            tags["optuna.retry_of"] = str(retried)
+            tags[names.RETRY_OF] = str(retried)
         pruned = None
         with mlflow.start_run(run_name=f"trial-{trial.number}", nested=True, parent_run_id=parent_run_id, tags=tags) as run:
             trial.set_user_attr("mlflow_run_id", run.info.run_id)
@@ -195,23 +195,23 @@ def make_objective(plan: Plan, parent_run_id: str, started: float | None = None)
                 result = train(config, epoch_callback=report, log_model=False, progress=False)
             except optuna.TrialPruned as error:
                 pruned = error
-                mlflow.set_tag("optuna.state", "PRUNED")
+                mlflow.set_tag(names.STATE, "PRUNED")
             except KeyboardInterrupt:  # Ctrl-C / SIGTERM: FAIL in Optuna (it re-raises), KILLED here
-                mlflow.set_tags({"optuna.state": "FAIL", "camp.killed": "interrupted (SIGINT/SIGTERM)"})
+                mlflow.set_tags({names.STATE: "FAIL", names.KILLED: "interrupted (SIGINT/SIGTERM)"})
                 mlflow.end_run("KILLED")
                 raise
             except BaseException:
-                mlflow.set_tag("optuna.state", "FAIL")
+                mlflow.set_tag(names.STATE, "FAIL")
                 raise
             else:
                 if not math.isfinite(result.value):
-                    mlflow.set_tag("optuna.state", "FAIL")
+                    mlflow.set_tag(names.STATE, "FAIL")
                     raise FloatingPointError(f"{metric} is {result.value}")
                 trial.set_user_attr("cache_hit", result.cache_hit)
                 trial.set_user_attr("seconds", round(result.seconds, 1))
                 trial.set_user_attr("family", config.model.family)
                 trial.set_user_attr("size", config.preprocess.size)
-                mlflow.set_tag("optuna.state", "COMPLETE")
+                mlflow.set_tag(names.STATE, "COMPLETE")
         if pruned is not None:
             raise pruned
         return result.value
@@ -224,7 +224,7 @@ def _stop_own_trials(study: optuna.Study, parent_run_id: str) -> None:
     import mlflow
 
     while mlflow.active_run() is not None and mlflow.active_run().info.run_id != parent_run_id:
-        mlflow.set_tag("camp.killed", "interrupted (SIGINT/SIGTERM)")
+        mlflow.set_tag(names.KILLED, "interrupted (SIGINT/SIGTERM)")
         mlflow.end_run("KILLED")
     me = worker_id()
     for trial in study.get_trials(deepcopy=False, states=(STATE.RUNNING,)):
@@ -312,9 +312,9 @@ def _run_main(args) -> int:
         os.environ.setdefault("CAMP_THREADS", str(max(1, (os.cpu_count() or 1) // args.workers)))
     started = time.time()
     with mlflow.start_run(run_name=f"sweep-{study_config.name}", tags={
-            "optuna.study": study_config.name, "camp.role": "sweep", "camp.git_commit": tracking.git_commit(),
-            "camp.worker": worker_id(),
-            "optuna.storage": tracking.mask_url(plan.storage_url) or str(DEFAULT_JOURNAL)}) as parent:
+            names.STUDY: study_config.name, names.ROLE: "sweep", names.GIT_COMMIT: tracking.git_commit(),
+            names.WORKER: worker_id(),
+            names.STORAGE: tracking.mask_url(plan.storage_url) or str(DEFAULT_JOURNAL)}) as parent:
         mlflow.log_artifact(plan.study_file.path)
         mlflow.log_params({"n_trials": plan.n_trials, "timeout": plan.timeout, "workers": args.workers,
                            "seed": plan.study_file.seed, "metric": study_config.metric,
@@ -329,7 +329,7 @@ def _run_main(args) -> int:
             study = optuna.load_study(study_name=study_config.name, storage=storage)
             reap_dead_local_workers(study, gone=killed, requeue=False)
             tidy_study(study)
-            mlflow.set_tag("camp.status", "interrupted")
+            mlflow.set_tag(names.STATUS, "interrupted")
             mlflow.end_run("KILLED")
             print(f"camp: sweep interrupted; the running trial is marked failed in Optuna and killed in MLflow. "
                   f"Rerun the same command to resume study {study_config.name!r}.", file=sys.stderr, flush=True)

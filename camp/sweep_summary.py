@@ -15,7 +15,7 @@ from pathlib import Path
 
 import optuna
 
-from camp import tracking
+from camp import names, tracking
 
 STATE = optuna.trial.TrialState
 FINISHED = (STATE.COMPLETE, STATE.PRUNED)
@@ -28,7 +28,6 @@ def summarise(study: optuna.Study, plan, before: int, seconds: float) -> dict:
 
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == STATE.COMPLETE]
-    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
     summary = {"study": study.study_name, "metric": plan.study_file.study.metric, "wall_seconds": round(seconds, 1),
                "trials_total": len(trials), "trials_this_run": len(trials) - before,
                "complete": len(complete), "pruned": sum(t.state == STATE.PRUNED for t in trials),
@@ -39,7 +38,7 @@ def summarise(study: optuna.Study, plan, before: int, seconds: float) -> dict:
     for trial in complete:
         mode = trial.params.get("preprocess.mode", "fixed")
         current = by_mode.get(mode)
-        if current is None or (trial.value > current["value"] if maximize else trial.value < current["value"]):
+        if current is None or names.better(trial.value, current["value"], study.direction):
             by_mode[mode] = {"value": round(trial.value, 4), "trial": trial.number}
     summary["best_by_mode"] = by_mode
     if complete:
@@ -65,10 +64,10 @@ def best_trials_table(study: optuna.Study, top: int = 10) -> str:
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == STATE.COMPLETE]
     reverse = study.direction == optuna.study.StudyDirection.MAXIMIZE
     complete.sort(key=lambda t: t.value, reverse=reverse)
-    names = sorted({name for t in complete[:top] for name in t.params})
-    lines = ["| trial | value | " + " | ".join(names) + " |", "|---" * (len(names) + 2) + "|"]
+    knobs = sorted({name for t in complete[:top] for name in t.params})
+    lines = ["| trial | value | " + " | ".join(knobs) + " |", "|---" * (len(knobs) + 2) + "|"]
     for trial in complete[:top]:
-        cells = [_cell(trial.params.get(name, "")) for name in names]
+        cells = [_cell(trial.params.get(name, "")) for name in knobs]
         lines.append(f"| {trial.number} | {trial.value:.4f} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -113,7 +112,7 @@ def register_best(study: optuna.Study, plan, summary: dict) -> None:
     # the config the run logged, not the trial re-resolved: the study file may have changed since
     meta = mlflow.artifacts.load_dict(f"runs:/{run_id}/bundle/camp.json")
     config = registry._run_config_from_meta(meta)
-    fingerprint = mlflow.get_run(run_id).data.tags["camp.data_fingerprint"]
+    fingerprint = mlflow.get_run(run_id).data.tags[names.DATA_FINGERPRINT]
     info = registry.log_pyfunc_for_run(run_id)
     version, promoted = promotion.register_and_promote(info.model_uri, run_id, best.value, config, fingerprint,
                                                        predictions=promotion.run_predictions(run_id),

@@ -19,7 +19,7 @@ from typing import Callable, Optional
 import numpy as np
 import yaml
 
-from camp import metrics, tracking
+from camp import metrics, names, tracking
 from camp.classical import fit_hog_linear
 from camp.config import DataConfig, StudyFile, build_dataclass, flatten
 from camp.data import Dataset, duplicates_across_splits, file_digest, fingerprint, load_dataset, resolve_data_path
@@ -36,7 +36,7 @@ class RunConfig:
     preprocess: PreprocessConfig = PreprocessConfig()
     model: ModelConfig = ModelConfig()
     seed: int = 42
-    metric: str = metrics.VAL_MACRO_F1
+    metric: str = names.VAL_MACRO_F1
     direction: str = "maximize"
     data_path: Optional[str] = None  # --data, overrides data.path
 
@@ -175,7 +175,7 @@ def _train_in_run(config, run_id, epoch_callback, log_model, progress, started) 
     except BaseException as error:
         if type(error).__name__ != "TrialPruned":
             mlflow.log_text("".join(traceback.format_exception(error)), "error.txt")
-            mlflow.set_tag("camp.error", f"{type(error).__name__}: {error}"[:500])
+            mlflow.set_tag(names.ERROR, f"{type(error).__name__}: {error}"[:500])
         raise
 
 
@@ -187,15 +187,15 @@ def _fit(config: RunConfig, run_id: str, epoch_callback, log_model: bool, progre
     used = [item for item in dataset.items if item.split in ("train", "validation")]
     arrays = load_arrays(used, f"{data_fp}-train+validation", config.preprocess, progress=progress)
     mlflow.log_params({k: v for k, v in flatten(config.to_dict()).items()})
-    mlflow.set_tags({"camp.git_commit": tracking.git_commit(), "camp.data_fingerprint": data_fp,
-                     "camp.data_root": str(dataset.root), "camp.seed": config.seed,
-                     "camp.cache": "hit" if arrays.cache_hit else "miss", "camp.cache_key": arrays.key,
-                     "camp.skipped_images": len(arrays.skipped)})
+    mlflow.set_tags({names.GIT_COMMIT: tracking.git_commit(), names.DATA_FINGERPRINT: data_fp,
+                     names.DATA_ROOT: str(dataset.root), names.SEED: config.seed,
+                     names.CACHE: "hit" if arrays.cache_hit else "miss", names.CACHE_KEY: arrays.key,
+                     names.SKIPPED_IMAGES: len(arrays.skipped)})
     mlflow.log_text(yaml.safe_dump(config.to_dict(), sort_keys=False), "config.yaml")
     log_datasets(dataset, data_fp)
     if _LEAKS[data_fp]:  # identical files in two splits, found by prepare_dataset: reported on every run
         mlflow.log_dict({"groups": _LEAKS[data_fp]}, "duplicates_across_splits.json")
-        mlflow.set_tag("camp.leaked_duplicates", len(_LEAKS[data_fp]))
+        mlflow.set_tag(names.LEAKED_DUPLICATES, len(_LEAKS[data_fp]))
         print(f"warning: {len(_LEAKS[data_fp])} identical file(s) sit in more than one split (leakage), e.g. "
               f"{_LEAKS[data_fp][0]}; see the run's duplicates_across_splits.json", file=sys.stderr)
     if arrays.skipped:
@@ -222,7 +222,7 @@ def _fit(config: RunConfig, run_id: str, epoch_callback, log_model: bool, progre
     predicted = probabilities.argmax(axis=1)
     final = {**metrics.classification_metrics(y_val, predicted),
              **metrics.per_label_metrics(y_val, predicted, list(labels)),
-             metrics.VAL_LOSS: metrics.cross_entropy(y_val, probabilities), "best_epoch": best_epoch}
+             names.VAL_LOSS: metrics.cross_entropy(y_val, probabilities), "best_epoch": best_epoch}
     # logged at the step after the last epoch, so a run's latest value is the selected model's
     mlflow.log_metrics(final, step=epochs_run)
     mlflow.log_metrics(memory_usage())
@@ -341,7 +341,6 @@ class _EpochTracker:
                 super().__init__()
                 self.config, self.x_val, self.y_val = config, x_val, y_val
                 self.epoch_callback, self.progress = epoch_callback, progress
-                self.maximize = config.direction == "maximize"
                 self.best_value, self.best_epoch, self.best_weights = None, -1, None
                 self.epochs_run, self.since_best, self.error = 0, 0, None
                 self.epoch_started = time.time()
@@ -354,17 +353,17 @@ class _EpochTracker:
 
                 logs = logs or {}
                 probabilities = self.model.predict(self.x_val, batch_size=256, verbose=0)
-                values = {metrics.TRAIN_LOSS: float(logs.get("loss", np.nan)),
-                          metrics.VAL_LOSS: metrics.cross_entropy(self.y_val, probabilities),
+                values = {names.TRAIN_LOSS: float(logs.get("loss", np.nan)),
+                          names.VAL_LOSS: metrics.cross_entropy(self.y_val, probabilities),
                           **metrics.classification_metrics(self.y_val, probabilities.argmax(axis=1))}
                 self.epochs_run = epoch + 1
                 mlflow.log_metrics(values, step=epoch)
                 value = values[self.config.metric]
-                if not np.isfinite(values[metrics.TRAIN_LOSS]):
-                    self.error = FloatingPointError(f"training loss is {values[metrics.TRAIN_LOSS]} at epoch {epoch}")
+                if not np.isfinite(values[names.TRAIN_LOSS]):
+                    self.error = FloatingPointError(f"training loss is {values[names.TRAIN_LOSS]} at epoch {epoch}")
                     self.model.stop_training = True
                     return
-                improved = self.best_value is None or (value > self.best_value if self.maximize else value < self.best_value)
+                improved = names.better(value, self.best_value, self.config.direction)
                 if improved:
                     self.best_value, self.best_epoch, self.since_best = value, epoch, 0
                     self.best_weights = self.model.get_weights()

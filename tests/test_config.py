@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from camp import config, metrics
+from camp import config, names
 
 
 def study(tmp_path, text: str, name: str = "study.yaml"):
@@ -22,7 +22,7 @@ def load(tmp_path, text: str):
 def test_empty_file_builds_the_defaults(tmp_path):
     parsed = load(tmp_path, "")
     assert parsed.study.name == "study"  # the file's stem
-    assert parsed.study.metric == metrics.VAL_MACRO_F1
+    assert parsed.study.metric == names.VAL_MACRO_F1
     assert parsed.study.direction == "maximize"
     assert parsed.study.n_trials == 20
     assert parsed.study.sampler == config.SamplerConfig()

@@ -1,0 +1,71 @@
+"""Names defined once and imported everywhere: metric names (YAML, Optuna, MLflow), the MLflow tag names
+camp writes, and whether one value of a metric is better than another."""
+
+from __future__ import annotations
+
+import math
+
+# metrics ------------------------------------------------------------------------------------------
+TRAIN_LOSS = "train/loss"
+VAL_LOSS = "val/loss"
+VAL_ACCURACY = "val/accuracy"
+VAL_MACRO_F1 = "val/macro_f1"
+
+#: Metrics a study may optimise, with the direction that makes sense for each.
+OBJECTIVES = {VAL_MACRO_F1: "maximize", VAL_ACCURACY: "maximize", VAL_LOSS: "minimize"}
+
+
+def maximizing(direction) -> bool:
+    """True for "maximize" or Optuna's StudyDirection.MAXIMIZE; False for the minimizing ones."""
+    text = getattr(direction, "name", direction)
+    if str(text).lower() not in ("maximize", "minimize"):
+        raise ValueError(f"direction must be maximize or minimize, got {direction!r}")
+    return str(text).lower() == "maximize"
+
+
+def better(value: float, than: float | None, direction) -> bool:
+    """Is `value` strictly better than `than` under `direction`? Anything beats None or NaN."""
+    if than is None or (isinstance(than, float) and math.isnan(than)):
+        return True
+    return value > than if maximizing(direction) else value < than
+
+
+def gain_sign(direction) -> float:
+    """+1 when larger is better, -1 when smaller is: `sign * (a - b)` is a's gain over b."""
+    return 1.0 if maximizing(direction) else -1.0
+
+
+# MLflow tags --------------------------------------------------------------------------------------
+# Optuna's side of a run (names shared with Optuna's own MLflow callback)
+STUDY = "optuna.study"
+TRIAL = "optuna.trial"
+STATE = "optuna.state"
+STORAGE = "optuna.storage"
+RETRY_OF = "optuna.retry_of"
+# camp's
+ROLE = "camp.role"  # sweep | trial | ensemble | ...
+WORKER = "camp.worker"
+GIT_COMMIT = "camp.git_commit"
+SEED = "camp.seed"
+STATUS = "camp.status"
+KILLED = "camp.killed"
+ERROR = "camp.error"
+DATA_FINGERPRINT = "camp.data_fingerprint"
+DATA_ROOT = "camp.data_root"
+CACHE = "camp.cache"
+CACHE_KEY = "camp.cache_key"
+SKIPPED_IMAGES = "camp.skipped_images"
+LEAKED_DUPLICATES = "camp.leaked_duplicates"
+MEMBERS = "camp.members"
+MEMBER_TRIALS = "camp.member_trials"
+MEMBER_WEIGHTS = "camp.member_weights"
+# on registered model versions
+RUN_ID = "camp.run_id"
+METRIC = "camp.metric"
+VALUE = "camp.value"
+PROMOTED_AT = "camp.promoted_at"
+PROMOTION = "camp.promotion"
+COMPARED_WITH = "camp.compared_with"
+GAIN_VS_CHAMPION = "camp.gain_vs_champion"
+GAIN_INTERVAL = "camp.gain_interval"
+FLOOR_GAIN = "camp.floor_gain"
