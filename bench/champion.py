@@ -59,8 +59,8 @@ def main() -> int:
     from camp import tracking
     from camp.registry import CampClassifier
     from camp.report import load_champion
+    from camp.run_config import prepare_dataset
     from camp.storage import make_storage
-    from camp.train import prepare_dataset
 
     tracking.setup()
     champion = load_champion(args.model)

@@ -13,7 +13,7 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def _data_summary(args) -> int:
-    from camp import data, images, plots
+    from camp import data, images, plots  # per command: this one needs no MLflow/TensorFlow start-up
 
     root = data.resolve_data_path(args.data)
     dataset = data.load_dataset(root, args.label_map, seed=args.seed)
@@ -64,9 +64,9 @@ def _data_summary(args) -> int:
 
 
 def _preprocess_show(args) -> int:
-    from camp import config as config_module
-    from camp import plots
-    from camp.train import fixed_run_config, prepare_dataset
+    from camp import config as config_module  # per command (as below): no MLflow/TensorFlow start-up here
+    from camp import plots  # per command
+    from camp.run_config import fixed_run_config, prepare_dataset  # per command
 
     study_file = config_module.load_study_file(args.config)
     run_config = fixed_run_config(study_file, args.data)
@@ -81,12 +81,15 @@ def _preprocess_show(args) -> int:
 
 
 def _train(args) -> int:
-    from camp import config as config_module
-    from camp.train import fixed_run_config, train
+    from camp import config as config_module  # per command: MLflow and TensorFlow load only for those that train
+    from camp.registry import log_pyfunc_for_run  # per command
+    from camp.run_config import fixed_run_config  # per command
+    from camp.train import train  # per command
 
     study_file = config_module.load_study_file(args.config)
     run_config = fixed_run_config(study_file, args.data)
     result = train(run_config, run_name=args.run_name or study_file.study.name)
+    log_pyfunc_for_run(result.run_id)  # train() trains and logs its bundle; the served model is logged here
     print(json.dumps({"run_id": result.run_id, run_config.metric: round(result.value, 4),
                       "val/accuracy": round(result.metrics["val/accuracy"], 4), "best_epoch": result.best_epoch + 1,
                       "epochs": result.epochs_run, "seconds": round(result.seconds, 1),
@@ -95,7 +98,7 @@ def _train(args) -> int:
 
 
 def _sweep(args) -> int:
-    from camp.sweep import run_sweep
+    from camp.sweep import run_sweep  # per command: MLflow, Optuna and TensorFlow load only for a sweep
 
     return run_sweep(args)
 
@@ -103,7 +106,7 @@ def _sweep(args) -> int:
 def _predict(args) -> int:
     import mlflow
 
-    from camp import tracking
+    from camp import tracking  # per command: MLflow loads only for the commands that need it
 
     tracking.setup()
     # local files, read by this (trusted) process: the served model itself refuses client-named paths
@@ -122,13 +125,13 @@ def _predict(args) -> int:
 
 
 def _report(args) -> int:
-    from camp.report import run_report
+    from camp.report import run_report  # per command: the report stack (MLflow, matplotlib) loads only here
 
     return run_report(args)
 
 
 def _clean(args) -> int:
-    from camp.report import run_clean
+    from camp.report import run_clean  # per command: as for report
 
     return run_clean(args)
 

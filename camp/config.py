@@ -85,6 +85,8 @@ class SamplerConfig:
             raise ValueError(f"sampler.name must be one of {SAMPLERS}, got {self.name!r}")
         if self.n_startup_trials < 0:
             raise ValueError("sampler.n_startup_trials must be >= 0")
+        if not 0 <= self.seed < 2 ** 32:  # numpy's seed range, which Optuna's samplers use
+            raise ValueError(f"sampler.seed must be in [0, 2**32), got {self.seed}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +103,11 @@ class PrunerConfig:
             raise ValueError(f"pruner.name must be one of {PRUNERS}, got {self.name!r}")
         if self.signal is not None and self.signal not in names.OBJECTIVES:
             raise ValueError(f"pruner.signal must be one of {sorted(names.OBJECTIVES)}, got {self.signal!r}")
+        if self.n_startup_trials < 0:
+            raise ValueError(f"pruner.n_startup_trials must be >= 0, got {self.n_startup_trials}")
+        if self.n_warmup_steps < 0 or (self.name == "hyperband" and self.n_warmup_steps < 1):
+            raise ValueError(f"pruner.n_warmup_steps must be >= 0 (hyperband: >= 1, its minimum resource), "
+                             f"got {self.n_warmup_steps}")
 
 
 ENSEMBLES = ("none", "caruana", "top_k")
@@ -182,6 +189,11 @@ class StudyConfig:
             raise ValueError(f"study.direction must be maximize or minimize, got {self.direction!r}")
         if self.n_trials < 1:
             raise ValueError(f"study.n_trials must be >= 1, got {self.n_trials}")
+        if not self.name.strip():
+            raise ValueError("study.name must not be empty")
+        if self.max_failures < 1:
+            raise ValueError(f"study.max_failures must be >= 1 (a worker stops after that many failed trials), "
+                             f"got {self.max_failures}")
         if self.timeout is not None and self.timeout <= 0:
             raise ValueError(f"study.timeout must be > 0 seconds, got {self.timeout}")
         if self.warm_start is not None:
@@ -247,18 +259,38 @@ class StudyFile:
 SECTIONS = ("study", "data", "seed", "preprocess", "model")
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error (plain YAML keeps the
+    last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                hash(key)
+            except TypeError:
+                continue  # PyYAML itself refuses unhashable keys, with its own message
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first given on line {seen[key] + 1})", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_yaml(path: str | os.PathLike) -> dict:
     """Read a YAML mapping; a syntax error names the file, line and column."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such study file")
     try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+        document = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(error, "problem", None) or str(error)
-        raise ValueError(f"{path}: YAML syntax error at {where}{problem}") from None
+        kind = "YAML error" if isinstance(error, yaml.constructor.ConstructorError) else "YAML syntax error"
+        raise ValueError(f"{path}: {kind} at {where}{problem}") from None
     if document is None:
         document = {}
     if not isinstance(document, dict):
@@ -288,11 +320,6 @@ def load_study_file(path: str | os.PathLike) -> StudyFile:
         preprocess=dict(document.get("preprocess") or {}),
         model=dict(document.get("model") or {}),
     )
-
-
-def to_dict(config) -> dict:
-    """A dataclass as a plain dict (for logging and hashing)."""
-    return dataclasses.asdict(config)
 
 
 def flatten(mapping: dict, prefix: str = "") -> dict[str, Any]:

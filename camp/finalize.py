@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import optuna
 
-from camp import ensemble, metrics, names, tracking
+from camp import ensemble, metrics, names, promotion, registry, run_config, tracking
+from camp.sweep_summary import champion_lock, register_champion
 
 STATE = optuna.trial.TrialState
 MAX_CANDIDATES = 12  # the best complete trials considered for an ensemble
@@ -49,7 +50,6 @@ def candidates(study: optuna.Study, maximize: bool) -> list[tuple[optuna.trial.F
 def finalize(study: optuna.Study, plan, summary: dict, storage, parent_run_id: str) -> None:
     """Register the study's result: an ensemble when `study.finalize` asks for one and it beats the best
     single trial on validation by `min_gain`, else the best trial (`camp.sweep_summary.register_champion`)."""
-    from camp.sweep_summary import champion_lock, register_champion
 
     config = plan.study_file.study.finalize
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
@@ -84,8 +84,6 @@ def finalize(study: optuna.Study, plan, summary: dict, storage, parent_run_id: s
 def _log_and_register(study, plan, summary, parent_run_id, members, selection, y, probabilities, pool) -> None:
     import mlflow
 
-    from camp import promotion, registry
-
     labels = pool[0][1]["labels"]
     combined = ensemble.average([probabilities[i] for i in selection.members], selection.weights)
     predicted = combined.argmax(axis=1)
@@ -108,7 +106,7 @@ def _log_and_register(study, plan, summary, parent_run_id, members, selection, y
         (bundle / "ensemble.json").write_text(json.dumps(spec, indent=2))
         # the best member's config stands for the ensemble where one config is needed (report, fold models)
         (bundle / "camp.json").write_text(json.dumps({**meta, "ensemble": spec}, indent=2))
-        config = registry._run_config_from_meta(meta)
+        config = run_config.run_config_from_meta(meta)
         tags = {names.STUDY: study.study_name, names.ROLE: "ensemble", names.GIT_COMMIT: tracking.git_commit(),
                 names.MEMBERS: ",".join(member_runs), names.MEMBER_TRIALS: ",".join(str(t.number) for t in members),
                 names.MEMBER_WEIGHTS: ",".join(f"{w:.4f}" for w in selection.weights)}
@@ -122,7 +120,7 @@ def _log_and_register(study, plan, summary, parent_run_id, members, selection, y
                            "y_pred": predicted.tolist(), "probabilities": combined.round(6).tolist()}
             mlflow.log_dict(predictions, "val_predictions.json")
             mlflow.log_artifacts(str(bundle), "bundle")
-            info = registry.log_pyfunc(bundle, registry._first_validation_path(meta))
+            info = registry.log_pyfunc(bundle, run_config.first_validation_path(meta))
         members_tags = {key: tags[key] for key in (names.MEMBERS, names.MEMBER_TRIALS, names.MEMBER_WEIGHTS)}
         version, promoted = promotion.register_and_promote(info.model_uri, run.info.run_id, selection.value, config,
                                                            tags[names.DATA_FINGERPRINT], tags=members_tags,

@@ -20,9 +20,12 @@ What counts as readable (each refusal is an `UnreadableImage` naming the file an
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import os
+import sys
 import threading
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -187,9 +190,7 @@ def _decode_other(buffer: np.ndarray, data: bytes):
         return cv2.imdecode(buffer, cv2.IMREAD_COLOR) if raw is not None else None
     image = on_white(raw)
     if data[:8] != PNG_SIGNATURE or b"eXIf" in data:  # may carry an EXIF orientation the raw decode ignores
-        upright = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
-        if upright is not None:
-            image = _orient_like(image, _to_uint8(raw[..., :3]), upright)
+        image = oriented(image, exif_orientation(data))
     return image
 
 
@@ -208,19 +209,25 @@ def on_white(image: np.ndarray) -> np.ndarray:
     return np.round((colour * alpha + (1.0 - alpha)) * 255).astype(np.uint8)
 
 
-def _orient_like(image: np.ndarray, raw: np.ndarray, upright: np.ndarray) -> np.ndarray:
-    """Apply to `image` the rotation/flip that turns `raw` into `upright` (the EXIF orientation)."""
-    best, best_error = image, None
-    for turns in range(4):
-        for flip in (False, True):
-            candidate = np.rot90(raw[:, ::-1] if flip else raw, turns)
-            if candidate.shape != upright.shape:
-                continue
-            error = float(np.abs(candidate.astype(np.int16) - upright.astype(np.int16)).mean())
-            if best_error is None or error < best_error:
-                oriented = np.rot90(image[:, ::-1] if flip else image, turns)
-                best, best_error = np.ascontiguousarray(oriented), error
-    return best
+def exif_orientation(data: bytes) -> int:
+    """The EXIF orientation tag (1-8; 1 when absent or unreadable), read by Pillow from the file's bytes."""
+    from PIL import Image  # only for files that carry alpha and may carry EXIF: the rest never need it
+
+    try:
+        with Image.open(io.BytesIO(data)) as opened:
+            value = int(opened.getexif().get(0x0112, 1))
+    except Exception:  # noqa: BLE001 - a damaged EXIF block leaves the image as stored
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def oriented(image: np.ndarray, orientation: int) -> np.ndarray:
+    """`image` (H x W x C) turned upright for an EXIF orientation (as Pillow's ImageOps.exif_transpose)."""
+    swapped = (1, 0, 2) if image.ndim == 3 else (1, 0)
+    turn = {1: lambda i: i, 2: lambda i: i[:, ::-1], 3: lambda i: i[::-1, ::-1], 4: lambda i: i[::-1],
+            5: lambda i: i.transpose(swapped), 6: lambda i: np.rot90(i, -1),
+            7: lambda i: i[::-1, ::-1].transpose(swapped), 8: lambda i: np.rot90(i, 1)}[orientation]
+    return np.ascontiguousarray(turn(image))
 
 
 def _to_uint8(image: np.ndarray) -> np.ndarray:
@@ -311,10 +318,28 @@ def load_decoded(items: list[Item], data_fingerprint: str, reduction: int = 2, p
     loaded = _read_decoded(data_file, index_file, len(items))
     if loaded is None:
         images, skipped = decode_items(items, reduction, progress)
-        _write_decoded(data_file, index_file, images, skipped)
+        try:
+            _write_decoded(data_file, index_file, images, skipped)
+        except OSError as error:  # a full or read-only cache disk costs the cache, not the run
+            print(f"warning: could not write the decode cache {data_file} ({error.strerror or error}); "
+                  "continuing without it", file=sys.stderr)
         loaded = (images, skipped)
     _MEMORY[key] = loaded
     return loaded
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path, suffix: str = ".tmp"):
+    """A temporary path beside `path`, unique to this process and thread (sweep workers may write the same
+    cache entry at once): renamed onto `path` when the block succeeds, removed when it fails (a full disk
+    leaves no orphan)."""
+    temporary = path.with_name(f"{path.stem}.{os.getpid()}-{threading.get_ident()}{suffix}")
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def _write_decoded(data_file: Path, index_file: Path, images: list, skipped: dict) -> None:
@@ -323,21 +348,16 @@ def _write_decoded(data_file: Path, index_file: Path, images: list, skipped: dic
     data_file.parent.mkdir(parents=True, exist_ok=True)
     kept = [np.ascontiguousarray(image) for image in images if image is not None]
     shapes = [list(image.shape) if image is not None else None for image in images]
-    unique = f"{os.getpid()}-{threading.get_ident()}"  # sweep workers may write the same entry at once
-    temporary = data_file.with_name(f"{data_file.stem}.{unique}.tmp.npy")
     crc = 0
-    with open(temporary, "wb") as handle:
+    with atomic_path(data_file, ".tmp.npy") as temporary, open(temporary, "wb") as handle:
         header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
                   "shape": (sum(image.size for image in kept),)}
         np.lib.format.write_array_header_1_0(handle, header)
         for image in kept:
             handle.write(image.data)
             crc = zlib.crc32(image.data, crc)
-    os.replace(temporary, data_file)
-    index = {"shapes": shapes, "skipped": skipped, "crc32": crc}
-    temporary_index = index_file.with_name(f"{index_file.stem}.{unique}.tmp")
-    temporary_index.write_text(json.dumps(index))
-    os.replace(temporary_index, index_file)
+    with atomic_path(index_file) as temporary:
+        temporary.write_text(json.dumps({"shapes": shapes, "skipped": skipped, "crc32": crc}))
 
 
 def _read_decoded(data_file: Path, index_file: Path, count: int):

@@ -6,7 +6,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
+import sys
 import threading
+import time
 
 
 @contextlib.contextmanager
@@ -31,6 +33,21 @@ def interrupts_raise_once():
     finally:
         for number, action in previous.items():
             signal.signal(number, action)
+
+
+def while_interrupted(action, what: str, attempts: int = 6) -> None:
+    """Run bookkeeping (ending a run as KILLED, failing a trial) while an interrupt is being handled: a store
+    busy under load (SQLite's "database is locked") is retried, and a last failure is reported, never
+    raised, so the interrupt itself is what propagates and the sweep still stops with exit code 130."""
+    for attempt in range(attempts):
+        try:
+            action()
+            return
+        except Exception as error:  # noqa: BLE001 - anything but the interrupt must not replace it
+            if attempt == attempts - 1:
+                print(f"camp: while stopping, could not {what}: {type(error).__name__}: {error}", file=sys.stderr)
+                return
+            time.sleep(0.1 * 2 ** attempt)
 
 
 class _NoInterruptTraceback(logging.Filter):

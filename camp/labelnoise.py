@@ -23,7 +23,11 @@ from typing import Callable
 
 import numpy as np
 
+from camp import images as image_io
 from camp import names
+from camp.preprocess import load_arrays
+from camp.run_config import prepare_dataset
+from camp.train import train
 
 POOL = ("train", "validation")
 CACHE_VERSION = 2  # bump when the computation changes: older caches are recomputed
@@ -80,10 +84,6 @@ def out_of_fold(config, folds: int = 3, epochs: int | None = None, fit_predict: 
     """
     from sklearn.model_selection import StratifiedKFold
 
-    from camp import images as image_io
-    from camp.preprocess import load_arrays
-    from camp.train import prepare_dataset
-
     started = time.time()
     epochs = min(epochs or config.model.max_epochs, config.model.max_epochs)
     config = dataclasses.replace(config, data=dataclasses.replace(config.data, exclude=None))
@@ -130,9 +130,6 @@ def _train_fold(config, items, x_pool, decoded, train_index, test_index, fold: i
     import keras
     import mlflow
 
-    from camp import images as image_io
-    from camp.train import prepare_dataset, train
-
     # no early stopping: one unlucky start must not end a fold (the best epoch is still chosen on the
     # fold's own validation images, carved from its training folds)
     model = dataclasses.replace(config.model, max_epochs=min(config.model.max_epochs, epochs),
@@ -152,7 +149,7 @@ def _train_fold(config, items, x_pool, decoded, train_index, test_index, fold: i
         try:
             with mlflow.start_run(run_name=f"oof-fold-{fold}", nested=mlflow.active_run() is not None,
                                   tags={names.ROLE: "oof-fold"}):
-                result = train(fold_config, log_model=False, progress=False)
+                result = train(fold_config, progress=False)
             bundle = mlflow.artifacts.download_artifacts(run_id=result.run_id, artifact_path="bundle/model.keras",
                                                          dst_path=directory)
             network = keras.models.load_model(bundle, compile=False)
@@ -217,8 +214,6 @@ def write_exclusion_list(suspects: list[Suspect], path: Path, source: str) -> in
 def champion_oof(champion, args, directory: Path, fit_predict=None) -> OutOfFold:
     """The champion's out-of-fold probabilities: local cache, else the model run's artifact, else computed."""
     import mlflow
-
-    from camp.train import prepare_dataset
 
     epochs = min(args.oof_epochs or champion.config.model.max_epochs, champion.config.model.max_epochs)
     name = cache_name(champion.name, champion.version, args.folds, epochs)

@@ -10,6 +10,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from camp.images import UnreadableImage, decode_path
+from camp.preprocess import preprocess_steps
+
 
 def counts_bar_chart(counts: dict[str, dict[str, int]], path: str | Path, title: str = "Images per label") -> Path:
     """Grouped bars: one group per label, one bar per split."""
@@ -59,8 +62,6 @@ def preprocessing_grid(examples, labels, config, path: str | Path) -> Path:
     """Rows of (original with crop box | binarized | model input) for (label index, relpath, decoded BGR)."""
     import cv2
 
-    from camp.preprocess import preprocess_steps
-
     rows = max(len(examples), 1)
     figure, axes = plt.subplots(rows, 3, figsize=(7.5, 2.3 * rows), squeeze=False)
     for row, (label, relpath, decoded) in enumerate(examples):
@@ -87,7 +88,6 @@ def preprocessing_grid(examples, labels, config, path: str | Path) -> Path:
 def pick_examples(items, labels, reduction: int, per_label: int = 2, seed: int = 0):
     """A few (label, relpath, decoded BGR) per label, seeded: the first readable items of a seeded
     shuffle. Decodes only the images it returns (and any unreadable ones it passes over)."""
-    from camp.images import UnreadableImage, decode_path
 
     rng = np.random.default_rng(seed)
     examples = []

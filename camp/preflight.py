@@ -7,13 +7,14 @@ import os
 
 import optuna
 
+from camp.images import cache_dir, load_decoded
+from camp.run_config import RunConfig, prepare_dataset
+
 
 def preflight(plan) -> tuple[str, str]:
     """What every trial would fail on, found once before the first: the data (path, label map, exclusion
     list: `data.*` and the seed are the same for every trial) and a writable cache folder. Returns the
     data root and fingerprint."""
-    from camp.images import cache_dir
-    from camp.train import RunConfig, prepare_dataset
 
     config = RunConfig(data=plan.study_file.data, seed=plan.study_file.seed, data_path=plan.data_path)
     dataset, fingerprint = prepare_dataset(config)  # memoised: the first trial of this process reuses it
@@ -28,7 +29,6 @@ def preflight(plan) -> tuple[str, str]:
 def _check_readable_train(plan, dataset, fingerprint: str) -> None:
     """Decode train + validation once, as the trials will (the decoded cache they then reuse), and refuse a
     dataset with no readable train image, naming why the first one was skipped."""
-    from camp.images import load_decoded
 
     knob = next((k for k in plan.preprocess_knobs if k.name == "decode_reduction"), None)
     reduction = knob.value if knob is not None and knob.kind == "fixed" else 2

@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import sys
-import threading
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
@@ -326,15 +325,13 @@ def arrays_from(items: list[Item], decoded: list, skipped: dict, config: Preproc
 def _write_arrays(path, x: np.ndarray, skipped: dict) -> None:
     """Write the cache entry via a temporary file unique to this process and thread (sweep workers may
     write the same entry at once), renamed into place; a failed write only costs the cache."""
-    temporary = path.with_name(f"{path.stem}.{os.getpid()}-{threading.get_ident()}.tmp.npz")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(temporary, x=x, checksum=np.array(image_io.checksum(x)), skipped=np.array(json.dumps(skipped)))
-        os.replace(temporary, path)
+        with image_io.atomic_path(path, ".tmp.npz") as temporary:
+            np.savez(temporary, x=x, checksum=np.array(image_io.checksum(x)), skipped=np.array(json.dumps(skipped)))
     except OSError as error:
         print(f"warning: could not write the array cache {path} ({error.strerror or error}); continuing without it",
               file=sys.stderr)
-        temporary.unlink(missing_ok=True)
 
 
 def _read_arrays(path, items: list[Item], config: PreprocessConfig):

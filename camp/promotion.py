@@ -11,14 +11,15 @@ import json
 import mlflow
 import numpy as np
 
-from camp import names
+from camp import metrics, names
+from camp.config import PromotionConfig
 from camp.registry import CHAMPION, MODEL_NAME
+from camp.run_config import prepare_dataset
 
 
 def validation_outputs(model_uri: str, config) -> dict:
     """The model's probabilities on `config`'s validation images, through pyfunc from raw files, in the
     shape of a run's `val_predictions.json` (unreadable images left out)."""
-    from camp.train import prepare_dataset
 
     dataset, _ = prepare_dataset(config)
     items = dataset.split("validation")
@@ -32,7 +33,6 @@ def validation_outputs(model_uri: str, config) -> dict:
 
 def evaluate_on_validation(model_uri: str, config, metric: str) -> float:
     """The registered model's `metric` on `config`'s validation images, through pyfunc from raw files."""
-    from camp import metrics
 
     outputs = validation_outputs(model_uri, config)
     return metrics.value(metric, np.asarray(outputs["y_true"]), probabilities=np.asarray(outputs["probabilities"]))
@@ -61,7 +61,6 @@ def gate(metric: str, maximize: bool, y: np.ndarray, candidate: np.ndarray, cham
          rule) -> dict:
     """Should `candidate` (validation probabilities) take @champion? Paired bootstraps against the trivial
     floors and the `champion` (same items); returns the decision, the reason and the intervals."""
-    from camp import metrics
 
     sign = names.gain_sign("maximize" if maximize else "minimize")
 
@@ -97,8 +96,6 @@ def register_and_promote(model_uri: str, run_id: str, value: float, config, data
     version's tags, and a move as `camp.promoted_at`. Returns (version, promoted: bool)."""
     from mlflow import MlflowClient
 
-    from camp.config import PromotionConfig
-
     rule = rule or PromotionConfig()
     client = MlflowClient()
     version = mlflow.register_model(model_uri, MODEL_NAME, tags={
@@ -130,8 +127,10 @@ def register_and_promote(model_uri: str, run_id: str, value: float, config, data
     where = f"{MODEL_NAME} v{version.version} ({config.metric} {value:.4f})"
     if decision["promote"]:
         _promote(client, version)
-        moved = "first champion" if champion is None else f"moved from v{champion.version}"
-        log(f"@{CHAMPION} -> {where}: {decision['reason']} ({moved})")
+        if champion is None:
+            log(f"@{CHAMPION} -> {where}: the first champion (it beats the trivial floors)")
+        else:
+            log(f"@{CHAMPION} moved from v{champion.version} to {where}: it {decision['reason']}")
     elif champion is None:
         log(f"registered {where}, not promoted: it {decision['reason']}; no @{CHAMPION} is set")
     else:

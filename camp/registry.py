@@ -30,8 +30,10 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from camp import ensemble
-from camp.images import UnreadableImage
+from camp import classical, ensemble
+from camp.images import UnreadableImage, decode_any, decode_path, encoded_size
+from camp.preprocess import PreprocessConfig, preprocess_image
+from camp.run_config import first_validation_path
 
 MODEL_NAME = "camp-classifier"
 CHAMPION = "champion"
@@ -112,7 +114,6 @@ def _as_image_source(value, index: int = 0, roots: list[Path] | None = None):
 
 def _pixels(source) -> int:
     """Pixels an item will decode to, read from its header before decoding (0 when unknown)."""
-    from camp.images import encoded_size
 
     if isinstance(source, np.ndarray):
         return int(np.prod(source.shape[:2])) if source.ndim >= 2 else 0
@@ -141,7 +142,6 @@ class CampClassifier(mlflow.pyfunc.PythonModel):
                 raise ValueError(f"{bundle}: ensemble members disagree on the labels")
             self.preprocess = self.members[0].preprocess
             return self
-        from camp.preprocess import PreprocessConfig
 
         meta = json.loads((bundle / "camp.json").read_text())
         self.members, self.weights = None, None
@@ -152,7 +152,6 @@ class CampClassifier(mlflow.pyfunc.PythonModel):
 
             self.model = keras.models.load_model(bundle / "model.keras", compile=False)
         else:
-            from camp import classical
 
             self.model = classical.load(bundle)
         return self
@@ -196,8 +195,6 @@ class CampClassifier(mlflow.pyfunc.PythonModel):
             outputs = [member._probabilities(sources, errors) for member in self.members]
             merged = dict(error for _, member_errors in outputs for error in member_errors)
             return ensemble.average([p for p, _ in outputs], self.weights), sorted(merged.items())
-        from camp.images import decode_any
-        from camp.preprocess import preprocess_image
 
         inputs, rows, errors = [], [], list(errors)
         for index, source in enumerate(sources):
@@ -231,8 +228,6 @@ def example_input(image_path: str | Path) -> pd.DataFrame:
     """A small, portable input example: one image as base64 JPEG (not a machine-specific path)."""
     import cv2
 
-    from camp.images import decode_path
-
     image = decode_path(image_path, 4)
     ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 80])
     return pd.DataFrame({"image": [base64.b64encode(encoded.tobytes()).decode("ascii")]})
@@ -264,33 +259,6 @@ def log_pyfunc_for_run(run_id: str):
     with tempfile.TemporaryDirectory() as directory:
         bundle = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="bundle", dst_path=directory)
         meta = json.loads((Path(bundle) / "camp.json").read_text())
-        example = _first_validation_path(meta)
+        example = first_validation_path(meta)
         with mlflow.start_run(run_id=run_id):
             return log_pyfunc(bundle, example)
-
-
-def _first_validation_path(meta: dict) -> str:
-    """The first readable validation image of the run's dataset, for the model's input example."""
-    from camp.images import UnreadableImage, decode_path
-    from camp.train import prepare_dataset
-
-    dataset, _ = prepare_dataset(_run_config_from_meta(meta))
-    for item in dataset.split("validation"):
-        try:
-            decode_path(item.path, 4)
-            return item.path
-        except UnreadableImage:
-            continue
-    raise ValueError(f"{dataset.root}: no readable validation image to use as the model's input example")
-
-
-def _run_config_from_meta(meta: dict):
-    from camp.config import DataConfig
-    from camp.model import ModelConfig
-    from camp.preprocess import PreprocessConfig
-    from camp.train import RunConfig
-
-    raw = dict(meta["config"])
-    return RunConfig(data=DataConfig(**raw["data"]), preprocess=PreprocessConfig(**raw["preprocess"]),
-                     model=ModelConfig(**raw["model"]), seed=raw["seed"], metric=raw["metric"],
-                     direction=raw["direction"], data_path=raw.get("data_path"))

@@ -12,10 +12,10 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from camp import metrics
-from camp import report as core
+from camp import labelnoise, metrics
+from camp import report_context as core
+from camp.report_context import Context
 from camp.report_html import Code, Gallery, Heading, Table, Text, Tile
-from camp.report_sections import Context
 
 GALLERY_GROUP = 16  # misclassified images shown per (true, predicted) pair
 GALLERY_SUSPECTS = 60
@@ -50,7 +50,6 @@ def _tiles(context: Context, entries) -> list:
 
 
 def _label_issue_blocks(context: Context) -> list:
-    from camp import labelnoise
 
     args = context.args
     blocks = [Heading("Suspected label errors (confident learning)", level=3)]

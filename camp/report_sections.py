@@ -6,7 +6,6 @@ returns blocks and records its numbers in `context.numbers` (written as report.j
 from __future__ import annotations
 
 import dataclasses
-import json
 import tempfile
 import warnings
 from pathlib import Path
@@ -15,65 +14,16 @@ import numpy as np
 import pandas as pd
 
 from camp import metrics, names
-from camp import report as core
+from camp import report_context as core
+from camp.model import ModelConfig
+from camp.plots import confusion_matrix_plot, counts_bar_chart, pick_examples, preprocessing_grid
+from camp.preprocess import PreprocessConfig
+from camp.report_context import Context
+from camp.report_errors import errors_section
 from camp.report_html import Code, Heading, Picture, Row, Table, Text
 
 MODES = ("color", "gray", "binary")
 WEIGHTINGS = ("none", "balanced", "focal")
-
-
-@dataclasses.dataclass
-class Context:
-    champion: core.Champion
-    dataset: object
-    labels: list
-    splits: list
-    predictions: dict  # split -> predictions frame of the registered model
-    out: Path
-    args: object
-    fit_predict: object = None
-    numbers: dict = dataclasses.field(default_factory=dict)
-    _study: tuple | None = None
-    _trial_predictions: dict = dataclasses.field(default_factory=dict)
-
-    @property
-    def config(self):
-        return self.champion.config
-
-    def study(self):
-        """(optuna study, [{number, value, run_id, params}] of complete trials) or (None, reason)."""
-        if self._study is None:
-            self._study = _load_study(self)
-        return self._study
-
-    def trial_predictions(self, run_id: str) -> dict:
-        """A trial's validation predictions: its val_predictions.json artifact or, for runs logged before
-        that artifact existed, its bundle re-run on the validation images; copied to trials/<run_id>.json."""
-        import mlflow
-
-        if run_id not in self._trial_predictions:
-            with tempfile.TemporaryDirectory() as directory:
-                try:
-                    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="val_predictions.json",
-                                                               dst_path=directory)
-                    document = {**json.loads(Path(path).read_text()), "source": "val_predictions.json"}
-                except (mlflow.exceptions.MlflowException, OSError):
-                    document = self._rerun_bundle(run_id, Path(directory))
-            target = self.out / "trials" / f"{run_id}.json"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(json.dumps(document))
-            self._trial_predictions[run_id] = document
-        return self._trial_predictions[run_id]
-
-    def _rerun_bundle(self, run_id: str, directory: Path) -> dict:
-        items = self.dataset.split("validation")
-        frame = core.predict_items(core.run_predictor(run_id, directory), items, self.labels, "validation")
-        frame = frame[frame["error"] == ""]
-        return {"labels": self.labels, "relpaths": list(frame["relpath"]),
-                "y_true": [self.labels.index(label) for label in frame["true"]],
-                "y_pred": [self.labels.index(label) for label in frame["predicted"]],
-                "probabilities": frame[[f"p_{label}" for label in self.labels]].round(6).to_numpy().tolist(),
-                "source": "bundle/model.keras re-run on the validation images"}
 
 
 def build_sections(context: Context) -> list:
@@ -85,8 +35,6 @@ def build_sections(context: Context) -> list:
                    "Every number below is recomputable: the model's predictions are in `predictions_<split>.csv`, "
                    "the trials' validation predictions in `trials/<run id>.json` (their `val_predictions.json` "
                    "artifact, or their bundle re-run), the numbers in `report.json`.")]
-    from camp.report_errors import errors_section
-
     for section in (counts_section, preprocessing_section, modes_section, per_label_section, sweep_section,
                     errors_section):
         blocks += section(context)
@@ -96,7 +44,6 @@ def build_sections(context: Context) -> list:
 # 1. labels and counts ---------------------------------------------------------------------------
 
 def counts_section(context: Context) -> list:
-    from camp.plots import counts_bar_chart
 
     counts = context.dataset.counts()
     labels = context.labels
@@ -133,9 +80,6 @@ def counts_section(context: Context) -> list:
 # 2. preprocessing -------------------------------------------------------------------------------
 
 def preprocessing_section(context: Context) -> list:
-    from camp.model import ModelConfig
-    from camp.plots import pick_examples, preprocessing_grid
-    from camp.preprocess import PreprocessConfig
 
     config = context.config
     pool = context.dataset.split("validation") or context.dataset.items
@@ -297,8 +241,6 @@ def per_label_section(context: Context) -> list:
 def _confusion(frame: pd.DataFrame, labels, path: Path, title: str) -> Picture:
     from sklearn.metrics import confusion_matrix
 
-    from camp.plots import confusion_matrix_plot
-
     readable = frame[frame["error"] == ""]
     matrix = confusion_matrix(readable["true"], readable["predicted"], labels=labels)
     confusion_matrix_plot(matrix, labels, path, f"Confusion matrix — {title}")
@@ -377,31 +319,3 @@ def _study_plot(study, name: str, path: Path):
         return path
     except (ValueError, RuntimeError, ZeroDivisionError, IndexError) as error:
         return str(error) or type(error).__name__
-
-
-def _load_study(context: Context):
-    import mlflow
-    import optuna
-
-    from camp.storage import DEFAULT_JOURNAL, make_storage
-
-    name = context.args.study or context.champion.study
-    if not name:
-        return None, "the model's run names no Optuna study (tag optuna.study); pass --study NAME"
-    url = context.args.storage
-    if not url or url.endswith((".journal", ".log")) or url.startswith("journal:"):
-        path = Path((url or str(DEFAULT_JOURNAL)).removeprefix("journal:"))
-        if not path.is_file():
-            return None, f"no Optuna journal at {path} (pass --storage)"
-    try:
-        study = optuna.load_study(study_name=name, storage=make_storage(url))
-    except KeyError:
-        return None, f"no study {name!r} in {url or DEFAULT_JOURNAL}"
-    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE and "mlflow_run_id" in t.user_attrs]
-    runs = mlflow.search_runs(experiment_ids=[context.champion.run.info.experiment_id], output_format="list",
-                              filter_string=f"tags.`optuna.study` = '{name}'", max_results=10000)
-    params = {run.info.run_id: run.data.params for run in runs}
-    trials = [{"number": t.number, "value": float(t.value), "run_id": t.user_attrs["mlflow_run_id"],
-               "params": {**params.get(t.user_attrs["mlflow_run_id"], {}), **{k: str(v) for k, v in t.params.items()}}}
-              for t in complete]
-    return study, trials

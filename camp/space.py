@@ -15,6 +15,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from camp.config import build_dataclass
+
 SPEC_KEYS = {"int", "float", "choice", "step", "log", "when", "else"}
 
 
@@ -63,8 +65,30 @@ def parse_space(section: str, raw: dict, config_class: type, where: str) -> list
             for other in clause:
                 if other not in fields:
                     raise ValueError(f"{where}: {section}.{knob.name}.when names unknown knob {other!r}")
+    _check_when_values(section, knobs, config_class, where)
     _check_values(section, knobs, config_class, where)
+    by_name = {knob.name: knob for knob in knobs}
+    if "min_epochs" in by_name and "max_epochs" in by_name:  # both given: the default min_epochs is clamped
+        least, most = min(by_name["max_epochs"].candidates()), max(by_name["min_epochs"].candidates())
+        if most > least:
+            raise ValueError(f"{where}: {section}.min_epochs (up to {most}) must be <= {section}.max_epochs "
+                             f"(from {least})")
     return knobs
+
+
+def _check_when_values(section: str, knobs: list[Knob], config_class: type, where: str) -> None:
+    """A `when:` value that is not a valid value of its knob at all (`loss_weighting: focall`) can never hold,
+    and would silently switch the knob off: refused, naming it."""
+    for knob in knobs:
+        for clause in knob.when:
+            for other, allowed in clause.items():
+                for value in allowed:
+                    try:
+                        build_dataclass(config_class, {other: value}, f"{section}")
+                    except ValueError as error:
+                        reason = str(error).split(": ", 1)[-1]
+                        raise ValueError(f"{where}: {section}.{knob.name}.when: {other} can never be {value!r} "
+                                         f"({reason})") from None
 
 
 def _parse_knob(section: str, name: str, spec: Any, where: str) -> Knob:
@@ -93,7 +117,9 @@ def _parse_knob(section: str, name: str, spec: Any, where: str) -> Knob:
         raise ValueError(f"{where}: {kind} bounds must be {'integers' if kind == 'int' else 'numbers'}, got {bounds!r}")
     if low > high:
         raise ValueError(f"{where}: empty range: low {low} > high {high}")
-    step, log = spec.get("step"), bool(spec.get("log", False))
+    step, log = spec.get("step"), spec.get("log", False)
+    if not isinstance(log, bool):
+        raise ValueError(f"{where}: log must be true or false, got {type(log).__name__} {log!r}")
     if step is not None and (not isinstance(step, (int, float)) or step <= 0 or (kind == "int" and not isinstance(step, int))):
         raise ValueError(f"{where}: step must be a positive {'integer' if kind == 'int' else 'number'}, got {step!r}")
     if log and (low <= 0 or step not in ((None, 1) if kind == "int" else (None,))):  # Optuna: no step with log floats
@@ -123,11 +149,20 @@ def _check_values(section: str, knobs: list[Knob], config_class: type, where: st
     """Each value a knob can take must build a valid config with the others at their fixed/lowest/highest."""
     base = {knob.name: knob.candidates()[0] for knob in knobs}
     for knob in knobs:
-        values = knob.candidates() + ([knob.otherwise] if knob.otherwise is not None else [])
+        values = _all_values(knob) + ([knob.otherwise] if knob.otherwise is not None else [])
         for value in values:
             _try(config_class, {**base, knob.name: value}, f"{where}: {section}.{knob.name}={value!r}")
     for pick in (0, -1):  # all knobs at their low ends, then all at their high ends
         _try(config_class, {knob.name: _extreme(knob, pick) for knob in knobs}, f"{where}: {section} (all knobs at their {'low' if pick == 0 else 'high'} ends)")
+
+
+def _all_values(knob: Knob) -> list:
+    """The values checked for validity: every value of an int range (up to 20,000 of them; beyond, both
+    ends and the 100 values after the low end and before the high end), the candidates otherwise."""
+    if knob.kind != "int":
+        return knob.candidates()
+    values = range(knob.low, knob.high + 1, knob.step or 1)
+    return list(values) if len(values) <= 20_000 else list(values[:100]) + list(values[-100:])
 
 
 def _extreme(knob: Knob, pick: int):
@@ -140,7 +175,6 @@ def _extreme(knob: Knob, pick: int):
 
 
 def _try(config_class: type, values: dict, where: str) -> None:
-    from camp.config import build_dataclass
 
     try:
         build_dataclass(config_class, values, where)
@@ -153,10 +187,6 @@ def is_active(knob: Knob, chosen: dict) -> bool:
     if not knob.when:
         return True
     return any(all(chosen.get(key) in allowed for key, allowed in clause.items()) for clause in knob.when)
-
-
-def is_fixed(knobs: list[Knob]) -> bool:
-    return all(knob.kind == "fixed" for knob in knobs)
 
 
 def resolve(knobs: list[Knob], suggest=None, defaults: dict | None = None) -> dict:

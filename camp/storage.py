@@ -253,6 +253,35 @@ def reap_dead_local_workers(study: optuna.Study, gone: set[int] | None = None, r
     return reaped
 
 
+def end_stale_sweep_runs(study_name: str) -> int:
+    """`sweep-<study>` parent runs left RUNNING by a main process on this machine that no longer exists (a
+    crash, a full MLflow store): ended KILLED and tagged why, so a rerun repairs them. Returns the count."""
+    from mlflow import MlflowClient
+
+    host, ended = socket.gethostname(), 0
+    try:
+        runs = MlflowClient().search_runs(
+            [experiment.experiment_id for experiment in MlflowClient().search_experiments()],
+            filter_string=f"tags.`{names.ROLE}` = 'sweep' and tags.`{names.STUDY}` = '{study_name}' "
+                          "and attributes.status = 'RUNNING'", max_results=1000)
+    except Exception as error:  # noqa: BLE001 - a store that cannot be searched is reported when the sweep logs
+        print(f"warning: could not look for stale sweep runs: {tracking.mask_secrets(error)}", file=sys.stderr)
+        return 0
+    for run in runs:
+        owner = run.data.tags.get(names.WORKER, "")
+        owner_host, _, pid = owner.rpartition(":")
+        if owner_host != host or not pid.isdigit() or _alive(int(pid)):
+            continue  # another machine's (its own rerun repairs it) or still running
+        try:
+            MlflowClient().set_tag(run.info.run_id, names.STATUS, f"main process {owner} gone: ended by a later sweep")
+            MlflowClient().set_terminated(run.info.run_id, "KILLED")
+            ended += 1
+        except Exception as error:  # noqa: BLE001
+            print(f"warning: could not end stale sweep run {run.info.run_id}: {tracking.mask_secrets(error)}",
+                  file=sys.stderr)
+    return ended
+
+
 def tidy_study(study: optuna.Study) -> None:
     """Bring both stores in line after dead or interrupted workers: heartbeat-stale trials (RDB), trials of
     gone local processes, and FAIL trials whose MLflow run is still RUNNING (ended KILLED)."""

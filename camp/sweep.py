@@ -14,12 +14,9 @@ lock (`camp.sweep_summary.champion_lock`), so machines finishing together regist
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import os
-import signal
-import subprocess
 import sys
 import time
 import warnings
@@ -27,16 +24,20 @@ import warnings
 import optuna
 
 from camp import names, tracking, warm_start
+from camp.budget import MAX_SKIPS_IN_A_ROW, cheapest_seconds, expected_seconds
 from camp.config import StudyFile, load_study_file
-from camp.interrupts import interrupts_raise_once, quiet_interrupt_tracebacks
+from camp.finalize import finalize
+from camp.interrupts import interrupts_raise_once, quiet_interrupt_tracebacks, while_interrupted
 from camp.model import ModelConfig
 from camp.preflight import check_same_data, check_same_space, preflight
 from camp.preprocess import PreprocessConfig
+from camp.run_config import run_config_from
 from camp.space import parse_space, resolve, suggest_with
 from camp.storage import (
     DEFAULT_JOURNAL,
     STATE,
     STORAGE_ENV,
+    end_stale_sweep_runs,
     fail_trial,
     heartbeat_settings,
     kill_trial_run,
@@ -45,10 +46,9 @@ from camp.storage import (
     tidy_study,
     worker_id,
 )
-from camp.sweep_summary import FINISHED, Progress
-from camp.train import run_config_from, train
-
-STOP_SECONDS = 60  # how long an interrupted sweep waits for its worker processes before killing them
+from camp.sweep_summary import FINISHED, Progress, finished_count, print_next_steps, summarise
+from camp.train import train
+from camp.workers import start_workers, stop_workers, wait_workers
 
 
 def make_sampler(study_file: StudyFile, offset: int):
@@ -121,31 +121,6 @@ def config_for(trial: optuna.Trial, plan: Plan):
     return run_config_from(plan.study_file, preprocess, model, plan.data_path)
 
 
-def expected_seconds(study: optuna.Study, config) -> float | None:
-    """Median duration of the study's complete trials like this one (same family and input size, else same
-    family); None before there is one."""
-    complete = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-                if "seconds" in t.user_attrs and t.user_attrs.get("family") == config.model.family]
-    alike = [t for t in complete if t.user_attrs.get("size") == config.preprocess.size] or complete
-    if not alike:
-        return None
-    seconds = sorted(t.user_attrs["seconds"] for t in alike)
-    return seconds[len(seconds) // 2]
-
-
-MAX_SKIPS_IN_A_ROW = 5
-
-
-def cheapest_seconds(study: optuna.Study) -> float | None:
-    """The shortest median duration over the kinds of complete trials (family, input size) seen so far."""
-    groups: dict[tuple, list[float]] = {}
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        if "seconds" in t.user_attrs:
-            groups.setdefault((t.user_attrs.get("family"), t.user_attrs.get("size")), []).append(t.user_attrs["seconds"])
-    medians = [sorted(seconds)[len(seconds) // 2] for seconds in groups.values()]
-    return min(medians) if medians else None
-
-
 def make_objective(plan: Plan, parent_run_id: str, started: float | None = None):
     import mlflow
 
@@ -161,6 +136,12 @@ def make_objective(plan: Plan, parent_run_id: str, started: float | None = None)
     def objective(trial: optuna.Trial) -> float:
         trial.set_user_attr("worker", worker_id())
         config = config_for(trial, plan)
+        others = sum(t.state in FINISHED or t.state == STATE.RUNNING for t in trial.study.get_trials(deepcopy=False)
+                     if t.number != trial.number and "skipped" not in t.user_attrs)
+        if others >= plan.n_trials:  # two workers both started a trial when one was left
+            trial.set_user_attr("skipped", f"study.n_trials ({plan.n_trials}) reached by the other workers")
+            trial.study.stop()
+            raise optuna.TrialPruned("not started: the study's n_trials are finished or running")
         if plan.timeout and study_config.fit_in_timeout:
             expected, left = expected_seconds(trial.study, config), plan.timeout - (time.time() - started)
             if expected is not None and expected > left:
@@ -192,13 +173,15 @@ def make_objective(plan: Plan, parent_run_id: str, started: float | None = None)
         with mlflow.start_run(run_name=f"trial-{trial.number}", nested=True, parent_run_id=parent_run_id, tags=tags) as run:
             trial.set_user_attr("mlflow_run_id", run.info.run_id)
             try:
-                result = train(config, epoch_callback=report, log_model=False, progress=False)
+                result = train(config, epoch_callback=report, progress=False)
             except optuna.TrialPruned as error:
                 pruned = error
                 mlflow.set_tag(names.STATE, "PRUNED")
             except KeyboardInterrupt:  # Ctrl-C / SIGTERM: FAIL in Optuna (it re-raises), KILLED here
-                mlflow.set_tags({names.STATE: "FAIL", names.KILLED: "interrupted (SIGINT/SIGTERM)"})
-                mlflow.end_run("KILLED")
+                while_interrupted(lambda: mlflow.set_tags({names.STATE: "FAIL",
+                                                           names.KILLED: "interrupted (SIGINT/SIGTERM)"}),
+                                  f"tag MLflow run {run.info.run_id} as killed")
+                while_interrupted(lambda: _end_killed(run.info.run_id), f"end MLflow run {run.info.run_id}")
                 raise
             except BaseException:
                 mlflow.set_tag(names.STATE, "FAIL")
@@ -217,6 +200,18 @@ def make_objective(plan: Plan, parent_run_id: str, started: float | None = None)
         return result.value
 
     return objective
+
+
+def _end_killed(run_id: str) -> None:
+    """End the trial's run as KILLED; retried, it writes the status directly (MLflow pops the active run
+    before it writes, so a write that failed leaves nothing to end)."""
+    import mlflow
+
+    active = mlflow.active_run()
+    if active is not None and active.info.run_id == run_id:
+        mlflow.end_run("KILLED")
+    else:
+        mlflow.MlflowClient().set_terminated(run_id, "KILLED")
 
 
 def _stop_own_trials(study: optuna.Study, parent_run_id: str) -> None:
@@ -241,7 +236,7 @@ def run_worker(plan: Plan, parent_run_id: str, worker_index: int, workers: int) 
     offset = worker_index * 1000 + len(existing.trials)
     study = optuna.load_study(study_name=study_config.name, storage=storage,
                               sampler=make_sampler(plan.study_file, offset), pruner=make_pruner(plan.study_file))
-    remaining = plan.n_trials - sum(t.state in FINISHED for t in study.trials)
+    remaining = plan.n_trials - finished_count(study.trials)
     if remaining <= 0:
         return
     failures = {"count": 0}
@@ -254,6 +249,10 @@ def run_worker(plan: Plan, parent_run_id: str, worker_index: int, workers: int) 
                 print(f"stopping: {failures['count']} failed trials (study.max_failures)", file=sys.stderr)
                 study.stop()
 
+    def stop_at_target(study, trial):  # Optuna's MaxTrialsCallback, not counting trials never started
+        if finished_count(study.get_trials(deepcopy=False)) >= plan.n_trials:
+            study.stop()
+
     def reap(study, trial):  # a sibling worker on this machine died: its trial is failed and re-queued now
         reap_dead_local_workers(study)
 
@@ -262,10 +261,10 @@ def run_worker(plan: Plan, parent_run_id: str, worker_index: int, workers: int) 
     try:
         study.optimize(make_objective(plan, parent_run_id, started), n_trials=remaining, timeout=plan.timeout,
                        catch=(Exception,), gc_after_trial=True,
-                       callbacks=[optuna.study.MaxTrialsCallback(plan.n_trials, states=FINISHED), stop_on_failures,
+                       callbacks=[stop_at_target, stop_on_failures,
                                   reap, Progress(plan, workers)])
     except KeyboardInterrupt:
-        _stop_own_trials(study, parent_run_id)
+        while_interrupted(lambda: _stop_own_trials(study, parent_run_id), "mark this worker's trials failed")
         raise
 
 
@@ -298,6 +297,9 @@ def _run_main(args) -> int:
     check_same_data(study, data_root, fingerprint)
     check_same_space(study, plan)
     tidy_study(study)  # trials left running by workers that died in an earlier invocation
+    stale = end_stale_sweep_runs(study_config.name)
+    if stale:
+        print(f"ended {stale} sweep-{study_config.name} run(s) left RUNNING by a main process that is gone", flush=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # experimental in Optuna 5: optuna-dashboard then names the objective
         study.set_metric_names([study_config.metric])
@@ -305,6 +307,14 @@ def _run_main(args) -> int:
     if queued:
         print(f"warm start: {queued} trial(s) queued to run first (study.warm_start)", flush=True)
     before = len(study.trials)
+    remaining = plan.n_trials - finished_count(study.trials)
+    if remaining <= 0:  # a rerun of a finished sweep: nothing to run, and no empty sweep-* run either
+        print(f"study {study_config.name!r} already has {plan.n_trials} finished trial(s) (study.n_trials); "
+              f"nothing to run. Raise --n-trials to go on; the champion is unchanged.", flush=True)
+        return 0
+    if args.workers > remaining:
+        print(f"{remaining} trial(s) to go: starting {remaining} worker(s), not {args.workers}", flush=True)
+        args.workers = remaining
     print(f"study {study_config.name!r}: {before} trial(s) so far, target {plan.n_trials} finished; "
           f"storage {tracking.mask_url(plan.storage_url) or DEFAULT_JOURNAL}; MLflow {tracking.mask_url(tracking.tracking_uri())}",
           flush=True)
@@ -320,12 +330,12 @@ def _run_main(args) -> int:
                            "seed": plan.study_file.seed, "metric": study_config.metric,
                            "direction": study_config.direction, "sampler": study_config.sampler.name,
                            "pruner": study_config.pruner.name})
-        children = _start_workers(args, parent.info.run_id, plan)
+        children = start_workers(args, parent.info.run_id, plan)
         try:
             run_worker(plan, parent.info.run_id, 0, args.workers)
-            died = _wait_workers(children)
+            died = wait_workers(children)
         except KeyboardInterrupt:
-            killed = _stop_workers(children)
+            killed = stop_workers(children)
             study = optuna.load_study(study_name=study_config.name, storage=storage)
             reap_dead_local_workers(study, gone=killed, requeue=False)
             tidy_study(study)
@@ -337,64 +347,15 @@ def _run_main(args) -> int:
         study = optuna.load_study(study_name=study_config.name, storage=storage)
         reap_dead_local_workers(study, gone=died)  # known dead: no need to wait for the heartbeat's grace
         tidy_study(study)
-        from camp.sweep_summary import print_next_steps, summarise
 
         summary = summarise(study, plan, before, time.time() - started)
     if summary.get("best_run_id") and not args.no_register:
-        from camp.finalize import finalize
 
         finalize(study, plan, summary, storage, parent.info.run_id)
     print_next_steps(summary)
+    finished = finished_count(study.trials)
+    if finished < plan.n_trials and summary["failed"] >= study_config.max_failures and summary.get("trials_this_run"):
+        print(f"camp: the study stopped at {finished}/{plan.n_trials} finished trials after {summary['failed']} "
+              "failed ones (study.max_failures): see the failed runs' error.txt", file=sys.stderr)
+        return 1
     return 0 if summary.get("best_run_id") else 1
-
-
-def _start_workers(args, parent_run_id: str, plan: Plan) -> list[subprocess.Popen]:
-    """Worker processes on this machine. The storage URL travels in $CAMP_STORAGE, not on the command line
-    (where `ps` would show its password)."""
-    children = []
-    for index in range(1, args.workers):
-        command = [sys.executable, "-m", "camp.cli", "sweep", args.config, "--worker-of", parent_run_id,
-                   "--n-trials", str(plan.n_trials), "--workers", str(args.workers)]
-        if plan.timeout:
-            command += ["--timeout", str(plan.timeout)]
-        if plan.data_path:
-            command += ["--data", plan.data_path]
-        if getattr(args, "seed", None) is not None:
-            command += ["--seed", str(args.seed)]
-        environment = {**os.environ, "CAMP_WORKER_INDEX": str(index)}
-        environment.pop(STORAGE_ENV, None)
-        if plan.storage_url:
-            environment[STORAGE_ENV] = plan.storage_url
-        children.append(subprocess.Popen(command, env=environment))
-    return children
-
-
-def _wait_workers(children: list[subprocess.Popen]) -> set[int]:
-    """Wait for the worker processes; warn about (and return the pids of) those that died."""
-    died = set()
-    for child in children:
-        code = child.wait()
-        if code != 0:
-            died.add(child.pid)
-            how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with {code}"
-            print(f"camp: warning: worker process {child.pid} {how}; a trial it left running is failed, its "
-                  "MLflow run killed and its parameters re-queued", file=sys.stderr, flush=True)
-    return died
-
-
-def _stop_workers(children: list[subprocess.Popen]) -> set[int]:
-    """Interrupt the worker processes and wait (bounded) for them to fail their trials; returns the pids
-    that had to be killed."""
-    for child in children:
-        if child.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                child.send_signal(signal.SIGINT)
-    deadline, killed = time.time() + STOP_SECONDS, set()
-    for child in children:
-        try:
-            child.wait(timeout=max(0.1, deadline - time.time()))
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
-            killed.add(child.pid)
-    return killed

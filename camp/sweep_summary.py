@@ -15,7 +15,8 @@ from pathlib import Path
 
 import optuna
 
-from camp import names, tracking
+from camp import names, promotion, registry, run_config, tracking
+from camp.registry import CHAMPION, MODEL_NAME
 
 STATE = optuna.trial.TrialState
 FINISHED = (STATE.COMPLETE, STATE.PRUNED)
@@ -105,13 +106,11 @@ def register_best(study: optuna.Study, plan, summary: dict) -> None:
     """Log the best trial's pyfunc into its run, register it, and move @champion only on improvement."""
     import mlflow
 
-    from camp import promotion, registry
-
     best = study.best_trial
     run_id = best.user_attrs["mlflow_run_id"]
     # the config the run logged, not the trial re-resolved: the study file may have changed since
     meta = mlflow.artifacts.load_dict(f"runs:/{run_id}/bundle/camp.json")
-    config = registry._run_config_from_meta(meta)
+    config = run_config.run_config_from_meta(meta)
     fingerprint = mlflow.get_run(run_id).data.tags[names.DATA_FINGERPRINT]
     info = registry.log_pyfunc_for_run(run_id)
     version, promoted = promotion.register_and_promote(info.model_uri, run_id, best.value, config, fingerprint,
@@ -175,8 +174,6 @@ def register_champion(study: optuna.Study, plan, summary: dict, storage) -> None
     version is not registered again. A promotion is recorded as tag `camp.promoted_at` on the version."""
     from mlflow import MlflowClient
 
-    from camp.registry import CHAMPION, MODEL_NAME
-
     run_id = summary["best_run_id"]
     with champion_lock(storage):
         client = MlflowClient()
@@ -195,6 +192,11 @@ def register_champion(study: optuna.Study, plan, summary: dict, storage) -> None
         register_best(study, plan, summary)  # a promotion is tagged `camp.promoted_at` by the registry
 
 
+def finished_count(trials) -> int:
+    """Trials that count towards `study.n_trials`: complete, pruned or failed, not those never started."""
+    return sum(t.state in FINISHED and "skipped" not in t.user_attrs for t in trials)
+
+
 class Progress:
     """After each trial: done/pruned/failed, best so far, elapsed and an estimate of time left."""
 
@@ -203,7 +205,7 @@ class Progress:
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         states = [t.state for t in study.get_trials(deepcopy=False)]
-        done = sum(state in FINISHED for state in states)
+        done = finished_count(study.get_trials(deepcopy=False))
         pruned = states.count(optuna.trial.TrialState.PRUNED)
         failed = states.count(optuna.trial.TrialState.FAIL)
         elapsed = time.time() - self.started

@@ -14,56 +14,19 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 import numpy as np
 import yaml
 
 from camp import metrics, names, tracking
 from camp.classical import fit_hog_linear
-from camp.config import DataConfig, StudyFile, build_dataclass, flatten
-from camp.data import Dataset, duplicates_across_splits, file_digest, fingerprint, load_dataset, resolve_data_path
-from camp.model import ModelConfig, balanced_weights, build_model, make_loss, make_optimizer
-from camp.preprocess import PreprocessConfig, load_arrays
-from camp.space import parse_space, resolve
-
-
-@dataclasses.dataclass(frozen=True)
-class RunConfig:
-    """Everything one run needs; `camp train FILE` and each sweep trial resolve to one of these."""
-
-    data: DataConfig = DataConfig()
-    preprocess: PreprocessConfig = PreprocessConfig()
-    model: ModelConfig = ModelConfig()
-    seed: int = 42
-    metric: str = names.VAL_MACRO_F1
-    direction: str = "maximize"
-    data_path: Optional[str] = None  # --data, overrides data.path
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-def run_config_from(study_file: StudyFile, preprocess_values: dict, model_values: dict,
-                    data_path: str | None = None) -> RunConfig:
-    where = study_file.path
-    return RunConfig(
-        data=study_file.data,
-        preprocess=build_dataclass(PreprocessConfig, preprocess_values, f"{where}: preprocess"),
-        model=build_dataclass(ModelConfig, model_values, f"{where}: model"),
-        seed=study_file.seed,
-        metric=study_file.study.metric,
-        direction=study_file.study.direction,
-        data_path=data_path,
-    )
-
-
-def fixed_run_config(study_file: StudyFile, data_path: str | None = None) -> RunConfig:
-    """The run a study file describes when every knob is fixed (e.g. sweeps/baseline.yaml)."""
-    pre = parse_space("preprocess", study_file.preprocess, PreprocessConfig, study_file.path)
-    mod = parse_space("model", study_file.model, ModelConfig, study_file.path)
-    return run_config_from(study_file, resolve(pre, defaults=dataclasses.asdict(PreprocessConfig())),
-                           resolve(mod, defaults=dataclasses.asdict(ModelConfig())), data_path)
+from camp.config import flatten
+from camp.data import Dataset
+from camp.model import balanced_weights, build_model, make_loss, make_optimizer
+from camp.plots import confusion_matrix_plot, pick_examples, preprocessing_grid
+from camp.preprocess import load_arrays
+from camp.run_config import LEAKS, RunConfig, prepare_dataset
 
 
 @dataclasses.dataclass
@@ -79,24 +42,6 @@ class TrainResult:
     val_relpaths: list
     cache_hit: bool
     seconds: float
-
-
-_DATASETS: dict = {}
-_LEAKS: dict = {}  # data fingerprint -> groups of identical files in different splits
-
-
-def prepare_dataset(config: RunConfig) -> tuple[Dataset, str]:
-    """The dataset and its fingerprint (memoised per process: sweeps ask for it once per trial)."""
-    root = resolve_data_path(config.data_path, config.data.path)
-    key = (str(root.resolve()), config.data, config.seed)
-    if key not in _DATASETS:
-        dataset = load_dataset(root, config.data.label_map, config.data.validation_fraction, config.seed,
-                               config.data.exclude, config.data.max_per_class)
-        digests = [file_digest(item.path) for item in dataset.items]  # one read of every file serves both
-        data_fp = fingerprint(dataset.items, digests)
-        _LEAKS[data_fp] = duplicates_across_splits(dataset.items, digests)
-        _DATASETS[key] = (dataset, data_fp)
-    return _DATASETS[key]
 
 
 _GRADIENTS = {"active": 0, "before": set()}
@@ -152,8 +97,10 @@ def configure_tensorflow() -> None:
 
 
 def train(config: RunConfig, *, epoch_callback: Callable[[int, dict], None] | None = None,
-          log_model: bool = True, progress: bool = True, run_name: str | None = None) -> TrainResult:
-    """Fit one model and log one MLflow run (or into the active run, for sweep trials)."""
+          progress: bool = True, run_name: str | None = None) -> TrainResult:
+    """Fit one model and log one MLflow run (or into the active run, for sweep trials): params, tags,
+    datasets, metrics, pictures, validation predictions and the model bundle (`bundle/`). The served
+    pyfunc is the caller's to log (`camp train`, the sweep's registration)."""
     import mlflow
 
     started = time.time()
@@ -161,17 +108,17 @@ def train(config: RunConfig, *, epoch_callback: Callable[[int, dict], None] | No
     if mlflow.active_run() is None:
         tracking.setup()
         with mlflow.start_run(run_name=run_name) as run:
-            return _train_in_run(config, run.info.run_id, epoch_callback, log_model, progress, started)
-    return _train_in_run(config, mlflow.active_run().info.run_id, epoch_callback, log_model, progress, started)
+            return _train_in_run(config, run.info.run_id, epoch_callback, progress, started)
+    return _train_in_run(config, mlflow.active_run().info.run_id, epoch_callback, progress, started)
 
 
-def _train_in_run(config, run_id, epoch_callback, log_model, progress, started) -> TrainResult:
+def _train_in_run(config, run_id, epoch_callback, progress, started) -> TrainResult:
     import mlflow
 
     try:
         configure_tensorflow()  # before anything imports TensorFlow (released_custom_gradients does)
         with released_custom_gradients():
-            return _fit(config, run_id, epoch_callback, log_model, progress, started)
+            return _fit(config, run_id, epoch_callback, progress, started)
     except BaseException as error:
         if type(error).__name__ != "TrialPruned":
             mlflow.log_text("".join(traceback.format_exception(error)), "error.txt")
@@ -179,7 +126,7 @@ def _train_in_run(config, run_id, epoch_callback, log_model, progress, started) 
         raise
 
 
-def _fit(config: RunConfig, run_id: str, epoch_callback, log_model: bool, progress: bool, started: float) -> TrainResult:
+def _fit(config: RunConfig, run_id: str, epoch_callback, progress: bool, started: float) -> TrainResult:
     import mlflow
 
     dataset, data_fp = prepare_dataset(config)
@@ -193,11 +140,11 @@ def _fit(config: RunConfig, run_id: str, epoch_callback, log_model: bool, progre
                      names.SKIPPED_IMAGES: len(arrays.skipped)})
     mlflow.log_text(yaml.safe_dump(config.to_dict(), sort_keys=False), "config.yaml")
     log_datasets(dataset, data_fp)
-    if _LEAKS[data_fp]:  # identical files in two splits, found by prepare_dataset: reported on every run
-        mlflow.log_dict({"groups": _LEAKS[data_fp]}, "duplicates_across_splits.json")
-        mlflow.set_tag(names.LEAKED_DUPLICATES, len(_LEAKS[data_fp]))
-        print(f"warning: {len(_LEAKS[data_fp])} identical file(s) sit in more than one split (leakage), e.g. "
-              f"{_LEAKS[data_fp][0]}; see the run's duplicates_across_splits.json", file=sys.stderr)
+    if LEAKS[data_fp]:  # identical files in two splits, found by prepare_dataset: reported on every run
+        mlflow.log_dict({"groups": LEAKS[data_fp]}, "duplicates_across_splits.json")
+        mlflow.set_tag(names.LEAKED_DUPLICATES, len(LEAKS[data_fp]))
+        print(f"warning: {len(LEAKS[data_fp])} identical file(s) sit in more than one split (leakage), e.g. "
+              f"{LEAKS[data_fp][0]}; see the run's duplicates_across_splits.json", file=sys.stderr)
     if arrays.skipped:
         mlflow.log_dict(arrays.skipped, "skipped_images.json")
         print(f"warning: skipped {len(arrays.skipped)} unreadable image(s), e.g. "
@@ -234,10 +181,6 @@ def _fit(config: RunConfig, run_id: str, epoch_callback, log_model: bool, progre
     with tempfile.TemporaryDirectory() as directory:
         model_dir = save_model_bundle(model, config, labels, Path(directory) / "bundle")
         mlflow.log_artifacts(str(model_dir), "bundle")
-        if log_model:
-            from camp.registry import log_pyfunc
-
-            log_pyfunc(model_dir, x_example=val_items[0].path)  # readable: it was just preprocessed
     return TrainResult(run_id, final[config.metric], final, best_epoch, epochs_run, labels, y_val,
                        probabilities, [i.relpath for i in val_items], arrays.cache_hit, time.time() - started)
 
@@ -316,8 +259,6 @@ def save_model_bundle(model, config: RunConfig, labels, directory: Path) -> Path
 def _log_pictures(dataset, y_val, predicted, labels, config) -> None:
     import mlflow
     from sklearn.metrics import confusion_matrix
-
-    from camp.plots import confusion_matrix_plot, pick_examples, preprocessing_grid
 
     with tempfile.TemporaryDirectory() as directory:
         matrix = confusion_matrix(y_val, predicted, labels=list(range(len(labels))))

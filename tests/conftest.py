@@ -1,4 +1,5 @@
-"""Shared fixtures: synthetic datasets, an isolated MLflow store and cache per test."""
+"""Shared fixtures: synthetic datasets, an isolated MLflow store and cache per test, the awkward files of
+`tests/fixtures/bad_files.py` written once per module, and `camp data summary --json` in process."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures import bad_files
 from tests.synthetic import make_image_folder
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -27,6 +29,28 @@ def isolated(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("CAMP_CACHE", str(tmp_path / "cache"))
     (tmp_path / "mlruns").mkdir()
     return tmp_path
+
+
+@pytest.fixture()
+def no_memory_cache(monkeypatch):
+    """Decoded images (the 8000x8000 one is 48 MB at 1/2) are dropped from memory after the test."""
+    from camp import images
+
+    monkeypatch.setattr(images, "_MEMORY", {})
+
+
+@pytest.fixture(scope="module")
+def case_files(tmp_path_factory) -> dict[str, Path]:
+    return bad_files.write(tmp_path_factory.mktemp("bad_files"))
+
+
+def data_summary_stdout(capsys, root, isolated, *extra) -> str:
+    """What `camp data summary --json` on `root` prints (output folder under `isolated`)."""
+    from camp.cli import main
+
+    capsys.readouterr()
+    assert main(["data", "summary", "--json", "--data", str(root), "--out", str(isolated / "report"), *extra]) == 0
+    return capsys.readouterr().out
 
 
 @pytest.fixture()

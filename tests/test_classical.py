@@ -50,12 +50,14 @@ def test_hog_family_trains_logs_and_serves_like_a_cnn(isolated, synthetic_data):
     from camp.config import DataConfig
     from camp.model import ModelConfig
     from camp.preprocess import PreprocessConfig
-    from camp.registry import CampClassifier
-    from camp.train import RunConfig, train
+    from camp.registry import CampClassifier, log_pyfunc_for_run
+    from camp.run_config import RunConfig
+    from camp.train import train
 
     config = RunConfig(data=DataConfig(), preprocess=PreprocessConfig(crop_method="none", mode="gray", size=32),
                        model=ModelConfig(family="hog_linear", hog_cell=8), seed=3, data_path=str(synthetic_data))
     result = train(config, progress=False)
+    log_pyfunc_for_run(result.run_id)  # the caller logs the served model (as `camp train` does)
     assert result.epochs_run == 1 and 0.0 <= result.value <= 1.0
     run = mlflow.get_run(result.run_id)
     assert run.data.params["model.family"] == "hog_linear"

@@ -1,4 +1,6 @@
-"""camp.cli, in process: `camp data summary`, `camp preprocess show`, and errors as exit status 2."""
+"""camp.cli, in process: `camp data summary`, `camp preprocess show`, and errors as exit status 2;
+`camp data summary` and `camp train` on a dataset holding every awkward file of `tests/fixtures/bad_files.py`
+(the readable used, the rest skipped, counted and listed or logged)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,9 @@ import pytest
 
 from camp import data
 from camp.cli import main
+from tests.conftest import data_summary_stdout
+from tests.fixtures import bad_files
+from tests.fixtures.bad_files import CASES, READ, SKIPPED, deny_reading
 
 LABELS = ["cap_and_hat", "outerwear", "tops", "bottoms", "shoes"]
 
@@ -132,3 +137,67 @@ def test_usage_errors_exit_2(capsys):
         main(["data", "summary", "--no-such-flag"])
     assert error.value.code == 2
     assert "--no-such-flag" in capsys.readouterr().err
+
+
+# -- every awkward file through `camp data summary` and `camp train` ------------------------------------
+
+@pytest.fixture()
+def planted(isolated, synthetic_data, monkeypatch, no_memory_cache):
+    """A copy of the synthetic dataset holding every bad file (train/hat/), a train image copied into
+    test/, and an empty test/shoes/ folder; unreadable permissions simulated when running as root."""
+    root = isolated / "planted"
+    shutil.copytree(synthetic_data, root)
+    where = bad_files.plant(root)
+    if not bad_files.permission_is_enforced(isolated):
+        deny_reading(monkeypatch)
+    return root, where
+
+
+def test_data_summary_uses_the_readable_and_lists_the_rest(planted, isolated, capsys):
+    root, where = planted
+    summary = json.loads(data_summary_stdout(capsys, root, isolated))
+    assert summary["splits"]["train"]["cap_and_hat"] == 16 + len(READ)  # every readable oddity counts
+    assert summary["splits"]["test"]["shoes"] == 0  # the empty class folder
+    assert summary["splits"]["test"]["bottoms"] == 7
+    assert summary["skipped"]["count"] == len(SKIPPED)
+    assert sorted(summary["skipped"]["files"]) == where.skipped
+    for name in SKIPPED:
+        relpath = where.files[name]
+        assert CASES[name].reason in summary["skipped"]["files"][relpath], name
+    assert summary["skipped"]["by_split"] == {"train": {"cap_and_hat": len(SKIPPED)}}
+    leak = sorted(f"{relpath.split('/')[0]}:{relpath}" for relpath in where.duplicate)
+    assert summary["duplicates_across_splits"] == [leak]
+    # the table run says the same on stderr
+    assert main(["data", "summary", "--data", str(root), "--out", str(isolated / "r2")]) == 0
+    err = capsys.readouterr().err
+    assert f"skipped {len(SKIPPED)} unreadable file(s)" in err and "leakage" in err
+    for name in SKIPPED:
+        assert CASES[name].filename in err
+
+
+TINY_TRAIN = """study: {name: hardening}
+seed: 3
+preprocess: {mode: gray, size: 24, scale: 0.25, crop_method: none}
+model: {conv_blocks: 1, filters: 8, dense_units: 8, batch_size: 32, max_epochs: 1, patience: 1, augmentation: false}
+"""
+
+
+def test_camp_train_skips_and_logs_the_unreadable(planted, isolated, capsys):
+    import mlflow
+    from mlflow import MlflowClient
+
+    root, where = planted
+    config = isolated / "tiny.yaml"
+    config.write_text(TINY_TRAIN)
+    capsys.readouterr()
+    assert main(["train", str(config), "--data", str(root)]) == 0
+    captured = capsys.readouterr()
+    run_id = json.loads(captured.out.strip().splitlines()[-1])["run_id"]
+    assert f"skipped {len(SKIPPED)} unreadable image(s)" in captured.err
+    run = MlflowClient().get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["camp.skipped_images"] == str(len(SKIPPED))
+    logged = mlflow.artifacts.load_dict(f"runs:/{run_id}/skipped_images.json")
+    assert sorted(logged) == where.skipped
+    for name in SKIPPED:
+        assert CASES[name].reason in logged[where.files[name]]

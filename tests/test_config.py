@@ -1,4 +1,6 @@
-"""camp.config: study files parse into frozen dataclasses; every mistake is a ValueError naming the key."""
+"""camp.config: study files parse into frozen dataclasses; every mistake is a ValueError naming the key.
+Through `camp sweep`, a mistaken study file (or a space that can sample an invalid combination) exits 2
+naming the key and the allowed values before the study exists."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import dataclasses
 import pytest
 
 from camp import config, names
+from camp.cli import main
 
 
 def study(tmp_path, text: str, name: str = "study.yaml"):
@@ -164,5 +167,84 @@ def test_build_dataclass_and_coerce():
 
 def test_flatten_and_to_dict():
     assert config.flatten({"a": {"b": 1, "c": {"d": 2}}, "e": 3}) == {"a.b": 1, "a.c.d": 2, "e": 3}
-    flat = config.flatten(config.to_dict(config.StudyConfig()))
+    flat = config.flatten(dataclasses.asdict(config.StudyConfig()))
     assert flat["sampler.seed"] == 42 and flat["pruner.name"] == "median" and flat["n_trials"] == 20
+
+
+# -- study files through `camp sweep`: refused before anything runs -------------------------------------
+
+@pytest.mark.parametrize("knobs, where, allowed", [
+    ("preprocess: {mode: rgb}", "preprocess.mode='rgb'", "('binary', 'gray', 'color')"),
+    ("preprocess: {crop_method: {choice: [recipe, magic]}}", "preprocess.crop_method='magic'", "('recipe', 'none'"),
+    ("preprocess: {threshold_block: {int: [3, 9]}}", "preprocess.threshold_block=4", "odd and >= 3"),
+    ("preprocess: {median_blur: 4}", "preprocess.median_blur=4", "0 (off) or odd"),
+    ("model: {kernel_size: {choice: [3, 4]}}", "model.kernel_size=4", "3, 5 or 7"),
+    ("preprocess: {crop_top: 0.5, crop_bottom: 0.5}", "preprocess", "must leave some image"),
+    ("preprocess: {size: {int: [4, 64]}}", "preprocess.size=4", "[8, 256]"),
+    ("model: {optimizer: lion}", "model.optimizer='lion'", "('adam', 'adamw', 'sgd', 'rmsprop')"),
+    ("preprocess: {sizes: 24}", "unknown preprocess knob(s) sizes", "known: crop_top"),
+    ("model: {dropout: {float: [0.5, 0.1]}}", "model.dropout", "empty range"),
+    ("model: {filters: sixteen}", "model.filters='sixteen'", "expected int"),
+])
+def test_study_file_mistakes_name_the_key_and_the_allowed_values(isolated, synthetic_data, capsys, knobs, where,
+                                                                 allowed):
+    study = isolated / "study.yaml"
+    study.write_text(f"study: {{name: s}}\n{knobs}\n")
+    journal = isolated / "optuna.journal"
+    assert main(["sweep", str(study), "--data", str(synthetic_data), "--storage", str(journal)]) == 2
+    err = capsys.readouterr().err
+    assert str(study) in err and where in err and allowed in err, err
+    assert not journal.exists()  # refused before the study (let alone a trial) exists
+
+
+@pytest.mark.parametrize("space", [
+    # each value is fine with the others' first choice; the largest two together cut the whole image
+    "crop_top: {choice: [0.3, 0.6, 0.1]}\n  crop_bottom: {choice: [0.3, 0.1, 0.6]}",
+    # the `else` value of one range with the other range's high end
+    "crop_top: {float: [0.1, 0.4]}\n  crop_bottom: {float: [0.1, 0.3], when: {mode: gray}, else: 0.6}",
+])
+def test_a_space_that_can_sample_an_invalid_combination_is_rejected(isolated, synthetic_data, capsys, space):
+    study = isolated / "combo.yaml"
+    study.write_text(f"study: {{name: combo}}\npreprocess:\n  {space}\n")
+    journal = isolated / "optuna.journal"
+    assert main(["sweep", str(study), "--data", str(synthetic_data), "--storage", str(journal)]) == 2
+    err = capsys.readouterr().err
+    assert "all knobs at their high ends" in err and "crop_top + crop_bottom must leave some image" in err
+    assert not journal.exists()
+
+
+def test_yaml_syntax_error_in_a_study_file_shows_the_line_through_the_cli(isolated, capsys):
+    study = isolated / "broken.yaml"
+    study.write_text("study:\n  name: broken\nmodel: {filters: 8\n")
+    assert main(["sweep", str(study)]) == 2
+    assert "YAML syntax error at line" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, where, message", [
+    ("study: {name: d}\nseed: 1\nseed: 2\n", "line 3", "duplicate key 'seed' (first given on line 2)"),
+    ("study: {name: d}\nmodel: {filters: 8, dropout: 0.1, filters: 16}\n", "line 2", "duplicate key 'filters'"),
+    ("study: {name: d}\npreprocess: {mode: binary, threshold_block: {int: [3, 405]}}\n",
+     "preprocess.threshold_block=4", "odd and >= 3"),  # 202 values: every one is checked, not only the ends
+    ("study: {name: d}\nmodel: {learning_rate: {float: [0.001, 0.01], log: 'no'}}\n",
+     "model.learning_rate", "log must be true or false, got str 'no'"),
+    ("study: {name: d}\nmodel: {loss_weighting: {choice: [none, focal]}, "
+     "focal_gamma: {float: [1, 2], when: {loss_weighting: focall}}}\n",
+     "model.focal_gamma.when", "loss_weighting can never be 'focall'"),
+    ("study: {name: d, max_failures: 0}\n", "study.max_failures", ">= 1"),
+    ("study: {name: ''}\n", "study.name", "must not be empty"),
+    ("study: {name: d}\nmodel: {min_epochs: 10, max_epochs: 5}\n", "model.min_epochs", "<= model.max_epochs"),
+    ("study: {name: d, sampler: {seed: 4294967296}}\n", "sampler.seed", "[0, 2**32)"),
+    ("study: {name: d, pruner: {n_warmup_steps: -1}}\n", "pruner.n_warmup_steps", ">= 0"),
+])
+def test_silently_accepted_mistakes_are_refused_by_name_before_any_study_or_run(isolated, synthetic_data, capsys,
+                                                                                 text, where, message):
+    import mlflow
+
+    study = isolated / "mistake.yaml"
+    study.write_text(text)
+    journal = isolated / "optuna.journal"
+    assert main(["sweep", str(study), "--data", str(synthetic_data), "--storage", str(journal)]) == 2
+    err = capsys.readouterr().err
+    assert str(study) in err and where in err and message in err, err
+    assert not journal.exists()  # no study ...
+    assert mlflow.search_runs(search_all_experiments=True, output_format="list") == []  # ... and no sweep-* run

@@ -1,14 +1,24 @@
-"""camp.data: label maps, layouts (folders, CSV manifest), derived validation, exclusions, fingerprints."""
+"""camp.data: label maps, layouts (folders, CSV manifest), derived validation, exclusions, fingerprints;
+non-ASCII and non-UTF-8 file names, empty class folders, and manifest and label-map mistakes named
+(also through `camp data summary`)."""
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from camp import data
+from camp.cli import main
+from tests.conftest import data_summary_stdout
+from tests.fixtures import bad_files
+from tests.fixtures.bad_files import CASES
 from tests.synthetic import make_image_folder
 
 CAMP5 = ("cap_and_hat", "outerwear", "tops", "bottoms", "shoes")
@@ -250,3 +260,77 @@ def test_resolve_data_path(tmp_path, monkeypatch):
     # a path that is given but missing is an error, not a silent fall-back to the next candidate
     with pytest.raises(FileNotFoundError, match="nowhere"):
         data.resolve_data_path(str(tmp_path / "nowhere"), str(tmp_path / "cfg"))
+
+
+# -- non-ASCII and non-UTF-8 names, empty class folders --------------------------------------------------
+
+def test_non_ascii_and_non_utf8_file_names(tmp_path, isolated, no_memory_cache, capsys):
+    root = make_image_folder(tmp_path / "d", per_class={"train": 3, "validation": 2}, size=(40, 30))
+    good = (root / "train" / "hat" / "hat_000.jpg").read_bytes()
+    hat = os.fsencode(root / "train" / "hat")
+    (root / "train" / "hat" / CASES["non_ascii_name"].filename).write_bytes(good)
+    with open(os.path.join(hat, b"caf\xe9 latin-1.jpg"), "wb") as handle:  # not valid UTF-8
+        handle.write(good)
+    with open(os.path.join(hat, b"vide \xe9.jpg"), "wb") as handle:  # not UTF-8 and unreadable
+        handle.write(b"")
+    dataset = data.load_dataset(root)
+    assert len(dataset.split("train")) == 15 + 3
+    data.fingerprint(dataset.items)  # hashes names that are not UTF-8
+    summary = json.loads(data_summary_stdout(capsys, root, isolated))
+    assert summary["splits"]["train"]["cap_and_hat"] == 5
+    assert list(summary["skipped"]["files"]) == ["train/hat/vide \udce9.jpg"]
+    # the table, in a real process (its stderr escapes what it cannot encode)
+    table = subprocess.run([sys.executable, "-m", "camp.cli", "data", "summary", "--data", str(root), "--out",
+                            str(isolated / "r2")], cwd=isolated, capture_output=True, timeout=300)
+    assert table.returncode == 0, table.stderr[-2000:]
+    assert b"vide \\udce9.jpg: empty file" in table.stderr
+
+
+def test_empty_class_folder_counts_zero(tmp_path, isolated, no_memory_cache, capsys):
+    root = make_image_folder(tmp_path / "d", per_class={"train": 4, "validation": 2}, size=(40, 30))
+    for file in (root / "train" / "shoes").iterdir():
+        file.unlink()
+    (root / "validation" / "socks").mkdir()  # unknown to the label map, but empty: nothing to refuse
+    summary = json.loads(data_summary_stdout(capsys, root, isolated))
+    assert summary["splits"]["train"]["shoes"] == 0 and summary["splits"]["validation"]["shoes"] == 2
+    assert main(["data", "summary", "--data", str(root), "--out", str(isolated / "r2")]) == 0
+    shoes = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("shoes"))
+    assert shoes.split() == ["shoes", "0", "2"]
+
+
+# -- manifests and label maps: refused before anything runs ---------------------------------------------
+
+def test_manifest_label_unknown_to_the_label_map_names_the_line(tmp_path, isolated, capsys):
+    manifest, line = bad_files.manifest_with_unknown_label(tmp_path / "m")
+    with pytest.raises(ValueError) as error:
+        data.load_dataset(manifest)
+    message = str(error.value)
+    assert f"{manifest}: line {line} (img2.jpg): label 'socks' is not in label map 'camp5'" in message
+    assert "known: " in message and "maps or drops it" in message
+    assert main(["data", "summary", "--data", str(manifest), "--out", str(isolated / "r")]) == 2
+    assert f"line {line}" in capsys.readouterr().err
+
+
+def test_manifest_from_a_spreadsheet_and_in_another_encoding(tmp_path):
+    manifest, _ = bad_files.manifest_with_unknown_label(tmp_path / "m")
+    rows = manifest.read_text(encoding="utf-8").replace("socks", "hat")
+    manifest.write_bytes(b"\xef\xbb\xbf" + rows.encode("utf-8"))  # Excel's byte-order mark before `path`
+    assert len(data.load_dataset(manifest).items) == 4
+    manifest.write_bytes(rows.replace("img0.jpg", "caf\u00e9.jpg").encode("latin-1"))
+    with pytest.raises(ValueError, match=r"m/manifest.csv: not UTF-8 text .*save the CSV as UTF-8"):
+        data.load_dataset(manifest)
+
+
+@pytest.mark.parametrize("text, pattern", [
+    ("labels: [a, b\nmap: {x: a}\n", r"bad.yaml: YAML syntax error at line 2, column"),
+    ("- a\n- b\n", "a label map is a mapping"),
+    ("labels: tops\n", "`labels` must be a list of names"),
+    ("labels: [a, a]\n", "lists a label twice"),
+    ("labels: [a]\nmap: [x, a]\n", "`map` must be a mapping"),
+    ("labels: [a]\ndrop: dress\n", "`drop` must be a mapping"),
+])
+def test_label_map_file_mistakes_are_named(tmp_path, text, pattern):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=pattern):
+        data.load_label_map(str(path))

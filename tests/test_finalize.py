@@ -116,7 +116,7 @@ def test_no_trial_starts_that_would_not_fit_in_the_timeout(tmp_path, monkeypatch
     and nothing is trained. The worker stops when no kind of trial fits the time left; while a cheaper
     kind (here HOG) still fits, it goes on, up to MAX_SKIPS_IN_A_ROW proposals that do not fit."""
 
-    from camp import sweep
+    from camp import budget, sweep
     from camp.config import load_study_file
 
     path = tmp_path / "fin.yaml"
@@ -128,18 +128,18 @@ def test_no_trial_starts_that_would_not_fit_in_the_timeout(tmp_path, monkeypatch
         study.add_trial(optuna.trial.create_trial(params={"model.family": family}, distributions=distributions,
                                                   value=0.5, user_attrs={"seconds": seconds, "family": family,
                                                                          "size": 24}))
-    for _ in range(sweep.MAX_SKIPS_IN_A_ROW + 1):
+    for _ in range(budget.MAX_SKIPS_IN_A_ROW + 1):
         study.enqueue_trial({"model.family": "cnn"})
     monkeypatch.setattr(sweep, "train", lambda *a, **k: pytest.fail("a trial that cannot fit was started"))
     objective = sweep.make_objective(plan, parent_run_id="unused", started=__import__("time").time() - 100)
-    study.optimize(objective, n_trials=sweep.MAX_SKIPS_IN_A_ROW + 1)
+    study.optimize(objective, n_trials=budget.MAX_SKIPS_IN_A_ROW + 1)
     skipped = [t for t in study.trials if "skipped" in t.user_attrs]
     assert all(t.state == optuna.trial.TrialState.PRUNED for t in skipped)
     # stopped at the first skip, or once the sampler proposed MAX_SKIPS_IN_A_ROW trials that do not fit
-    assert len(skipped) == (1 if stops else sweep.MAX_SKIPS_IN_A_ROW)
+    assert len(skipped) == (1 if stops else budget.MAX_SKIPS_IN_A_ROW)
     config = sweep.config_for(optuna.trial.FixedTrial({"model.family": "cnn"}), plan)
-    assert sweep.expected_seconds(study, config) == 110.0  # median of the complete CNN trials (upper middle)
-    assert sweep.cheapest_seconds(study) == hog_seconds  # the cheaper of the medians (CNN 110, HOG)
+    assert budget.expected_seconds(study, config) == 110.0  # median of the complete CNN trials (upper middle)
+    assert budget.cheapest_seconds(study) == hog_seconds  # the cheaper of the medians (CNN 110, HOG)
 
 
 class _AlwaysPrune(optuna.pruners.BasePruner):

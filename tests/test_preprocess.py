@@ -1,8 +1,10 @@
-"""camp.preprocess: the crop recipe (margins, box, output), knob validation, the config-keyed array cache."""
+"""camp.preprocess: the crop recipe (margins, box, output), knob validation, the config-keyed array cache
+(concurrent writers, an unwritable cache); any encoded image decodes and preprocesses to the configured shape."""
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import uuid
 
 import cv2
@@ -15,6 +17,7 @@ from camp import images as image_io
 from camp import preprocess
 from camp.data import Item, load_dataset
 from camp.preprocess import PreprocessConfig, cut_margins, preprocess_image, preprocess_steps
+from tests.conftest import run_concurrently
 from tests.synthetic import SHAPES, draw_garment
 
 NO_MARGINS = dict(crop_top=0.0, crop_bottom=0.0, crop_left=0.0, crop_right=0.0)
@@ -334,3 +337,73 @@ def test_component_boxes_agree_with_the_recipes_contours(seed, min_area):
         else:  # equally large boxes may differ in place, never in size
             assert box[2] * box[3] == (boxes[:, 2] * boxes[:, 3]).max()
             assert any(tuple(candidate) == box for candidate in boxes)
+
+
+# -- the array cache: concurrent writers, an unwritable disk ---------------------------------------------
+
+def test_concurrent_array_cache_writes_do_not_collide(isolated):
+    """Sweep workers may write the same preprocessed-array entry at once (one temporary name per writer)."""
+    path = image_io.cache_dir() / "arrays" / "same.npz"
+    x = np.random.default_rng(0).integers(0, 255, (200, 24, 24, 1), dtype=np.uint8)
+    assert run_concurrently(lambda: preprocess._write_arrays(path, x, {})) == []
+    items = [Item(f"/{i}.jpg", f"{i}.jpg", "hat", 0, "train") for i in range(200)]
+    cached, skipped = preprocess._read_arrays(path, items, PreprocessConfig(mode="gray", size=24))
+    assert np.array_equal(cached, x) and skipped == {}
+    assert [p.name for p in path.parent.iterdir()] == ["same.npz"]
+
+
+def test_an_unwritable_array_cache_costs_only_the_cache(isolated, synthetic_data, monkeypatch, no_memory_cache,
+                                                        capsys):
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    items = load_dataset(synthetic_data).split("test")[:6]
+    monkeypatch.setattr(preprocess.np, "savez", disk_full)
+    arrays = preprocess.load_arrays(items, f"full-{uuid.uuid4().hex[:6]}", PreprocessConfig(size=16), progress=False)
+    assert arrays.x.shape == (6, 16, 16, 1) and not arrays.cache_hit
+    assert "could not write the array cache" in capsys.readouterr().err
+    assert not list((image_io.cache_dir() / "arrays").glob("*tmp*"))
+
+
+# -- property: random images in every encoding, random valid knobs -> the configured shape --------------
+
+@st.composite
+def encoded_images(draw):
+    """(bytes, height, width) of a random image in a random format, depth, channel layout and orientation."""
+    height, width = draw(st.integers(1, 48)), draw(st.integers(1, 48))
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    fmt = draw(st.sampled_from(["jpg", "png", "png16", "png_alpha", "png16_alpha", "gray_jpg", "gray_png", "bmp",
+                                "webp", "tiff", "exif_jpg"]))
+    pixels = rng.integers(0, 256, (height, width, 4), dtype=np.uint8)
+    if draw(st.booleans()):
+        pixels[..., :3] = draw(st.integers(0, 255))  # flat
+    if fmt == "exif_jpg":
+        from PIL import Image
+
+        exif = Image.Exif()
+        orientation = draw(st.integers(1, 8))
+        exif[0x0112] = orientation
+        buffer = io.BytesIO()
+        Image.fromarray(pixels[..., :3]).save(buffer, format="JPEG", exif=exif.tobytes())
+        shape = (width, height) if orientation >= 5 else (height, width)
+        return buffer.getvalue(), shape
+    image = {"png16": pixels[..., :3].astype(np.uint16) * 257, "png_alpha": pixels,
+             "png16_alpha": pixels.astype(np.uint16) * 257, "gray_jpg": pixels[..., 0],
+             "gray_png": pixels[..., 0]}.get(fmt, pixels[..., :3])
+    extension = {"png16": ".png", "png_alpha": ".png", "png16_alpha": ".png", "gray_jpg": ".jpg",
+                 "gray_png": ".png", "exif_jpg": ".jpg"}.get(fmt, f".{fmt}")
+    ok, encoded = cv2.imencode(extension, image)
+    assert ok
+    return encoded.tobytes(), (height, width)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(encoded=encoded_images(), reduction=st.sampled_from([1, 2, 4, 8]), data_=st.data())
+def test_any_encoded_image_decodes_and_preprocesses_to_the_configured_shape(encoded, reduction, data_):
+    raw, (height, width) = encoded
+    decoded = image_io.decode_bytes(raw, reduction)
+    assert decoded.dtype == np.uint8 and decoded.ndim == 3 and decoded.shape[2] == 3
+    assert abs(decoded.shape[0] - height / reduction) <= 1 and abs(decoded.shape[1] - width / reduction) <= 1
+    config = PreprocessConfig(**{**data_.draw(knobs()), "decode_reduction": reduction})
+    output = preprocess.preprocess_image(decoded, config)
+    assert output.shape == config.input_shape and output.dtype == np.uint8

@@ -1,10 +1,13 @@
 """camp.registry's served model: client-named paths refused by default (one error whatever the path),
-read only inside $CAMP_SERVE_PATHS (regular files, size cap), and a per-request pixel budget."""
+read only inside $CAMP_SERVE_PATHS (regular files, size cap), and a per-request pixel budget; a batch of
+awkward files or wrong arrays gets one row per item, each bad one with its own error (in process and
+through the registered MLflow pyfunc)."""
 
 from __future__ import annotations
 
 import base64
 import os
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -12,6 +15,10 @@ import pytest
 
 from camp import registry
 from camp.images import UnreadableImage
+from camp.preprocess import PreprocessConfig
+from tests.fixtures.bad_files import CASES, SKIPPED, deny_reading
+
+LABELS = ["cap_and_hat", "outerwear", "tops", "bottoms", "shoes"]
 
 
 def _jpeg(path, side=40):
@@ -66,3 +73,97 @@ def test_base64_is_decoded_and_the_request_pixel_budget_is_counted_before_decodi
     assert sources[0] == data and sources[1] == data and sources[2] is registry._REFUSED
     assert errors == [(2, "item 2: the request's images exceed 0 megapixels in all; send fewer or smaller "
                           "images per request")]
+
+
+# -- the served model --------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory) -> Path:
+    """A tiny untrained model saved as camp's bundle (what the registered pyfunc wraps)."""
+    from camp.model import ModelConfig, build_model
+    from camp.run_config import RunConfig
+    from camp.train import configure_tensorflow, save_model_bundle
+
+    configure_tensorflow()
+    config = RunConfig(preprocess=PreprocessConfig(mode="gray", size=16),
+                       model=ModelConfig(conv_blocks=1, filters=4, dense_units=0, augmentation=False))
+    model = build_model(config.preprocess.input_shape, len(LABELS), config.model)
+    return save_model_bundle(model, config, LABELS, tmp_path_factory.mktemp("bundle") / "bundle")
+
+
+@pytest.fixture(scope="module")
+def classifier(bundle):
+    from camp.registry import CampClassifier
+
+    return CampClassifier().load_bundle(bundle)
+
+
+def _check_rows(frame, expect_error: dict[int, str]):
+    """Rows in `expect_error` (index -> text) carry that error and no label; the others a label."""
+    probabilities = frame[[f"p_{label}" for label in LABELS]].to_numpy()
+    for index in range(len(frame)):
+        if index in expect_error:
+            assert frame.loc[index, "label"] == "" and np.isnan(probabilities[index]).all(), index
+            assert expect_error[index] in frame.loc[index, "error"], (index, frame.loc[index, "error"])
+        else:
+            assert frame.loc[index, "error"] == "" and frame.loc[index, "label"] in LABELS, index
+            assert abs(probabilities[index].sum() - 1) < 1e-4
+
+
+def test_served_model_answers_every_item_of_a_batch_of_bad_files(classifier, case_files, monkeypatch):
+    deny_reading(monkeypatch)
+    monkeypatch.setenv("CAMP_SERVE_PATHS", str(next(iter(case_files.values())).parent))  # the operator's opt-in
+    names = list(CASES)
+    frame = classifier.predict(None, [str(case_files[name]) for name in names])
+    assert len(frame) == len(names)
+    _check_rows(frame, {i: str(case_files[name]) for i, name in enumerate(names) if name in SKIPPED})
+    for i, name in enumerate(names):
+        if name in SKIPPED:
+            assert CASES[name].reason in frame.loc[i, "error"]
+
+
+def test_served_model_as_base64_bytes_names_the_item(classifier, case_files):
+    names = [name for name in CASES if name != "no_permission"]
+    encoded = [base64.b64encode(case_files[name].read_bytes()).decode("ascii") for name in names]
+    frame = classifier.predict(None, __import__("pandas").DataFrame({"image": encoded}))
+    _check_rows(frame, {i: f"item {i}: " for i, name in enumerate(names) if name in SKIPPED})
+
+
+def test_served_model_refuses_wrong_arrays_with_the_expected_shape(classifier):
+    good = np.full((40, 30, 3), 200, np.uint8)
+    batch = [good, good.astype(np.float32), np.zeros((4, 4, 2), np.uint8), np.zeros((0, 4, 3), np.uint8),
+             np.zeros((2, 4, 4, 3), np.uint8), good[..., 0], good.astype(bool), "not a path or base64 ~~", None, 3.5]
+    frame = classifier.predict_images(batch)
+    expected = "(H, W), (H, W, 1), (H, W, 3) or (H, W, 4)"
+    _check_rows(frame, {1: "item 1: expected dtype uint8, got float32; send (H, W, 3) uint8 RGB", 2: expected,
+                        3: expected, 4: expected, 6: "item 6: expected dtype uint8, got bool",
+                        7: "item 7: not base64-encoded image bytes", 8: "item 8: expected a file path",
+                        9: "got float"})
+    # whole arrays through predict(): (N, H, W, C) is a batch, (H, W, C) one image, one row each
+    assert len(classifier.predict(None, np.stack([good] * 3).astype(np.float64))) == 3
+    one = classifier.predict(None, good.astype(np.float32))
+    assert len(one) == 1 and "expected dtype uint8" in one.loc[0, "error"]
+    assert len(classifier.predict(None, good[..., 0])) == 1 and classifier.predict(None, good[..., 0]).loc[0, "error"] == ""
+
+
+def test_registered_pyfunc_keeps_per_item_errors_and_refuses_a_wrong_frame(bundle, isolated, case_files, monkeypatch):
+    """Through MLflow's pyfunc (what `mlflow models serve` runs): per-item errors; a frame without the
+    `image` column is an MlflowException naming it."""
+    import mlflow
+    import pandas as pd
+
+    from camp import registry, tracking
+
+    tracking.setup()
+    good = case_files["gray_jpeg"]
+    with mlflow.start_run():
+        info = registry.log_pyfunc(bundle, good)
+    served = mlflow.pyfunc.load_model(info.model_uri)
+    monkeypatch.setenv("CAMP_SERVE_PATHS", str(good.parent))
+    names = ["gray_jpeg", "zero_byte", "png_alpha", "corrupt_jpeg_scan", "huge", "text_as_jpg"]
+    values = [str(case_files[name]) for name in names]
+    values[2] = base64.b64encode(case_files["png_alpha"].read_bytes()).decode("ascii")
+    frame = served.predict(pd.DataFrame({"image": values}))
+    _check_rows(frame, {1: "empty file", 3: "corrupt JPEG", 5: "not a readable image"})
+    with pytest.raises(mlflow.exceptions.MlflowException, match="image"):
+        served.predict(pd.DataFrame({"picture": [str(good)]}))

@@ -56,11 +56,12 @@ def _wait_for(predicate, seconds: float, what: str, poll: float = 0.5):
 
 
 def _study_file(directory: Path, name: str, **model) -> Path:
-    """sweeps/smoke.yaml with its own study name, no pruner (every finished trial is COMPLETE)."""
+    """sweeps/smoke.yaml with its own study name, CNN trials only and no pruner (every finished trial is COMPLETE)."""
     spec = yaml.safe_load(SMOKE.read_text())
     spec["study"]["name"] = name
     spec["study"]["pruner"] = {"name": "none"}
-    spec["model"].update(model)
+    spec["study"].pop("warm_start", None)  # CNN trials only: these tests interrupt and kill them mid-epoch
+    spec["model"].update({"family": "cnn", **model})
     path = directory / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path

@@ -9,7 +9,7 @@ import pytest
 
 from camp.model import ModelConfig
 from camp.preprocess import PreprocessConfig
-from camp.space import is_active, is_fixed, parse_space, resolve, suggest_with
+from camp.space import is_active, parse_space, resolve, suggest_with
 
 WHERE = "sweeps/test.yaml"
 PRE_DEFAULTS = dataclasses.asdict(PreprocessConfig())
@@ -28,7 +28,7 @@ def test_fixed_values():
     knobs = pre({"mode": "gray", "size": 48, "crop_top": 0.1})
     assert {name: (k.kind, k.value) for name, k in knobs.items()} == {
         "mode": ("fixed", "gray"), "size": ("fixed", 48), "crop_top": ("fixed", 0.1)}
-    assert is_fixed(list(knobs.values()))
+    assert all(knob.kind == "fixed" for knob in knobs.values())
     assert resolve(list(knobs.values())) == {"mode": "gray", "size": 48, "crop_top": 0.1}
 
 
@@ -37,7 +37,7 @@ def test_int_range_with_step():
     assert (knob.kind, knob.low, knob.high, knob.step, knob.log) == ("int", 3, 31, 2, False)
     assert knob.candidates() == list(range(3, 32, 2))
     assert knob.param_name == "preprocess.threshold_block"
-    assert not is_fixed([knob])
+    assert knob.kind != "fixed"
 
 
 def test_float_and_log_ranges():

@@ -1,12 +1,16 @@
-"""The sweep end to end on synthetic data: nested runs, registry, served predictions, resume, workers."""
+"""The sweep end to end on synthetic data: nested runs, registry, served predictions, resume, workers;
+a sweep killed with SIGKILL (mid-trial, or while logging the model) resumes without losing a finished trial."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +18,7 @@ import optuna
 import pytest
 
 from camp import cli
+from tests.fixtures import bad_files
 
 REPO = Path(__file__).resolve().parent.parent
 SMOKE = str(REPO / "sweeps" / "smoke.yaml")
@@ -112,8 +117,8 @@ def test_a_worse_model_never_takes_the_champion_alias(smoke_sweep, synthetic_dat
     from mlflow import MlflowClient
 
     from camp import promotion, registry
+    from camp.run_config import prepare_dataset
     from camp.sweep import config_for, make_plan
-    from camp.train import prepare_dataset
 
     directory, journal = smoke_sweep
     study = _study(journal)
@@ -166,8 +171,8 @@ def test_a_near_chance_model_is_never_promoted(smoke_sweep, synthetic_data):
     from mlflow import MlflowClient
 
     from camp import promotion, registry
+    from camp.run_config import prepare_dataset
     from camp.sweep import config_for, make_plan
-    from camp.train import prepare_dataset
 
     directory, journal = smoke_sweep
     study = _study(journal)
@@ -317,3 +322,168 @@ def test_a_dataset_whose_train_images_are_all_unreadable_is_refused_before_any_t
     error = capsys.readouterr().err
     assert "none of its 10 train images can be read" in error and "not a readable image" in error
     assert not journal.exists()
+
+
+# -- disk: a sweep killed with SIGKILL resumes, losing no finished trial -----------------------------------
+
+def _journal_trials(journal: Path, name: str = "smoke"):
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    try:
+        return optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+    except KeyError:  # the study is not created yet
+        return []
+
+
+def _sweep_command(root: Path, journal: Path) -> list[str]:
+    return [sys.executable, "-m", "camp.cli", "sweep", SMOKE, "--data", str(root), "--storage", str(journal)]
+
+
+def _finished(trials) -> dict[int, tuple]:
+    done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    return {t.number: (t.state, t.value, t.params, t.user_attrs.get("mlflow_run_id")) for t in trials if t.state in done}
+
+
+def _sweep_env() -> dict:
+    return {**os.environ, "CAMP_THREADS": "2", "PYTHONUNBUFFERED": "1"}
+
+
+def _run(command, isolated, timeout=420) -> subprocess.CompletedProcess:
+    return subprocess.run(command, cwd=isolated, env=_sweep_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def _check_resumed(isolated, journal, before: dict, result) -> None:
+    import mlflow
+    from mlflow import MlflowClient
+
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    after = _journal_trials(journal)
+    finished = _finished(after)
+    assert len(finished) >= 3  # smoke.yaml's n_trials
+    for number, record in before.items():
+        assert finished[number] == record, f"finished trial {number} changed after the kill"
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    champion = MlflowClient().get_model_version_by_alias("camp-classifier", "champion")
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    best = optuna.load_study(study_name="smoke", storage=storage).best_trial
+    assert champion.tags["camp.run_id"] == best.user_attrs["mlflow_run_id"]
+
+
+@pytest.fixture()
+def sweep_data(isolated, synthetic_data, no_memory_cache):
+    root = isolated / "data"
+    shutil.copytree(synthetic_data, root)
+    where = bad_files.plant(root, names=["zero_byte", "text_as_jpg", "png_alpha", "non_ascii_name"])
+    return root, where
+
+
+@pytest.mark.slow
+def test_sweep_killed_mid_trial_resumes_without_losing_a_finished_trial(isolated, sweep_data):
+    import mlflow
+
+    root, where = sweep_data
+    journal = isolated / "optuna.journal"
+    process = subprocess.Popen(_sweep_command(root, journal), cwd=isolated, env=_sweep_env(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline, killed_during = time.time() + 300, None
+    try:
+        while time.time() < deadline and process.poll() is None:
+            trials = _journal_trials(journal) if journal.exists() else []
+            if _finished(trials) and any(t.state == optuna.trial.TrialState.RUNNING for t in trials):
+                os.kill(process.pid, signal.SIGKILL)  # mid-trial: one finished, the next one running
+                killed_during = max(t.number for t in trials)
+                break
+            time.sleep(0.3)
+    finally:
+        if process.poll() is None and killed_during is None:
+            process.kill()
+        process.wait(timeout=60)
+    assert killed_during is not None, "the sweep never had a finished and a running trial at once"
+    before = _finished(_journal_trials(journal))
+    assert before
+    # the next run starts on the same stores, resumes the study, and loses nothing
+    _check_resumed(isolated, journal, before, _run(_sweep_command(root, journal), isolated))
+    # trials that ran log the unreadable files they skipped, like `camp train`
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    run_id = next(iter(before.values()))[3]
+    assert sorted(mlflow.artifacts.load_dict(f"runs:/{run_id}/skipped_images.json")) == where.skipped
+
+
+DIE_WHILE_LOGGING_THE_MODEL = """
+import os, signal, sys
+from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
+
+real = LocalArtifactRepository.log_artifacts
+
+def log_artifacts(self, local_dir, artifact_path=None):
+    if os.path.exists(os.path.join(local_dir, "MLmodel")):  # the registered model's files: half, then SIGKILL
+        names = sorted(os.listdir(local_dir))
+        for name in names[: len(names) // 2]:
+            path = os.path.join(local_dir, name)
+            if os.path.isfile(path):
+                self.log_artifact(path, artifact_path)
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(self, local_dir, artifact_path)
+
+LocalArtifactRepository.log_artifacts = log_artifacts
+from camp.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_sweep_killed_while_logging_the_model_resumes_and_registers(isolated, sweep_data):
+    root, _ = sweep_data
+    journal = isolated / "optuna.journal"
+    dying = _run([sys.executable, "-c", DIE_WHILE_LOGGING_THE_MODEL, *_sweep_command(root, journal)[3:]], isolated)
+    assert dying.returncode == -signal.SIGKILL, dying.stderr[-3000:]
+    before = _finished(_journal_trials(journal))
+    assert len(before) == 3  # every trial finished; the kill came while registering the best one
+    _check_resumed(isolated, journal, before, _run(_sweep_command(root, journal), isolated))
+
+
+def _sweep_runs():
+    return [run for run in _runs() if run.data.tags.get("camp.role") == "sweep"]
+
+
+def test_a_rerun_of_a_finished_sweep_adds_no_run_and_repairs_a_stale_parent(smoke_sweep, synthetic_data, capsys):
+    """Rerunning a finished sweep runs nothing and logs no empty `sweep-*` run; a `sweep-smoke` run left
+    RUNNING by a main process that is gone (a crash, a full store) is ended KILLED by it."""
+    import socket
+
+    from mlflow import MlflowClient
+
+    directory, journal = smoke_sweep
+    client = MlflowClient()
+    experiment = _sweep_runs()[0].info.experiment_id
+    stale = client.create_run(experiment, run_name="sweep-smoke", tags={
+        "camp.role": "sweep", "optuna.study": "smoke", "camp.worker": f"{socket.gethostname()}:999999999"})
+    before = len(_sweep_runs())
+    capsys.readouterr()
+    assert cli.main(["sweep", SMOKE, "--data", str(synthetic_data), "--storage", str(journal)]) == 0
+    out = capsys.readouterr().out
+    assert "nothing to run" in out and "ended 1 sweep-smoke run(s)" in out
+    assert len(_sweep_runs()) == before
+    ended = client.get_run(stale.info.run_id)
+    assert ended.info.status == "KILLED" and "gone" in ended.data.tags["camp.status"]
+
+
+def test_more_workers_than_trials_left_start_only_as_many(isolated, synthetic_data, capsys):
+    journal = isolated / "optuna.journal"
+    assert cli.main(["sweep", SMOKE, "--data", str(synthetic_data), "--storage", str(journal),
+                     "--workers", "3", "--n-trials", "1"]) == 0
+    assert "starting 1 worker(s), not 3" in capsys.readouterr().out
+    assert len(_study(journal).trials) == 1
+
+
+def test_a_sweep_stopped_by_failed_trials_exits_non_zero(isolated, synthetic_data, monkeypatch, capsys):
+    from camp import sweep
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of luck")
+
+    monkeypatch.setattr(sweep, "train", broken)
+    study = isolated / "failing.yaml"
+    study.write_text(Path(SMOKE).read_text().replace("n_trials: 3", "n_trials: 4\n  max_failures: 2"))
+    journal = isolated / "optuna.journal"
+    assert cli.main(["sweep", str(study), "--data", str(synthetic_data), "--storage", str(journal)]) == 1
+    assert "stopped at 0/4 finished trials after 2 failed" in capsys.readouterr().err

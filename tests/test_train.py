@@ -11,8 +11,9 @@ import pytest
 import yaml
 
 from camp import config as config_module
-from camp import data
-from camp.train import fixed_run_config, train
+from camp import data, registry
+from camp.run_config import fixed_run_config
+from camp.train import train
 
 LABELS = ("cap_and_hat", "outerwear", "tops", "bottoms", "shoes")
 TINY = """
@@ -63,6 +64,7 @@ def test_train_logs_one_complete_run(isolated, synthetic_data, monkeypatch):
 
     config = run_config(isolated, synthetic_data)
     result = train(config, progress=False, run_name="tiny")
+    registry.log_pyfunc_for_run(result.run_id)  # the caller logs the served model (as `camp train` does)
     assert result.epochs_run == 2 and result.best_epoch in (0, 1)
     assert result.labels == LABELS and len(result.y_val) == 30 and result.val_probabilities.shape == (30, 5)
     assert not result.cache_hit
@@ -126,8 +128,8 @@ def test_train_logs_one_complete_run(isolated, synthetic_data, monkeypatch):
 
 def test_same_config_and_seed_give_the_same_history(isolated, synthetic_data):
     config = run_config(isolated, synthetic_data)
-    first = train(config, progress=False, log_model=False)
-    second = train(config, progress=False, log_model=False)
+    first = train(config, progress=False)
+    second = train(config, progress=False)
     assert first.run_id != second.run_id and second.cache_hit
     for key in ("val/macro_f1", "train/loss", "val/loss"):
         assert history(first.run_id, key) == history(second.run_id, key), key
@@ -144,7 +146,7 @@ def test_a_failing_run_is_marked_with_the_error(isolated, synthetic_data, monkey
 
     monkeypatch.setattr(train_module, "build_model", explode)
     with pytest.raises(RuntimeError, match="disk on fire"):
-        train(run_config(isolated, synthetic_data), progress=False, log_model=False)
+        train(run_config(isolated, synthetic_data), progress=False)
     (run,) = client().search_runs([mlflow.get_experiment_by_name("camp").experiment_id])
     assert run.info.status == "FAILED"
     assert run.data.tags["camp.error"] == "RuntimeError: disk on fire"
@@ -176,7 +178,8 @@ def test_duplicate_files_across_splits_are_logged_as_leakage(isolated, tmp_path,
     import mlflow
 
     from camp.config import load_study_file
-    from camp.train import fixed_run_config, train
+    from camp.run_config import fixed_run_config
+    from camp.train import train
 
     root = tmp_path / "leaky"
     shutil.copytree(synthetic_data, root)
@@ -185,7 +188,7 @@ def test_duplicate_files_across_splits_are_logged_as_leakage(isolated, tmp_path,
     study = tmp_path / "leak.yaml"
     study.write_text("study: {name: leak}\npreprocess: {mode: gray, size: 24, crop_method: none}\n"
                      "model: {conv_blocks: 1, filters: 8, dense_units: 0, max_epochs: 1, min_epochs: 1}\n")
-    result = train(fixed_run_config(load_study_file(study), data_path=str(root)), log_model=False, progress=False)
+    result = train(fixed_run_config(load_study_file(study), data_path=str(root)), progress=False)
     run = mlflow.get_run(result.run_id)
     assert run.data.tags["camp.leaked_duplicates"] == "1"
     groups = mlflow.artifacts.load_dict(f"runs:/{result.run_id}/duplicates_across_splits.json")["groups"]
@@ -201,8 +204,8 @@ def test_runs_leave_no_custom_gradients_behind(isolated, synthetic_data):
         return {key for key in ops.gradient_registry._registry if str(key).startswith("CustomGradient-")}
 
     config = run_config(isolated, synthetic_data, epochs=1)
-    train(config, progress=False, log_model=False)  # first run in the process: imports, one-time registrations
+    train(config, progress=False)  # first run in the process: imports, one-time registrations
     before = custom_gradients()
-    train(config, progress=False, log_model=False)
-    train(config, progress=False, log_model=False)
+    train(config, progress=False)
+    train(config, progress=False)
     assert custom_gradients() == before

@@ -1,0 +1,74 @@
+"""camp.interrupts: an interrupt wins over any error raised while it is handled (a store busy under load)."""
+
+from __future__ import annotations
+
+import sqlite3
+import textwrap
+
+import optuna
+import pytest
+
+from camp.interrupts import while_interrupted
+
+STUDY = """
+study: {name: stop, n_trials: 2, pruner: {name: none}}
+data: {label_map: camp5}
+preprocess: {crop_method: none, mode: gray, size: 24}
+model: {conv_blocks: 1, filters: 4, max_epochs: 1, min_epochs: 1}
+"""
+
+
+def test_bookkeeping_is_retried_and_a_last_failure_is_reported_not_raised(monkeypatch, capsys):
+    monkeypatch.setattr("time.sleep", lambda seconds: None)
+    calls = []
+
+    def busy_twice():
+        calls.append(1)
+        if len(calls) <= 2:
+            raise sqlite3.OperationalError("database is locked")
+
+    while_interrupted(busy_twice, "end the run")
+    assert len(calls) == 3 and capsys.readouterr().err == ""
+
+    def always_busy():
+        raise sqlite3.OperationalError("database is locked")
+
+    while_interrupted(always_busy, "end the run", attempts=3)  # returns: the interrupt is what propagates
+    assert "could not end the run: OperationalError: database is locked" in capsys.readouterr().err
+
+
+def test_ctrl_c_in_a_trial_survives_a_locked_store_and_ends_the_run_killed(isolated, tmp_path, monkeypatch):
+    """The trial is interrupted while MLflow's store is locked (a loaded machine): the KeyboardInterrupt,
+    not the store's error, leaves `study.optimize` (so the sweep exits 130), and the run still ends KILLED."""
+    import mlflow
+
+    from camp import sweep, tracking
+    from camp.config import load_study_file
+
+    monkeypatch.setattr("time.sleep", lambda seconds: None)
+    path = tmp_path / "stop.yaml"
+    path.write_text(textwrap.dedent(STUDY))
+    plan = sweep.plan_for(load_study_file(path), 2, None, None, None)
+
+    def interrupted_train(*args, **kwargs):
+        raise KeyboardInterrupt("SIGINT")
+
+    real_set_tags, failures = mlflow.set_tags, []
+
+    def locked_set_tags(tags, *args, **kwargs):
+        if "camp.killed" in tags and len(failures) < 2:
+            failures.append(1)
+            raise sqlite3.OperationalError("database is locked")
+        return real_set_tags(tags, *args, **kwargs)
+
+    monkeypatch.setattr(sweep, "train", interrupted_train)
+    monkeypatch.setattr(mlflow, "set_tags", locked_set_tags)
+    tracking.setup()
+    study = optuna.create_study(direction="maximize")
+    with mlflow.start_run(run_name="sweep-stop") as parent:
+        with pytest.raises(KeyboardInterrupt):
+            study.optimize(sweep.make_objective(plan, parent.info.run_id), n_trials=2, catch=(Exception,))
+    assert len(failures) == 2  # the store was busy, and the bookkeeping went on
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL]  # no second trial started
+    run = mlflow.get_run(study.trials[0].user_attrs["mlflow_run_id"])
+    assert run.info.status == "KILLED" and run.data.tags["camp.killed"].startswith("interrupted")
