@@ -108,7 +108,7 @@ def _predict(args) -> int:
 
     from camp import tracking  # per command: MLflow loads only for the commands that need it
 
-    tracking.setup()
+    tracking.setup(create=False)
     # local files, read by this (trusted) process: the served model itself refuses client-named paths
     model = mlflow.pyfunc.load_model(args.model).unwrap_python_model()
     output = model.predict_files([str(path) for path in args.images])

@@ -178,7 +178,7 @@ def _manifest_files(manifest: Path) -> list[tuple[Path, str, str, str]]:
 
 
 def _read_manifest(manifest: Path) -> list[tuple[Path, str, str, str]]:
-    with manifest.open(newline="", encoding="utf-8-sig") as handle:  # -sig: a spreadsheet's byte-order mark
+    with manifest.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:  # -sig: a BOM
         reader = csv.DictReader(handle)
         columns = set(reader.fieldnames or ())
         if not {"path", "label"} <= columns:
@@ -225,7 +225,7 @@ def _apply_exclusions(dataset: Dataset, exclude: Path) -> None:
     if not exclude.is_file():
         raise ValueError(f"data.exclude: no such file {exclude}")
     listed = set()
-    for line in exclude.read_text(encoding="utf-8").splitlines():
+    for line in exclude.read_text(encoding="utf-8", errors="surrogateescape").splitlines():
         entry = line.split("#", 1)[0].strip()
         if entry:
             listed.add(entry)

@@ -136,7 +136,7 @@ def _train_fold(config, items, x_pool, decoded, train_index, test_index, fold: i
                                 patience=min(config.model.max_epochs, epochs))
     with tempfile.TemporaryDirectory() as directory:
         manifest = Path(directory) / f"fold{fold}.csv"
-        with manifest.open("w", newline="", encoding="utf-8") as handle:
+        with manifest.open("w", newline="", encoding="utf-8", errors="surrogateescape") as handle:  # any file name
             writer = csv.writer(handle)
             writer.writerow(["path", "label", "split"])
             for index, split in [(i, "train") for i in train_index] + [(i, "test") for i in test_index]:
@@ -207,7 +207,7 @@ def write_exclusion_list(suspects: list[Suspect], path: Path, source: str) -> in
             kept += 1
         else:
             lines.append(f"# [{suspect.split}, not excluded] {suspect.relpath}  {note[2:]}")
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8", errors="surrogateescape")  # names as on disk
     return kept
 
 

@@ -32,7 +32,7 @@ def run_report(args, fit_predict=None) -> int:
     from mlflow import MlflowClient
 
 
-    tracking.setup()
+    tracking.setup(create=False)
     champion = load_champion(args.model, args.data)
     out = default_out(args, champion)
     out.mkdir(parents=True, exist_ok=True)
@@ -46,12 +46,12 @@ def run_report(args, fit_predict=None) -> int:
     predict = pyfunc_predictor(champion.uri)
     predictions = {split: predict_items(predict, dataset.split(split), labels, split) for split in splits}
     for split, frame in predictions.items():
-        frame.to_csv(out / f"predictions_{split}.csv", index=False)
+        frame.to_csv(out / f"predictions_{split}.csv", index=False, errors="backslashreplace")
     context = Context(champion, dataset, labels, splits, predictions, out, args, fit_predict)
     blocks = build_sections(context)
     title = f"{champion.name} v{champion.version} — camp report"
-    (out / "report.md").write_text(render_markdown(title, blocks), encoding="utf-8")
-    (out / "report.html").write_text(render_html(title, blocks, out), encoding="utf-8")
+    (out / "report.md").write_text(render_markdown(title, blocks), encoding="utf-8", errors="backslashreplace")
+    (out / "report.html").write_text(render_html(title, blocks, out), encoding="utf-8", errors="backslashreplace")
     (out / "report.json").write_text(json.dumps(context.numbers, indent=2, default=_plain))
     if not args.no_log:
         MlflowClient().log_artifacts(champion.run_id, str(out), "report")
@@ -63,7 +63,7 @@ def run_report(args, fit_predict=None) -> int:
 def run_clean(args, fit_predict=None) -> int:
     """The `camp clean` command: suspected label errors -> a reviewed-by-hand exclusion list."""
 
-    tracking.setup()
+    tracking.setup(create=False)
     champion = load_champion(args.model, args.data)
     oof = labelnoise.champion_oof(champion, args, default_out(args, champion), fit_predict)
     suspects = labelnoise.find_suspects(oof)

@@ -57,7 +57,8 @@ def _label_issue_blocks(context: Context) -> list:
         return blocks + [Text("Skipped (--folds below 2).")]
     oof = labelnoise.champion_oof(context.champion, args, context.out, context.fit_predict)
     suspects = labelnoise.find_suspects(oof)
-    pd.DataFrame([dataclasses.asdict(s) for s in suspects]).to_csv(context.out / "label_issues.csv", index=False)
+    pd.DataFrame([dataclasses.asdict(s) for s in suspects]).to_csv(context.out / "label_issues.csv", index=False,
+                                                                            errors="backslashreplace")
     by_pair = pd.Series([f"{s.given} → {s.suggested}" for s in suspects]).value_counts()
     context.numbers["label_issues"] = {"count": len(suspects), "pool": len(oof.relpaths), "folds": args.folds,
                                        "epochs": oof.meta.get("epochs"), "by_pair": by_pair.to_dict(),

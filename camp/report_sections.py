@@ -43,9 +43,33 @@ def build_sections(context: Context) -> list:
 
 # 1. labels and counts ---------------------------------------------------------------------------
 
-def counts_section(context: Context) -> list:
+def _skipped_in_training(context: Context) -> dict[str, str]:
+    """{relpath: reason} of the train/validation files the champion's run could not read (its
+    skipped_images.json; an ensemble's from its members' runs)."""
+    import mlflow
 
+    tags = context.champion.run.data.tags
+    runs = [context.champion.run_id] + [run for run in tags.get(names.MEMBERS, "").split(",") if run]
+    skipped: dict[str, str] = {}
+    for run_id in runs:
+        try:
+            skipped.update(mlflow.artifacts.load_dict(f"runs:/{run_id}/skipped_images.json"))
+        except Exception:  # noqa: BLE001 - a run that skipped nothing logs no such file
+            continue
+    return skipped
+
+
+def counts_section(context: Context) -> list:
+    skipped = _skipped_in_training(context)
+    unreadable = {item.relpath for item in context.dataset.items if item.relpath in skipped}
     counts = context.dataset.counts()
+    for item in context.dataset.items:  # counted are the images training could read
+        if item.relpath in unreadable:
+            counts[item.split][context.labels[item.label]] -= 1
+    for split, frame in context.predictions.items():  # the report's predictions name the other splits' ones
+        if split not in ("train", "validation"):
+            for label in counts.get(split, {}):
+                counts[split][label] -= int(((frame["error"] != "") & (frame["true"] == label)).sum())
     labels = context.labels
     chart = counts_bar_chart(counts, context.out / "label_counts.png", "Images per label and split")
     ratios = {split: {label: (n / max(1, min(c.values()))) for label, n in c.items()} for split, c in counts.items()}
@@ -67,10 +91,14 @@ def counts_section(context: Context) -> list:
     if context.dataset.excluded:
         notes.append(f"{len(context.dataset.excluded)} train image(s) left out by `data.exclude` "
                      f"({context.config.data.exclude}); the train counts are after that.")
+    if unreadable:
+        example = sorted(unreadable)[0]
+        notes.append(f"{len(unreadable)} train/validation file(s) could not be read and are not counted above, e.g. "
+                     f"`{example}` ({skipped[example]}); the full list is the run's `skipped_images.json`.")
     for split, frame in context.predictions.items():
-        unreadable = int((frame["error"] != "").sum())
-        if unreadable:
-            notes.append(f"{unreadable} {split} image(s) could not be read and are not scored.")
+        failed = int((frame["error"] != "").sum())
+        if failed and split not in ("train", "validation"):
+            notes.append(f"{failed} {split} image(s) could not be read and are not scored (or counted above).")
     blocks += [Text(note) for note in notes]
     context.numbers["counts"] = counts
     context.numbers["imbalance_to_smallest"] = ratios
@@ -220,7 +248,8 @@ def per_label_section(context: Context) -> list:
             predict = core.run_predictor(baseline.info.run_id, Path(directory))
             for split in context.splits:
                 baseline_predictions[split] = core.predict_items(predict, context.dataset.split(split), labels, split)
-                baseline_predictions[split].to_csv(context.out / f"baseline_predictions_{split}.csv", index=False)
+                baseline_predictions[split].to_csv(context.out / f"baseline_predictions_{split}.csv", index=False,
+                                                   errors="backslashreplace")
     context.numbers["per_label"] = {}
     for split in context.splits:
         frame = context.predictions[split]

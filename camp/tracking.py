@@ -16,14 +16,21 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
-def setup(experiment: str = DEFAULT_EXPERIMENT) -> str:
-    """Point MLflow at camp's store and experiment; returns the experiment id."""
+def setup(experiment: str = DEFAULT_EXPERIMENT, create: bool = True) -> str:
+    """Point MLflow at camp's store and experiment; returns the experiment id. With `create=False` (commands
+    that only read: predict, report, clean) a missing SQLite store is an error naming where camp looked,
+    and nothing is created as a side effect."""
     import mlflow
 
     uri = tracking_uri()
     artifact_location = None  # the default store: MLflow's ./mlruns/<experiment id>/, beside mlflow.db
     if uri.startswith("sqlite:///"):
         database = Path(uri[len("sqlite:///"):])
+        if not create and not database.is_file():
+            raise ValueError(f"no MLflow store at {database.resolve()} ({'$MLFLOW_TRACKING_URI' if uri != DEFAULT_TRACKING_URI else 'the default'} "
+                             f"{uri}, relative to {Path.cwd()}): run camp from the folder that holds mlruns/ "
+                             f"(the repository), or set MLFLOW_TRACKING_URI=sqlite:///{Path.cwd().resolve() / 'mlruns' / 'mlflow.db'}"
+                             " with the store's absolute path")
         database.parent.mkdir(parents=True, exist_ok=True)
         if uri != DEFAULT_TRACKING_URI:  # another SQLite store keeps its artifacts beside it, not in ./mlruns
             artifact_location = str(database.parent.resolve() / "artifacts" / experiment)

@@ -30,3 +30,18 @@ def test_mask_url_hides_a_password_given_as_a_query_parameter():
             == "postgresql://camp@db/optuna?password=***&sslmode=require")
     assert tracking.mask_url("postgresql://db/optuna?sslmode=require&PASSWORD=x#y") == "postgresql://db/optuna?sslmode=require&PASSWORD=***#y"
     assert tracking.mask_secrets("failed: postgresql://u:p@h/d?sslpassword=k") == "failed: postgresql://u:***@h/d?sslpassword=***"
+
+
+def test_read_commands_from_another_folder_name_the_store_and_create_nothing(tmp_path, monkeypatch, capsys):
+    """`camp predict` (and report, clean) away from the repository: an error naming the absolute store path
+    camp looked at, and no ./mlruns left behind."""
+    from camp import cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    image = tmp_path / "x.jpg"
+    image.write_bytes(b"not really")
+    assert cli.main(["predict", str(image)]) == 2
+    err = capsys.readouterr().err
+    assert f"no MLflow store at {tmp_path.resolve() / 'mlruns' / 'mlflow.db'}" in err and "MLFLOW_TRACKING_URI" in err
+    assert not (tmp_path / "mlruns").exists()
