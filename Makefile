@@ -18,7 +18,9 @@ export MLFLOW_TRACKING_URI ?= sqlite:///mlruns/mlflow.db
 .PHONY: help setup data sweep train test test-fast lint ui serve dashboard predict clean-cache
 
 help: ## list the targets
-	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) \
+	  | sed -e 's/\$$(PORT)/$(PORT)/g' -e 's/\$$(SERVE_PORT)/$(SERVE_PORT)/g' -e 's/\$$(DASHBOARD_PORT)/$(DASHBOARD_PORT)/g' \
+	  | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-12s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or make PYTHON=/path/to/python3.11)"; exit 1; }

@@ -154,14 +154,14 @@ def build_parser() -> argparse.ArgumentParser:
     pre_commands = pre_parser.add_subparsers(dest="preprocess_command", required=True)
     show = pre_commands.add_parser("show", help="PNG grid: original with crop box, binarized, model input")
     show.add_argument("--config", default="sweeps/baseline.yaml", help="study file with fixed preprocess knobs")
-    show.add_argument("--data")
+    show.add_argument("--data", help="dataset folder or manifest CSV (default: the study file's data.path, $CAMP_DATA, data/clothing-small)")
     show.add_argument("--per-label", type=int, default=3)
     show.add_argument("--out", default="reports/preprocessing.png")
     show.set_defaults(handler=_preprocess_show)
 
     train_parser = commands.add_parser("train", help="one tracked training run from a study file with fixed knobs")
     train_parser.add_argument("config", help="study file, e.g. sweeps/baseline.yaml")
-    train_parser.add_argument("--data")
+    train_parser.add_argument("--data", help="dataset folder or manifest CSV (default: the study file's data.path, $CAMP_DATA, data/clothing-small)")
     train_parser.add_argument("--run-name")
     train_parser.set_defaults(handler=_train)
 
@@ -171,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep_parser.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
     sweep_parser.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
     sweep_parser.add_argument("--storage", help="Optuna storage URL (default: journal file under mlruns/)")
-    sweep_parser.add_argument("--data")
+    sweep_parser.add_argument("--data", help="dataset folder or manifest CSV (default: the study file's data.path, $CAMP_DATA, data/clothing-small)")
     sweep_parser.add_argument("--seed", type=int, help="override the study file's seed and sampler seed (repeat a "
                               "study under other seeds)")
     sweep_parser.add_argument("--no-register", action="store_true", help="do not register the best trial")

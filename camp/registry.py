@@ -157,7 +157,12 @@ class CampClassifier(mlflow.pyfunc.PythonModel):
         return self
 
     def predict(self, context, model_input, params=None):
-        return self.predict_images(_to_values(model_input))
+        """The pyfunc entry (Python and `make serve`): an unreadable item's probabilities are None, which the
+        scoring server writes as JSON `null` (NaN would be written as a bare `NaN`, which is not JSON)."""
+        frame = self.predict_images(_to_values(model_input))
+        columns = [f"p_{label}" for label in self.labels]
+        frame[columns] = frame[columns].astype(object).where(frame[columns].notna(), None)
+        return frame
 
     def predict_files(self, paths) -> pd.DataFrame:
         """Files on this machine (a trusted caller: camp predict, the report); errors name each file."""

@@ -124,7 +124,7 @@ def print_next_steps(summary: dict) -> None:
     if summary.get("best_run_id"):
         print(f"\nbest trial #{summary['best_trial']}: {summary['metric']} {summary['best_value']:.4f}")
         for name, value in sorted(summary.get("best_params", {}).items()):
-            print(f"  {name} = {value}")
+            print(f"  {name} = {round(value, 6) if isinstance(value, float) else value}")  # not 0.15000000000000002
     print("\nwhere to look next:")
     uri = tracking.tracking_uri()
     run = f"experiment 'camp', run 'sweep-{summary['study']}'"

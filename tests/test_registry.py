@@ -100,7 +100,7 @@ def classifier(bundle):
 
 def _check_rows(frame, expect_error: dict[int, str]):
     """Rows in `expect_error` (index -> text) carry that error and no label; the others a label."""
-    probabilities = frame[[f"p_{label}" for label in LABELS]].to_numpy()
+    probabilities = frame[[f"p_{label}" for label in LABELS]].to_numpy(dtype=float, na_value=np.nan)
     for index in range(len(frame)):
         if index in expect_error:
             assert frame.loc[index, "label"] == "" and np.isnan(probabilities[index]).all(), index

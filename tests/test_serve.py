@@ -94,6 +94,8 @@ def test_make_serve_answers_like_camp_predict(server, photos, capsys):
     assert status == 200
     bad, good = answer["predictions"]
     assert bad["label"] == "" and bad["error"] and good["label"] == expected[0]["label"]
+    # its probabilities are JSON null (a bare NaN is not JSON: JSON.parse and strict parsers reject it)
+    assert all(bad[f"p_{label}"] is None for label in expected[0]["probabilities"]), bad
 
     # round trip of the two photos as base64 dataframe_split (the server is warm: 5 requests above)
     body = forms["dataframe_split, base64"]
