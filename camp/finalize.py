@@ -14,6 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import optuna
 
@@ -49,7 +50,15 @@ def candidates(study: optuna.Study, maximize: bool) -> list[tuple[optuna.trial.F
 
 def finalize(study: optuna.Study, plan, summary: dict, storage, parent_run_id: str) -> None:
     """Register the study's result: an ensemble when `study.finalize` asks for one and it beats the best
-    single trial on validation by `min_gain`, else the best trial (`camp.sweep_summary.register_champion`)."""
+    single trial on validation by `min_gain`, else the best trial (`camp.sweep_summary.register_champion`).
+    The sweep's parent run then names the version it registered and the promotion verdict."""
+    _register_result(study, plan, summary, storage, parent_run_id)
+    if summary.get("registered_version"):
+        mlflow.MlflowClient().set_tag(parent_run_id, names.REGISTERED_VERSION, str(summary["registered_version"]))
+        mlflow.MlflowClient().set_tag(parent_run_id, names.PROMOTION, str(summary.get("promotion", ""))[:4000])
+
+
+def _register_result(study: optuna.Study, plan, summary: dict, storage, parent_run_id: str) -> None:
 
     config = plan.study_file.study.finalize
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
@@ -127,4 +136,5 @@ def _log_and_register(study, plan, summary, parent_run_id, members, selection, y
                                                            predictions=predictions,
                                                            rule=plan.study_file.study.promotion)
     summary.update({"registered_version": version.version, "champion_moved": promoted,
+                    "promotion": promotion.verdict(version),
                     "best_run_id": run.info.run_id})

@@ -65,6 +65,7 @@ METRIC = "camp.metric"
 VALUE = "camp.value"
 PROMOTED_AT = "camp.promoted_at"
 PROMOTION = "camp.promotion"
+REGISTERED_VERSION = "camp.registered_version"  # on a sweep's parent run
 COMPARED_WITH = "camp.compared_with"
 GAIN_VS_CHAMPION = "camp.gain_vs_champion"
 GAIN_INTERVAL = "camp.gain_interval"

@@ -145,3 +145,9 @@ def _promote(client, version) -> None:
     client.set_registered_model_alias(MODEL_NAME, CHAMPION, version.version)
     client.set_model_version_tag(MODEL_NAME, version.version, names.PROMOTED_AT,
                                  datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+
+def verdict(version) -> str:
+    """The promotion verdict recorded on a registered version (tag `camp.promotion`)."""
+    tags = mlflow.MlflowClient().get_model_version(MODEL_NAME, version.version).tags or {}
+    return tags.get(names.PROMOTION, "")

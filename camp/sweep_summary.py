@@ -116,7 +116,8 @@ def register_best(study: optuna.Study, plan, summary: dict) -> None:
     version, promoted = promotion.register_and_promote(info.model_uri, run_id, best.value, config, fingerprint,
                                                        predictions=promotion.run_predictions(run_id),
                                                        rule=plan.study_file.study.promotion)
-    summary.update({"registered_version": version.version, "champion_moved": promoted})
+    summary.update({"registered_version": version.version, "champion_moved": promoted,
+                    "promotion": promotion.verdict(version)})
 
 
 def print_next_steps(summary: dict) -> None:
@@ -135,6 +136,8 @@ def print_next_steps(summary: dict) -> None:
     print("  make report                  # the champion's report: reports/<study>/report.html")
     print("  camp predict IMAGE.jpg       # classify with models:/camp-classifier@champion")
     print(f"  store: {tracking.mask_url(tracking.tracking_uri())}")
+    if summary.get("registered_version") and not summary.get("champion_moved"):  # said last, where it is seen
+        print(f"\n@champion did not move: v{summary['registered_version']} {summary.get('promotion', 'was not promoted')}")
 
 
 @contextlib.contextmanager
@@ -184,7 +187,8 @@ def register_champion(study: optuna.Study, plan, summary: dict, storage) -> None
                 champion = client.get_model_version_by_alias(MODEL_NAME, CHAMPION).version
             except Exception:
                 champion = None
-            summary.update({"registered_version": version.version, "champion_moved": False})
+            summary.update({"registered_version": version.version, "champion_moved": False,
+                            "promotion": "was registered by an earlier run of this study"})
             print(f"trial #{summary['best_trial']} is already registered as {MODEL_NAME} v{version.version}"
                   + (f" (@{CHAMPION})" if str(champion) == str(version.version) else f"; @{CHAMPION} is v{champion}")
                   + ": nothing to register")

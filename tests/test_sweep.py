@@ -163,6 +163,11 @@ def test_a_sweep_whose_best_model_is_worse_leaves_the_champion_where_it_was(smok
     assert int(latest.version) > int(before)
     assert latest.tags["camp.promotion"].startswith("does not beat")
     assert "stays on" in out and "does not beat" in out
+    assert out.strip().splitlines()[-1].startswith(f"@champion did not move: v{latest.version} does not beat")
+    parent = next(run for run in _runs() if run.data.tags.get("camp.role") == "sweep"
+                  and run.data.tags.get("optuna.study") == "weak")
+    assert parent.data.tags["camp.registered_version"] == str(latest.version)  # the sweep names what it registered
+    assert parent.data.tags["camp.promotion"] == latest.tags["camp.promotion"]
 
 
 def test_a_near_chance_model_is_never_promoted(smoke_sweep, synthetic_data):
