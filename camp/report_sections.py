@@ -26,6 +26,23 @@ MODES = ("color", "gray", "binary")
 WEIGHTINGS = ("none", "balanced", "focal")
 
 
+def floor_verdict(frame: pd.DataFrame, labels: list, split: str, resamples: int = 1000) -> tuple[str, dict]:
+    """Does the model beat the trivial floors (always the largest label, chance) on `split`? A sentence
+    for the top of the report and its numbers (macro-F1 gains with paired-bootstrap 95% intervals)."""
+    readable = frame[frame["error"] == ""]
+    y = readable["true"].map(labels.index).to_numpy()
+    predicted = readable["predicted"].map(labels.index).to_numpy()
+    numbers, short = {}, []
+    for name, floor in metrics.trivial_predictions("val/macro_f1", y, len(labels)).items():
+        gain, low, high = metrics.paired_bootstrap("val/macro_f1", y, predicted, floor, resamples)
+        numbers[name] = {"gain": round(gain, 4), "ci95": [round(low, 4), round(high, 4)]}
+        short.append(f"{gain:+.3f} over {name} [{low:+.3f}, {high:+.3f}]")
+    if all(value["ci95"][0] > 0 for value in numbers.values()):
+        return f"On {split} it beats the trivial floors: macro-F1 " + "; ".join(short) + ".", numbers
+    return (f"**Warning: on {split} this model does not clearly beat a trivial floor** (macro-F1 " + "; ".join(short)
+            + "): its numbers below describe a model that has learnt little.", numbers)
+
+
 def build_sections(context: Context) -> list:
     champion, config = context.champion, context.config
     tags = champion.run.data.tags
@@ -35,6 +52,10 @@ def build_sections(context: Context) -> list:
                    "Every number below is recomputable: the model's predictions are in `predictions_<split>.csv`, "
                    "the trials' validation predictions in `trials/<run id>.json` (their `val_predictions.json` "
                    "artifact, or their bundle re-run), the numbers in `report.json`.")]
+    split = "validation" if "validation" in context.predictions else next(iter(context.predictions))
+    verdict, context.numbers["floors"] = floor_verdict(context.predictions[split], context.labels, split,
+                                                       context.args.bootstrap)
+    blocks.append(Text(verdict))
     for section in (counts_section, preprocessing_section, modes_section, per_label_section, sweep_section,
                     errors_section):
         blocks += section(context)

@@ -1,0 +1,32 @@
+"""camp.report_sections: the verdict at the top of the report on whether the model beats the trivial floors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from camp.report_sections import floor_verdict
+
+LABELS = ["cap_and_hat", "outerwear", "tops", "bottoms", "shoes"]
+
+
+def _frame(accuracy: float, n: int = 200, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    truth = rng.integers(0, 5, n)
+    predicted = np.where(rng.random(n) < accuracy, truth, rng.integers(0, 5, n))
+    return pd.DataFrame({"true": [LABELS[i] for i in truth], "predicted": [LABELS[i] for i in predicted],
+                         "error": [""] * n})
+
+
+def test_a_model_that_learnt_something_is_said_to_beat_the_floors():
+    text, numbers = floor_verdict(_frame(0.8), LABELS, "validation", resamples=300)
+    assert text.startswith("On validation it beats the trivial floors") and "Warning" not in text
+    assert set(numbers) == {"largest label", "chance"} and all(v["ci95"][0] > 0 for v in numbers.values())
+
+
+def test_a_chance_level_model_is_flagged_at_the_top():
+    frame = _frame(0.0, seed=3)
+    frame.loc[5, "error"] = "corrupt JPEG"  # unreadable rows are left out, not counted as wrong
+    text, numbers = floor_verdict(frame, LABELS, "test", resamples=300)
+    assert text.startswith("**Warning: on test this model does not clearly beat a trivial floor**")
+    assert numbers["chance"]["ci95"][0] <= 0
