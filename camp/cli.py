@@ -191,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--data", help="dataset folder or manifest, if not where the model was trained")
         sub.add_argument("--folds", type=int, default=3, help="k of the out-of-fold label-noise search (0: skip)")
         sub.add_argument("--oof-epochs", type=int, help="epoch cap for each fold's model (default: the model's own)")
+        sub.add_argument("--review", type=int, default=50,
+                         help="how many suspected label errors to list for review, most confident first (0: all)")
     report_parser.add_argument("--out", help="report folder (default reports/<study>)")
     report_parser.add_argument("--storage", help="Optuna storage URL (default: mlruns/optuna.journal)")
     report_parser.add_argument("--splits", default="validation,test", help="comma-separated splits to score")

@@ -10,6 +10,7 @@ classifier (tests). `write_exclusion_list` writes the list a study file names un
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
@@ -21,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import mlflow
 import numpy as np
 
 from camp import images as image_io
@@ -99,18 +101,22 @@ def out_of_fold(config, folds: int = 3, epochs: int | None = None, fit_predict: 
     probabilities, fold_of, decoded = np.zeros((len(items), n_classes)), np.zeros(len(items), int), None
     fold_values = []
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=config.seed)
-    for fold, (train_index, test_index) in enumerate(splitter.split(np.zeros(len(y)), y)):
-        fold_of[test_index] = fold
-        log(f"label noise: fold {fold + 1}/{folds}: training on {len(train_index)}, predicting {len(test_index)}")
-        if fit_predict is not None:
-            probabilities[test_index] = fit_predict(x[train_index], y[train_index], x[test_index], n_classes)
-        else:
-            if decoded is None:
-                images, _ = image_io.load_decoded(dataset.items, fingerprint, config.preprocess.decode_reduction, False)
-                decoded = {os.path.abspath(item.path): image for item, image in zip(dataset.items, images)}
-            probabilities[test_index], value = _train_fold(config, items, x, decoded, train_index, test_index, fold,
-                                                           epochs)
-            fold_values.append(round(float(value), 4))
+    with contextlib.ExitStack() as stack:
+        if fit_predict is None and mlflow.active_run() is None:  # the fold runs go under one parent run
+            stack.enter_context(mlflow.start_run(run_name=f"label-noise-{fingerprint[:8]}",
+                                                 tags={names.ROLE: "label-noise"}))
+        for fold, (train_index, test_index) in enumerate(splitter.split(np.zeros(len(y)), y)):
+            fold_of[test_index] = fold
+            log(f"label noise: fold {fold + 1}/{folds}: training on {len(train_index)}, predicting {len(test_index)}")
+            if fit_predict is not None:
+                probabilities[test_index] = fit_predict(x[train_index], y[train_index], x[test_index], n_classes)
+            else:
+                if decoded is None:
+                    images, _ = image_io.load_decoded(dataset.items, fingerprint, config.preprocess.decode_reduction, False)
+                    decoded = {os.path.abspath(item.path): image for item, image in zip(dataset.items, images)}
+                probabilities[test_index], value = _train_fold(config, items, x, decoded, train_index, test_index, fold,
+                                                               epochs)
+                fold_values.append(round(float(value), 4))
     info = {**(meta or {}), "cache_version": CACHE_VERSION, "folds": folds, "epochs": epochs,
             "fold_objective": fold_values, "oof_accuracy": round(float((probabilities.argmax(1) == y).mean()), 4),
             "data_fingerprint": fingerprint,
@@ -189,6 +195,25 @@ def find_suspects(oof: OutOfFold) -> list[Suspect]:
         out.append(Suspect(oof.relpaths[index], oof.paths[index], oof.splits[index], oof.labels[given],
                            oof.labels[suggested], float(row[given]), float(row[suggested])))
     return out
+
+
+def review_list(suspects: list[Suspect], size: int) -> list[Suspect]:
+    """The `size` most confident suspects (they come ranked), all of them for size 0: a list a person can
+    review, where cleanlab alone may flag a quarter of a dataset."""
+    if size < 0:
+        raise ValueError(f"--review must be >= 0, got {size}")
+    return suspects[:size] if size else list(suspects)
+
+
+def oof_warning(oof: OutOfFold) -> str | None:
+    """A warning when the fold models are too weak for their suspects to mean anything: out-of-fold
+    accuracy not clearly above always predicting the largest label."""
+    accuracy = oof.meta.get("oof_accuracy")
+    largest = float(np.bincount(oof.given).max() / max(1, len(oof.given)))
+    if accuracy is not None and accuracy < largest + 0.1:
+        return (f"the fold models' out-of-fold accuracy is {accuracy:.2f}, hardly above always predicting the "
+                f"largest label ({largest:.2f}): these suspects say more about the models than about the labels")
+    return None
 
 
 def write_exclusion_list(suspects: list[Suspect], path: Path, source: str) -> int:

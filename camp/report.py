@@ -66,11 +66,16 @@ def run_clean(args, fit_predict=None) -> int:
     tracking.setup(create=False)
     champion = load_champion(args.model, args.data)
     oof = labelnoise.champion_oof(champion, args, default_out(args, champion), fit_predict)
-    suspects = labelnoise.find_suspects(oof)
+    found = labelnoise.find_suspects(oof)
+    suspects = labelnoise.review_list(found, args.review)
     kept = labelnoise.write_exclusion_list(suspects, Path(args.exclusions),
                                            f"{champion.name} v{champion.version}")
-    print(f"camp clean: {len(suspects)} suspected label error(s) among {len(oof.relpaths)} train+validation images; "
-        f"{kept} train image(s) listed for exclusion", file=sys.stderr)
+    shown = f"the {len(suspects)} most confident of " if len(suspects) < len(found) else ""
+    print(f"camp clean: {shown}{len(found)} suspected label error(s) among {len(oof.relpaths)} train+validation "
+          f"images (out-of-fold accuracy {oof.meta.get('oof_accuracy')}); {kept} train image(s) listed for exclusion",
+          file=sys.stderr)
+    if labelnoise.oof_warning(oof):
+        print(f"camp clean: warning: {labelnoise.oof_warning(oof)}", file=sys.stderr)
     print(args.exclusions)
     return 0
 

@@ -56,18 +56,27 @@ def _label_issue_blocks(context: Context) -> list:
     if args.folds < 2:
         return blocks + [Text("Skipped (--folds below 2).")]
     oof = labelnoise.champion_oof(context.champion, args, context.out, context.fit_predict)
-    suspects = labelnoise.find_suspects(oof)
-    pd.DataFrame([dataclasses.asdict(s) for s in suspects]).to_csv(context.out / "label_issues.csv", index=False,
+    found = labelnoise.find_suspects(oof)
+    suspects = labelnoise.review_list(found, args.review)
+    pd.DataFrame([dataclasses.asdict(s) for s in found]).to_csv(context.out / "label_issues.csv", index=False,
                                                                             errors="backslashreplace")
-    by_pair = pd.Series([f"{s.given} → {s.suggested}" for s in suspects]).value_counts()
-    context.numbers["label_issues"] = {"count": len(suspects), "pool": len(oof.relpaths), "folds": args.folds,
+    by_pair = pd.Series([f"{s.given} → {s.suggested}" for s in found]).value_counts()
+    warning = labelnoise.oof_warning(oof)
+    context.numbers["label_issues"] = {"count": len(found), "review": len(suspects), "pool": len(oof.relpaths),
+                                       "oof_accuracy": oof.meta.get("oof_accuracy"), "warning": warning,
+                                       "folds": args.folds,
                                        "epochs": oof.meta.get("epochs"), "by_pair": by_pair.to_dict(),
                                        "relpaths": [s.relpath for s in suspects]}
     blocks += [Text(f"cleanlab's `find_label_issues` on out-of-fold probabilities: {args.folds}-fold over the "
                     f"{len(oof.relpaths)} train+validation images, each fold trained with the champion's configs "
-                    f"({oof.meta.get('epochs')} epochs; {oof.meta.get('classifier')}{_fold_note(oof)}). **{len(suspects)} suspected label "
-                    f"errors** ({100 * len(suspects) / max(1, len(oof.relpaths)):.1f}%), most severe first; all in "
-                    "label_issues.csv. `camp clean --out sweeps/excluded.txt` writes them as an exclusion list."),
+                    f"({oof.meta.get('epochs')} epochs; {oof.meta.get('classifier')}{_fold_note(oof)}; out-of-fold "
+                    f"accuracy {oof.meta.get('oof_accuracy')}). **{len(found)} suspected label errors** "
+                    f"({100 * len(found) / max(1, len(oof.relpaths)):.1f}%), all in label_issues.csv; the review list "
+                    f"below is the {len(suspects)} most confident (`--review`). `camp clean --out sweeps/excluded.txt` "
+                    "writes that list as an exclusion list.")]
+    if warning:
+        blocks.append(Text(f"**Warning:** {warning}."))
+    blocks += [
                Table(["given → suggested", "images"], [[pair, int(n)] for pair, n in by_pair.items()], anchor="label-issue-pairs")]
     tiles = _tiles(context, [(s.path, [Path(s.relpath).name, f"given {s.given}", f"suggested {s.suggested} "
                                        f"(p={s.p_suggested:.2f})", s.split]) for s in suspects[:GALLERY_SUSPECTS]])

@@ -75,3 +75,22 @@ def test_exclusion_list_leaves_out_train_suspects_only(synthetic_data, tmp_path)
     assert cleaned.excluded == ["train/hat/hat_000.jpg", "train/shoes/shoes_003.jpg"]
     assert len(cleaned.split("train")) == len(whole.split("train")) - 2
     assert cleaned.split("validation") == whole.split("validation") and cleaned.split("test") == whole.split("test")
+
+
+def test_the_review_list_is_bounded_and_a_weak_fold_model_is_warned_about():
+    import numpy as np
+
+    from camp.labelnoise import OutOfFold, Suspect, oof_warning, review_list
+
+    suspects = [Suspect(f"train/a/{i}.jpg", f"/d/train/a/{i}.jpg", "train", "tops", "shoes", 0.1, 0.8)
+                for i in range(120)]
+    assert len(review_list(suspects, 50)) == 50 and review_list(suspects, 50)[0] is suspects[0]
+    assert len(review_list(suspects, 0)) == 120
+    given = np.array([0] * 60 + [1] * 40)
+
+    def oof(accuracy):
+        return OutOfFold(["tops", "shoes"], [], [], [], given, np.zeros((100, 2)), np.zeros(100, int),
+                         {"oof_accuracy": accuracy})
+
+    assert "hardly above always predicting the largest label (0.60)" in oof_warning(oof(0.62))
+    assert oof_warning(oof(0.9)) is None
