@@ -20,27 +20,11 @@ from camp.plots import confusion_matrix_plot, counts_bar_chart, pick_examples, p
 from camp.preprocess import PreprocessConfig
 from camp.report_context import Context
 from camp.report_errors import errors_section
+from camp.report_finalists import finalists_blocks, floor_verdict
 from camp.report_html import Code, Heading, Picture, Row, Table, Text
 
 MODES = ("color", "gray", "binary")
 WEIGHTINGS = ("none", "balanced", "focal")
-
-
-def floor_verdict(frame: pd.DataFrame, labels: list, split: str, resamples: int = 1000) -> tuple[str, dict]:
-    """Does the model beat the trivial floors (always the largest label, chance) on `split`? A sentence
-    for the top of the report and its numbers (macro-F1 gains with paired-bootstrap 95% intervals)."""
-    readable = frame[frame["error"] == ""]
-    y = readable["true"].map(labels.index).to_numpy()
-    predicted = readable["predicted"].map(labels.index).to_numpy()
-    numbers, short = {}, []
-    for name, floor in metrics.trivial_predictions("val/macro_f1", y, len(labels)).items():
-        gain, low, high = metrics.paired_bootstrap("val/macro_f1", y, predicted, floor, resamples)
-        numbers[name] = {"gain": round(gain, 4), "ci95": [round(low, 4), round(high, 4)]}
-        short.append(f"{gain:+.3f} over {name} [{low:+.3f}, {high:+.3f}]")
-    if all(value["ci95"][0] > 0 for value in numbers.values()):
-        return f"On {split} it beats the trivial floors: macro-F1 " + "; ".join(short) + ".", numbers
-    return (f"**Warning: on {split} this model does not clearly beat a trivial floor** (macro-F1 " + "; ".join(short)
-            + "): its numbers below describe a model that has learnt little.", numbers)
 
 
 def build_sections(context: Context) -> list:
@@ -319,7 +303,7 @@ def sweep_section(context: Context) -> list:
         drawn = _study_plot(study, name, context.out / f"{name}.png")
         blocks.append(Picture(Path(drawn.name), title, 900) if isinstance(drawn, Path) else Text(f"{title}: not drawn ({drawn})."))
     blocks += _weighting_blocks(context, trials, maximize)
-    return blocks
+    return blocks + finalists_blocks(context)
 
 
 def small_labels(context: Context) -> list:

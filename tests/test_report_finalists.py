@@ -1,11 +1,11 @@
-"""camp.report_sections: the verdict at the top of the report on whether the model beats the trivial floors."""
+"""camp.report_finalists: the verdict at the top of the report on whether the model beats the trivial floors."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-from camp.report_sections import floor_verdict
+from camp.report_finalists import floor_verdict
 
 LABELS = ["cap_and_hat", "outerwear", "tops", "bottoms", "shoes"]
 

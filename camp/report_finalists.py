@@ -1,0 +1,80 @@
+"""The champion against what it should beat: the trivial floors (said at the top of `camp report`) and the
+trials it is made of, on validation and test with bootstrap intervals, and the selection optimism."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from camp import metrics, names
+from camp import report_context as core
+from camp.report_context import Context
+from camp.report_html import Heading, Table, Text
+
+
+def floor_verdict(frame: pd.DataFrame, labels: list, split: str, resamples: int = 1000) -> tuple[str, dict]:
+    """Does the model beat the trivial floors (always the largest label, chance) on `split`? A sentence
+    for the top of the report and its numbers (macro-F1 gains with paired-bootstrap 95% intervals)."""
+    readable = frame[frame["error"] == ""]
+    y = readable["true"].map(labels.index).to_numpy()
+    predicted = readable["predicted"].map(labels.index).to_numpy()
+    numbers, short = {}, []
+    for name, floor in metrics.trivial_predictions("val/macro_f1", y, len(labels)).items():
+        gain, low, high = metrics.paired_bootstrap("val/macro_f1", y, predicted, floor, resamples)
+        numbers[name] = {"gain": round(gain, 4), "ci95": [round(low, 4), round(high, 4)]}
+        short.append(f"{gain:+.3f} over {name} [{low:+.3f}, {high:+.3f}]")
+    if all(value["ci95"][0] > 0 for value in numbers.values()):
+        return f"On {split} it beats the trivial floors: macro-F1 " + "; ".join(short) + ".", numbers
+    return (f"**Warning: on {split} this model does not clearly beat a trivial floor** (macro-F1 " + "; ".join(short)
+            + "): its numbers below describe a model that has learnt little.", numbers)
+
+
+def _macro_f1_row(name: str, frames: dict, resamples: int) -> tuple[list, dict]:
+    """[name, value, low, high per split] for one model's predictions frames, and the numbers."""
+    row, numbers = [name], {}
+    for split, frame in frames.items():
+        readable = frame[frame["error"] == ""]
+        y, predicted = readable["true"].to_numpy(), readable["predicted"].to_numpy()
+        labels = sorted(set(y) | set(predicted))
+        y_index = np.array([labels.index(v) for v in y])
+        p_index = np.array([labels.index(v) for v in predicted])
+        value = metrics.value("val/macro_f1", y_index, p_index)
+        low, high = metrics.bootstrap_interval("val/macro_f1", y_index, p_index, resamples)
+        row += [value, low, high]
+        numbers[split] = {"macro_f1": round(value, 4), "ci95": [round(low, 4), round(high, 4)]}
+    return row, numbers
+
+
+def finalists_blocks(context: Context) -> list:
+    """The champion beside the trials it is made of, on validation (where they were chosen) and test, with
+    95% bootstrap intervals, and the selection optimism said plainly."""
+    splits = [split for split in ("validation", "test") if split in context.predictions]
+    if not splits:
+        return []
+    tags = context.champion.run.data.tags
+    members = [run for run in tags.get(names.MEMBERS, "").split(",") if run]
+    trials = tags.get(names.MEMBER_TRIALS, "").split(",")
+    rows, numbers = [], {}
+    row, numbers["champion"] = _macro_f1_row("champion" + (" (ensemble)" if members else ""),
+                                             {s: context.predictions[s] for s in splits}, context.args.bootstrap)
+    rows.append(row)
+    with tempfile.TemporaryDirectory() as directory:
+        for position, run_id in enumerate(members):
+            predict = core.run_predictor(run_id, Path(directory) / str(position))
+            frames = {s: core.predict_items(predict, context.dataset.split(s), context.labels, s) for s in splits}
+            name = f"member trial #{trials[position] if position < len(trials) else '?'}"
+            row, numbers[name] = _macro_f1_row(name, frames, context.args.bootstrap)
+            rows.append(row)
+    context.numbers["finalists"] = numbers
+    header = ["model"] + [f"{split} {what}" for split in splits for what in ("macro-F1", "95% low", "95% high")]
+    blocks = [Heading("The champion and what it is made of", level=3),
+              Table(header, rows, anchor="finalists")]
+    if "validation" in numbers["champion"] and "test" in numbers["champion"]:
+        validation, test = numbers["champion"]["validation"]["macro_f1"], numbers["champion"]["test"]["macro_f1"]
+        blocks.append(Text(f"Selection optimism: the champion was chosen on validation, where it scores {validation:.3f}; "
+                           f"on test, which chose nothing, it scores {test:.3f} ({test - validation:+.3f}). Test is the "
+                           "fairer estimate of what to expect on new photos."))
+    return blocks
