@@ -9,7 +9,7 @@ import pytest
 from camp.config import PromotionConfig
 from camp.promotion import gate
 
-RULE = PromotionConfig(resamples=300)
+RULE = PromotionConfig(resamples=200)
 
 
 def _labels(n: int = 200, classes: int = 5, seed: int = 0) -> np.ndarray:
@@ -66,9 +66,9 @@ def test_min_gain_replaces_the_interval_for_the_champion_but_not_for_the_floors(
     slightly = champion.copy()
     flip = np.flatnonzero(slightly.argmax(axis=1) != y)[:2]
     slightly[flip] = np.eye(5)[y[flip]]
-    assert gate("val/macro_f1", True, y, slightly, champion, PromotionConfig(min_gain=0.001, resamples=300))["promote"]
-    assert not gate("val/macro_f1", True, y, slightly, champion, PromotionConfig(min_gain=0.05, resamples=300))["promote"]
-    assert not gate("val/macro_f1", True, y, _model(y, 0.05), None, PromotionConfig(min_gain=0.0, resamples=300))["promote"]
+    assert gate("val/macro_f1", True, y, slightly, champion, PromotionConfig(min_gain=0.001, resamples=200))["promote"]
+    assert not gate("val/macro_f1", True, y, slightly, champion, PromotionConfig(min_gain=0.05, resamples=200))["promote"]
+    assert not gate("val/macro_f1", True, y, _model(y, 0.05), None, PromotionConfig(min_gain=0.0, resamples=200))["promote"]
 
 
 def test_a_loss_metric_counts_lower_as_better():
