@@ -12,6 +12,7 @@ commit="$(git rev-parse --short HEAD)"
 for seed in "$@"; do
   clone="$(dirname "$repo")/camp-fresh-$commit-s$seed"
   rm -rf "$clone"; git clone -q "$repo" "$clone"
+  git -C "$clone" checkout -q "$commit"  # every seed runs the commit the script started on, not a later HEAD
   echo "== seed $seed: $clone ($(date -u +%H:%M:%S))"
   start=$(date +%s)
   (cd "$clone" && make sweep SEED="$seed") > "$out/sweep-$commit-s$seed.log" 2>&1 || echo "make sweep failed (seed $seed): see $out/sweep-$commit-s$seed.log"
