@@ -197,7 +197,7 @@ def register_champion(study: optuna.Study, plan, summary: dict, storage) -> None
 
 
 def finished_count(trials) -> int:
-    """Trials that count towards `study.n_trials`: complete, pruned or failed, not those never started."""
+    """Trials that count towards `study.n_trials`: complete or pruned, not those never started (skipped)."""
     return sum(t.state in FINISHED and "skipped" not in t.user_attrs for t in trials)
 
 
@@ -208,10 +208,11 @@ class Progress:
         self.plan, self.workers, self.started = plan, workers, time.time()
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        states = [t.state for t in study.get_trials(deepcopy=False)]
-        done = finished_count(study.get_trials(deepcopy=False))
-        pruned = states.count(optuna.trial.TrialState.PRUNED)
-        failed = states.count(optuna.trial.TrialState.FAIL)
+        trials = study.get_trials(deepcopy=False)
+        done = finished_count(trials)
+        skipped = sum("skipped" in t.user_attrs for t in trials)
+        pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in trials) - skipped
+        failed = sum(t.state == optuna.trial.TrialState.FAIL for t in trials)
         elapsed = time.time() - self.started
         best = _best(study)
         per_trial = elapsed / max(1, trial.number + 1)
@@ -222,7 +223,7 @@ class Progress:
         best_text = f"best {best.value:.4f} (#{best.number})" if best else "best -"
         state = "SKIPPED" if "skipped" in trial.user_attrs else trial.state.name  # not started: no time left
         print(f"[trial {trial.number:>3}] {state:<8} {value}  | done {done}/{self.plan.n_trials} "
-              f"(pruned {pruned}, failed {failed}) | {best_text} | {elapsed / 60:.1f} min, ~{left / 60:.1f} min left",
+              f"(pruned {pruned}, {f'skipped {skipped}, ' if skipped else ''}failed {failed}) | {best_text} | {elapsed / 60:.1f} min, ~{left / 60:.1f} min left",
               flush=True)
 
 

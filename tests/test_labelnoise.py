@@ -94,3 +94,31 @@ def test_the_review_list_is_bounded_and_a_weak_fold_model_is_warned_about():
 
     assert "hardly above always predicting the largest label (0.60)" in oof_warning(oof(0.62))
     assert oof_warning(oof(0.9)) is None
+
+
+def test_names_that_are_not_utf8_survive_the_exclusion_list_and_a_fold_manifest(tmp_path):
+    """`camp report` and `camp clean` crashed writing a CSV for a train file whose name is not UTF-8; the
+    exclusion list and the fold manifests now carry such names through to the file on disk."""
+    import csv
+    import os
+
+    from camp import data
+    from camp.labelnoise import Suspect, write_exclusion_list
+
+    root = make_image_folder(tmp_path / "d", per_class={"train": 3, "validation": 2}, splits=("train", "validation"),
+                             size=(40, 30))
+    good = (root / "train" / "hat" / "hat_000.jpg").read_bytes()
+    with open(os.path.join(os.fsencode(root / "train" / "hat"), b"caf\xe9.jpg"), "wb") as handle:
+        handle.write(good)
+    odd = next(item for item in data.load_dataset(root).items if "\udce9" in item.relpath)
+    exclusions = tmp_path / "excluded.txt"
+    kept = write_exclusion_list([Suspect(odd.relpath, odd.path, "train", "cap_and_hat", "shoes", 0.1, 0.8)],
+                                exclusions, "test")
+    assert kept == 1
+    assert odd.relpath not in {item.relpath for item in data.load_dataset(root, exclude=str(exclusions)).items}
+    manifest = tmp_path / "fold.csv"  # written the way labelnoise writes a fold's manifest
+    with manifest.open("w", newline="", encoding="utf-8", errors="surrogateescape") as handle:
+        csv.writer(handle).writerows([["path", "label", "split"], [odd.path, "hat", "train"],
+                                      [str(root / "validation" / "hat" / "hat_000.jpg"), "hat", "validation"]])
+    paths = {item.path for item in data.load_dataset(manifest).items}
+    assert odd.path in paths and os.path.exists(odd.path)

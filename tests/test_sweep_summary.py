@@ -1,0 +1,42 @@
+"""camp.sweep_summary: what counts towards n_trials, the progress line and the best-trials table."""
+
+from __future__ import annotations
+
+import types
+
+import optuna
+
+from camp.sweep_summary import Progress, best_trials_table, finished_count
+
+DISTRIBUTIONS = {"model.dropout": optuna.distributions.FloatDistribution(0.0, 0.5)}
+
+
+def _study() -> optuna.Study:
+    study = optuna.create_study(direction="maximize")
+    for value, dropout in ((0.5, 0.1), (0.7, 0.30000000000000004)):
+        study.add_trial(optuna.trial.create_trial(params={"model.dropout": dropout}, distributions=DISTRIBUTIONS,
+                                                  value=value))
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED))
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED,
+                                              user_attrs={"skipped": "would not fit"}))
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL))
+    return study
+
+
+def test_trials_never_started_do_not_count_towards_n_trials():
+    assert finished_count(_study().trials) == 3  # 2 complete + 1 pruned; the skipped and the failed do not
+
+
+def test_the_progress_line_names_skipped_trials_apart_from_pruned_ones(capsys):
+    study = _study()
+    plan = types.SimpleNamespace(n_trials=6, timeout=None)
+    Progress(plan, workers=1)(study, study.trials[3])
+    line = capsys.readouterr().out
+    assert "[trial   3] SKIPPED" in line and "done 3/6 (pruned 1, skipped 1, failed 1)" in line
+    assert "best 0.7000 (#1)" in line
+
+
+def test_the_best_trials_table_is_sorted_and_rounded():
+    table = best_trials_table(_study()).splitlines()
+    assert table[0] == "| trial | value | model.dropout |"
+    assert table[2] == "| 1 | 0.7000 | 0.3 |" and table[3] == "| 0 | 0.5000 | 0.1 |"
