@@ -3,19 +3,36 @@ would end after `study.timeout` (`study.fit_in_timeout`), while a cheaper kind m
 
 from __future__ import annotations
 
+import datetime
+
 import optuna
 
 
-def expected_seconds(study: optuna.Study, config) -> float | None:
-    """Median duration of the study's complete trials like this one (same family and input size, else same
-    family); None before there is one."""
-    complete = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-                if "seconds" in t.user_attrs and t.user_attrs.get("family") == config.model.family]
-    alike = [t for t in complete if t.user_attrs.get("size") == config.preprocess.size] or complete
-    if not alike:
-        return None
-    seconds = sorted(t.user_attrs["seconds"] for t in alike)
-    return seconds[len(seconds) // 2]
+def expected_seconds(study: optuna.Study, config, current: int | None = None) -> float | None:
+    """What a trial like this one is expected to take: the median of the study's complete trials of its
+    family and input size; without one, those of its family scaled by the pixel count (a CNN's cost grows
+    with it); and never less than a running trial of its kind has already taken. None before any."""
+    family, size = config.model.family, config.preprocess.size
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and "seconds" in t.user_attrs
+                and t.user_attrs.get("family") == family]
+    same = [t.user_attrs["seconds"] for t in complete if t.user_attrs.get("size") == size]
+    scaled = [t.user_attrs["seconds"] * (size / t.user_attrs["size"]) ** 2 for t in complete
+              if t.user_attrs.get("size")]
+    values = sorted(same or scaled or [t.user_attrs["seconds"] for t in complete])
+    estimate = values[len(values) // 2] if values else None
+    now = _now()
+    running = [(now - t.datetime_start).total_seconds() for t in trials
+               if t.state == optuna.trial.TrialState.RUNNING and t.datetime_start is not None
+               and t.user_attrs.get("family") == family and t.user_attrs.get("size") == size
+               and "skipped" not in t.user_attrs and t.number != current]
+    if running and (estimate is None or max(running) > estimate):
+        return max(running)  # a trial of this kind is still running after longer than the estimate
+    return estimate
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now()  # naive local time, as Optuna stores datetime_start
 
 
 MAX_SKIPS_IN_A_ROW = 5

@@ -136,6 +136,9 @@ def make_objective(plan: Plan, parent_run_id: str, started: float | None = None)
     def objective(trial: optuna.Trial) -> float:
         trial.set_user_attr("worker", worker_id())
         config = config_for(trial, plan)
+        # what kind of trial it is, known while it runs: the budget rule estimates from running trials too
+        trial.set_user_attr("family", config.model.family)
+        trial.set_user_attr("size", config.preprocess.size)
         others = sum(t.state in FINISHED or t.state == STATE.RUNNING for t in trial.study.get_trials(deepcopy=False)
                      if t.number != trial.number and "skipped" not in t.user_attrs)
         if others >= plan.n_trials:  # two workers both started a trial when one was left
@@ -143,7 +146,7 @@ def make_objective(plan: Plan, parent_run_id: str, started: float | None = None)
             trial.study.stop()
             raise optuna.TrialPruned("not started: the study's n_trials are finished or running")
         if plan.timeout and study_config.fit_in_timeout:
-            expected, left = expected_seconds(trial.study, config), plan.timeout - (time.time() - started)
+            expected, left = expected_seconds(trial.study, config, trial.number), plan.timeout - (time.time() - started)
             if expected is not None and expected > left:
                 trial.set_user_attr("skipped", f"expected {expected:.0f} s > {left:.0f} s left of study.timeout")
                 cheapest = cheapest_seconds(trial.study)
@@ -192,8 +195,6 @@ def make_objective(plan: Plan, parent_run_id: str, started: float | None = None)
                     raise FloatingPointError(f"{metric} is {result.value}")
                 trial.set_user_attr("cache_hit", result.cache_hit)
                 trial.set_user_attr("seconds", round(result.seconds, 1))
-                trial.set_user_attr("family", config.model.family)
-                trial.set_user_attr("size", config.preprocess.size)
                 mlflow.set_tag(names.STATE, "COMPLETE")
         if pruned is not None:
             raise pruned

@@ -176,3 +176,23 @@ def test_a_warm_start_trial_is_never_pruned(isolated, tmp_path, monkeypatch):
         pass
     study.optimize(sweep.make_objective(plan, parent_run_id=parent.info.run_id), n_trials=2)
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED]
+
+
+def test_a_trial_of_an_unseen_size_is_estimated_by_pixels_and_by_what_is_still_running(monkeypatch):
+    """A 64 px CNN after one 48 px CNN of 600 s is expected to take 600 x (64/48)^2 s, not 600; and a
+    running 64 px CNN that has already taken longer than that raises the estimate to its own elapsed time."""
+    import datetime
+    import types
+
+    from camp import budget
+
+    study = optuna.create_study(direction="maximize")
+    study.add_trial(optuna.trial.create_trial(value=0.6, user_attrs={"seconds": 600.0, "family": "cnn", "size": 48}))
+    config = types.SimpleNamespace(model=types.SimpleNamespace(family="cnn"), preprocess=types.SimpleNamespace(size=64))
+    assert budget.expected_seconds(study, config) == pytest.approx(600 * (64 / 48) ** 2)
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.RUNNING,
+                                              user_attrs={"family": "cnn", "size": 64}))
+    later = datetime.datetime.now() + datetime.timedelta(seconds=2000)
+    monkeypatch.setattr(budget, "_now", lambda: later)
+    assert budget.expected_seconds(study, config) == pytest.approx(2000, abs=5)
+    assert budget.expected_seconds(study, config, current=study.trials[-1].number) == pytest.approx(600 * (64 / 48) ** 2)
