@@ -110,38 +110,6 @@ def test_with_seed_sets_the_training_and_sampler_seeds(tmp_path):
         with_seed(load_study_file(path), -1)
 
 
-@pytest.mark.parametrize("hog_seconds, stops", [(60.0, True), (2.0, False)])
-def test_no_trial_starts_that_would_not_fit_in_the_timeout(tmp_path, monkeypatch, hog_seconds, stops):
-    """A study whose CNN trials take ~100 s, 50 s before its timeout: the next CNN trials are not started
-    and nothing is trained. The worker stops when no kind of trial fits the time left; while a cheaper
-    kind (here HOG) still fits, it goes on, up to MAX_SKIPS_IN_A_ROW proposals that do not fit."""
-
-    from camp import budget, sweep
-    from camp.config import load_study_file
-
-    path = tmp_path / "fin.yaml"
-    path.write_text(textwrap.dedent(STUDY))
-    plan = sweep.plan_for(load_study_file(path), 4, 150.0, None, None)
-    study = optuna.create_study(direction="maximize")
-    distributions = {"model.family": optuna.distributions.CategoricalDistribution(["cnn", "hog_linear"])}
-    for family, seconds in (("cnn", 90.0), ("cnn", 110.0), ("hog_linear", hog_seconds)):
-        study.add_trial(optuna.trial.create_trial(params={"model.family": family}, distributions=distributions,
-                                                  value=0.5, user_attrs={"seconds": seconds, "family": family,
-                                                                         "size": 24}))
-    for _ in range(budget.MAX_SKIPS_IN_A_ROW + 1):
-        study.enqueue_trial({"model.family": "cnn"})
-    monkeypatch.setattr(sweep, "train", lambda *a, **k: pytest.fail("a trial that cannot fit was started"))
-    objective = sweep.make_objective(plan, parent_run_id="unused", started=__import__("time").time() - 100)
-    study.optimize(objective, n_trials=budget.MAX_SKIPS_IN_A_ROW + 1)
-    skipped = [t for t in study.trials if "skipped" in t.user_attrs]
-    assert all(t.state == optuna.trial.TrialState.PRUNED for t in skipped)
-    # stopped at the first skip, or once the sampler proposed MAX_SKIPS_IN_A_ROW trials that do not fit
-    assert len(skipped) == (1 if stops else budget.MAX_SKIPS_IN_A_ROW)
-    config = sweep.config_for(optuna.trial.FixedTrial({"model.family": "cnn"}), plan)
-    assert budget.expected_seconds(study, config) == 110.0  # median of the complete CNN trials (upper middle)
-    assert budget.cheapest_seconds(study) == hog_seconds  # the cheaper of the medians (CNN 110, HOG)
-
-
 class _AlwaysPrune(optuna.pruners.BasePruner):
     def prune(self, study, trial) -> bool:
         return True
@@ -176,23 +144,3 @@ def test_a_warm_start_trial_is_never_pruned(isolated, tmp_path, monkeypatch):
         pass
     study.optimize(sweep.make_objective(plan, parent_run_id=parent.info.run_id), n_trials=2)
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED]
-
-
-def test_a_trial_of_an_unseen_size_is_estimated_by_pixels_and_by_what_is_still_running(monkeypatch):
-    """A 64 px CNN after one 48 px CNN of 600 s is expected to take 600 x (64/48)^2 s, not 600; and a
-    running 64 px CNN that has already taken longer than that raises the estimate to its own elapsed time."""
-    import datetime
-    import types
-
-    from camp import budget
-
-    study = optuna.create_study(direction="maximize")
-    study.add_trial(optuna.trial.create_trial(value=0.6, user_attrs={"seconds": 600.0, "family": "cnn", "size": 48}))
-    config = types.SimpleNamespace(model=types.SimpleNamespace(family="cnn"), preprocess=types.SimpleNamespace(size=64))
-    assert budget.expected_seconds(study, config) == pytest.approx(600 * (64 / 48) ** 2)
-    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.RUNNING,
-                                              user_attrs={"family": "cnn", "size": 64}))
-    later = datetime.datetime.now() + datetime.timedelta(seconds=2000)
-    monkeypatch.setattr(budget, "_now", lambda: later)
-    assert budget.expected_seconds(study, config) == pytest.approx(2000, abs=5)
-    assert budget.expected_seconds(study, config, current=study.trials[-1].number) == pytest.approx(600 * (64 / 48) ** 2)
