@@ -167,18 +167,23 @@ def _listing(folder: Path) -> list[Path]:
                          "may read it") from None
 
 
+FOLD_COLUMN = "camp_fold"  # marks a manifest camp wrote itself (label-noise folds): file names as on disk
+
+
 def _manifest_files(manifest: Path) -> list[tuple[Path, str, str, str]]:
     try:
         return _read_manifest(manifest)
     except UnicodeDecodeError as error:
+        if FOLD_COLUMN.encode() in manifest.read_bytes().split(b"\n", 1)[0]:  # names that are not UTF-8
+            return _read_manifest(manifest, errors="surrogateescape")
         raise ValueError(f"{manifest}: not UTF-8 text ({error.reason} at byte {error.start}); save the CSV as "
                          "UTF-8") from None
     except csv.Error as error:
         raise ValueError(f"{manifest}: not a readable CSV ({error})") from None
 
 
-def _read_manifest(manifest: Path) -> list[tuple[Path, str, str, str]]:
-    with manifest.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:  # -sig: a BOM
+def _read_manifest(manifest: Path, errors: str = "strict") -> list[tuple[Path, str, str, str]]:
+    with manifest.open(newline="", encoding="utf-8-sig", errors=errors) as handle:  # -sig: a spreadsheet's BOM
         reader = csv.DictReader(handle)
         columns = set(reader.fieldnames or ())
         if not {"path", "label"} <= columns:

@@ -27,7 +27,9 @@ import numpy as np
 
 from camp import images as image_io
 from camp import names
+from camp.data import FOLD_COLUMN
 from camp.preprocess import load_arrays
+from camp.registry import CampClassifier
 from camp.run_config import prepare_dataset
 from camp.train import train
 
@@ -133,7 +135,6 @@ def _train_fold(config, items, x_pool, decoded, train_index, test_index, fold: i
     decoded), and the held-out fold's model inputs are the champion's preprocessed arrays (the same
     deterministic pipeline), so a fold costs training only; its derived arrays are removed afterwards.
     """
-    import keras
     import mlflow
 
     # no early stopping: one unlucky start must not end a fold (the best epoch is still chosen on the
@@ -144,9 +145,9 @@ def _train_fold(config, items, x_pool, decoded, train_index, test_index, fold: i
         manifest = Path(directory) / f"fold{fold}.csv"
         with manifest.open("w", newline="", encoding="utf-8", errors="surrogateescape") as handle:  # any file name
             writer = csv.writer(handle)
-            writer.writerow(["path", "label", "split"])
+            writer.writerow(["path", "label", "split", FOLD_COLUMN])  # the column: names are written as on disk
             for index, split in [(i, "train") for i in train_index] + [(i, "test") for i in test_index]:
-                writer.writerow([os.path.abspath(items[index].path), items[index].source, split])
+                writer.writerow([os.path.abspath(items[index].path), items[index].source, split, fold])
         fold_config = dataclasses.replace(config, model=model, data_path=str(manifest),
                                           data=dataclasses.replace(config.data, path=None, max_per_class=None))
         dataset, fingerprint = prepare_dataset(fold_config)
@@ -156,9 +157,9 @@ def _train_fold(config, items, x_pool, decoded, train_index, test_index, fold: i
             with mlflow.start_run(run_name=f"oof-fold-{fold}", nested=mlflow.active_run() is not None,
                                   tags={names.ROLE: "oof-fold"}):
                 result = train(fold_config, progress=False)
-            bundle = mlflow.artifacts.download_artifacts(run_id=result.run_id, artifact_path="bundle/model.keras",
+            bundle = mlflow.artifacts.download_artifacts(run_id=result.run_id, artifact_path="bundle",
                                                          dst_path=directory)
-            network = keras.models.load_model(bundle, compile=False)
+            network = CampClassifier().load_bundle(bundle).model  # a CNN or the classical family alike
         finally:
             image_io._MEMORY.pop(memory_key, None)
             (image_io.cache_dir() / "arrays" / f"{fold_config.preprocess.cache_key(fingerprint)}.npz").unlink(missing_ok=True)

@@ -160,4 +160,13 @@ def _study_document(champion: core.Champion, exclude: str | None, name: str) -> 
     data = {**dataclasses.asdict(config.data), "path": config.data_path or config.data.path, "exclude": exclude}
     return {"study": {"name": name, "metric": config.metric, "direction": config.direction, "n_trials": 1},
             "data": data, "seed": config.seed, "preprocess": dataclasses.asdict(config.preprocess),
-            "model": dataclasses.asdict(config.model)}
+            "model": _model_knobs(config.model)}
+
+
+def _model_knobs(model) -> dict:
+    """The model section of a study file that reproduces `model`; a default min_epochs above max_epochs
+    (a short run) is left out, as a file may not ask for more epochs than max_epochs."""
+    knobs = dataclasses.asdict(model)
+    if knobs["min_epochs"] > knobs["max_epochs"]:
+        knobs.pop("min_epochs")
+    return knobs

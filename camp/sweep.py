@@ -46,7 +46,7 @@ from camp.storage import (
     tidy_study,
     worker_id,
 )
-from camp.sweep_summary import FINISHED, Progress, finished_count, print_next_steps, summarise
+from camp.sweep_summary import Progress, finished_count, print_next_steps, summarise
 from camp.train import train
 from camp.workers import start_workers, stop_workers, wait_workers
 
@@ -139,12 +139,6 @@ def make_objective(plan: Plan, parent_run_id: str, started: float | None = None)
         # what kind of trial it is, known while it runs: the budget rule estimates from running trials too
         trial.set_user_attr("family", config.model.family)
         trial.set_user_attr("size", config.preprocess.size)
-        others = sum(t.state in FINISHED or t.state == STATE.RUNNING for t in trial.study.get_trials(deepcopy=False)
-                     if t.number != trial.number and "skipped" not in t.user_attrs)
-        if others >= plan.n_trials:  # two workers both started a trial when one was left
-            trial.set_user_attr("skipped", f"study.n_trials ({plan.n_trials}) reached by the other workers")
-            trial.study.stop()
-            raise optuna.TrialPruned("not started: the study's n_trials are finished or running")
         if plan.timeout and study_config.fit_in_timeout:
             expected, left = expected_seconds(trial.study, config, trial.number), plan.timeout - (time.time() - started)
             if expected is not None and expected > left:
@@ -203,6 +197,18 @@ def make_objective(plan: Plan, parent_run_id: str, started: float | None = None)
     return objective
 
 
+def registered_by_an_earlier_run(study_name: str) -> bool:
+    """Did a finished `sweep-<study>` run register the study's result (tag `camp.registered_version`)? A sweep
+    stopped while registering did not: its rerun registers, though it has no trial left to run."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                              filter_string=f"tags.`{names.ROLE}` = 'sweep' and tags.`{names.STUDY}` = '{study_name}'",
+                              max_results=1000)
+    return any(names.REGISTERED_VERSION in run.data.tags for run in runs)
+
+
 def _end_killed(run_id: str) -> None:
     """End the trial's run as KILLED; retried, it writes the status directly (MLflow pops the active run
     before it writes, so a write that failed leaves nothing to end)."""
@@ -250,8 +256,11 @@ def run_worker(plan: Plan, parent_run_id: str, worker_index: int, workers: int) 
                 print(f"stopping: {failures['count']} failed trials (study.max_failures)", file=sys.stderr)
                 study.stop()
 
-    def stop_at_target(study, trial):  # Optuna's MaxTrialsCallback, not counting trials never started
-        if finished_count(study.get_trials(deepcopy=False)) >= plan.n_trials:
+    def stop_at_target(study, trial):
+        # Optuna's MaxTrialsCallback, except that trials never started do not count and the other workers'
+        # running trials do: a worker whose next trial would overshoot n_trials starts none
+        trials = study.get_trials(deepcopy=False)
+        if finished_count(trials) + sum(t.state == STATE.RUNNING for t in trials) >= plan.n_trials:
             study.stop()
 
     def reap(study, trial):  # a sibling worker on this machine died: its trial is failed and re-queued now
@@ -309,11 +318,12 @@ def _run_main(args) -> int:
         print(f"warm start: {queued} trial(s) queued to run first (study.warm_start)", flush=True)
     before = len(study.trials)
     remaining = plan.n_trials - finished_count(study.trials)
-    if remaining <= 0:  # a rerun of a finished sweep: nothing to run, and no empty sweep-* run either
+    if remaining <= 0 and (getattr(args, "no_register", False) or registered_by_an_earlier_run(study_config.name)):
+        # a rerun of a finished and registered sweep: nothing to run, and no empty sweep-* run either
         print(f"study {study_config.name!r} already has {plan.n_trials} finished trial(s) (study.n_trials); "
               f"nothing to run. Raise --n-trials to go on; the champion is unchanged.", flush=True)
         return 0
-    if args.workers > remaining:
+    if 0 < remaining < args.workers:
         print(f"{remaining} trial(s) to go: starting {remaining} worker(s), not {args.workers}", flush=True)
         args.workers = remaining
     print(f"study {study_config.name!r}: {before} trial(s) so far, target {plan.n_trials} finished; "

@@ -118,7 +118,7 @@ def test_names_that_are_not_utf8_survive_the_exclusion_list_and_a_fold_manifest(
     assert odd.relpath not in {item.relpath for item in data.load_dataset(root, exclude=str(exclusions)).items}
     manifest = tmp_path / "fold.csv"  # written the way labelnoise writes a fold's manifest
     with manifest.open("w", newline="", encoding="utf-8", errors="surrogateescape") as handle:
-        csv.writer(handle).writerows([["path", "label", "split"], [odd.path, "hat", "train"],
-                                      [str(root / "validation" / "hat" / "hat_000.jpg"), "hat", "validation"]])
+        csv.writer(handle).writerows([["path", "label", "split", "camp_fold"], [odd.path, "hat", "train", 0],
+                                      [str(root / "validation" / "hat" / "hat_000.jpg"), "hat", "validation", 0]])
     paths = {item.path for item in data.load_dataset(manifest).items}
     assert odd.path in paths and os.path.exists(odd.path)
