@@ -55,13 +55,17 @@ def _wait_for(predicate, seconds: float, what: str, poll: float = 0.5):
     raise AssertionError(f"timed out after {seconds:.0f} s waiting for {what}")
 
 
-def _study_file(directory: Path, name: str, **model) -> Path:
-    """sweeps/smoke.yaml with its own study name, CNN trials only and no pruner (every finished trial is COMPLETE)."""
+def _study_file(directory: Path, name: str, cnn_only: bool = True, **model) -> Path:
+    """sweeps/smoke.yaml with its own study name and no pruner (every finished trial is COMPLETE); with
+    `cnn_only` (tests that interrupt a trial mid-epoch) without its HOG floor, else as smoke.yaml has it
+    (a study whose champion must be promoted: a 2-epoch CNN alone stays near chance)."""
     spec = yaml.safe_load(SMOKE.read_text())
     spec["study"]["name"] = name
     spec["study"]["pruner"] = {"name": "none"}
-    spec["study"].pop("warm_start", None)  # CNN trials only: these tests interrupt and kill them mid-epoch
-    spec["model"].update({"family": "cnn", **model})
+    if cnn_only:
+        spec["study"].pop("warm_start", None)
+        model = {"family": "cnn", **model}
+    spec["model"].update(model)
     path = directory / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
@@ -135,7 +139,7 @@ def test_three_workers_on_postgres_survive_a_killed_worker(cluster, synthetic_da
     from mlflow import MlflowClient
 
     n_trials, name = 6, "scaleout"
-    study_file = _study_file(tmp_path, name)
+    study_file = _study_file(tmp_path, name, cnn_only=False)
     environment = {**os.environ, "MLFLOW_TRACKING_URI": cluster["tracking_uri"], "CAMP_CACHE": str(tmp_path / "cache"),
                    "CAMP_HEARTBEAT_INTERVAL": "1", "CAMP_HEARTBEAT_GRACE": "6", "TF_CPP_MIN_LOG_LEVEL": "3"}
     environment.pop("CAMP_STORAGE", None)
