@@ -28,8 +28,6 @@ MAX_CANDIDATES = 12  # the best complete trials considered for an ensemble
 def candidates(study: optuna.Study, maximize: bool) -> list[tuple[optuna.trial.FrozenTrial, dict]]:
     """(trial, val_predictions) for the best complete trials that logged their validation predictions
     on the same images as the best one."""
-    import mlflow
-
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == STATE.COMPLETE
                 and t.user_attrs.get("mlflow_run_id")]
     complete.sort(key=lambda t: t.value, reverse=maximize)
@@ -91,8 +89,6 @@ def _register_result(study: optuna.Study, plan, summary: dict, storage, parent_r
 
 
 def _log_and_register(study, plan, summary, parent_run_id, members, selection, y, probabilities, pool) -> None:
-    import mlflow
-
     labels = pool[0][1]["labels"]
     combined = ensemble.average([probabilities[i] for i in selection.members], selection.weights)
     predicted = combined.argmax(axis=1)

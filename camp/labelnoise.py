@@ -135,8 +135,6 @@ def _train_fold(config, items, x_pool, decoded, train_index, test_index, fold: i
     decoded), and the held-out fold's model inputs are the champion's preprocessed arrays (the same
     deterministic pipeline), so a fold costs training only; its derived arrays are removed afterwards.
     """
-    import mlflow
-
     # no early stopping: one unlucky start must not end a fold (the best epoch is still chosen on the
     # fold's own validation images, carved from its training folds)
     model = dataclasses.replace(config.model, max_epochs=min(config.model.max_epochs, epochs),
@@ -239,8 +237,6 @@ def write_exclusion_list(suspects: list[Suspect], path: Path, source: str) -> in
 
 def champion_oof(champion, args, directory: Path, fit_predict=None) -> OutOfFold:
     """The champion's out-of-fold probabilities: local cache, else the model run's artifact, else computed."""
-    import mlflow
-
     epochs = min(args.oof_epochs or champion.config.model.max_epochs, champion.config.model.max_epochs)
     name = cache_name(champion.name, champion.version, args.folds, epochs)
     cache = directory / name

@@ -31,13 +31,6 @@ def validation_outputs(model_uri: str, config) -> dict:
             "y_true": [items[i].label for i in kept], "probabilities": probabilities[kept].tolist()}
 
 
-def evaluate_on_validation(model_uri: str, config, metric: str) -> float:
-    """The registered model's `metric` on `config`'s validation images, through pyfunc from raw files."""
-
-    outputs = validation_outputs(model_uri, config)
-    return metrics.value(metric, np.asarray(outputs["y_true"]), probabilities=np.asarray(outputs["probabilities"]))
-
-
 def run_predictions(run_id: str) -> dict | None:
     """A run's logged `val_predictions.json`, or None where it has none."""
     try:
