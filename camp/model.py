@@ -52,8 +52,14 @@ class ModelConfig:
     hog_cell: int = 8  # pixels per HOG cell (blocks are 2x2 cells)
     hog_orientations: int = 9
     hog_c: float = 1.0  # inverse L2 strength of the logistic regression
+    # which independent training of the same recipe: it offsets the seed of weight init, batch order and
+    # augmentation (never the data split), so replicas differ only by chance and an ensemble of them
+    # averages that chance out
+    replica: int = 0
 
     def __post_init__(self):
+        if isinstance(self.replica, bool) or not isinstance(self.replica, int) or not 0 <= self.replica <= 999:
+            raise ValueError(f"replica must be an integer in [0, 999], got {self.replica!r}")
         if self.family not in FAMILIES:
             raise ValueError(f"family must be one of {FAMILIES}, got {self.family!r}")
         if self.block not in BLOCKS:
@@ -102,6 +108,11 @@ class ModelConfig:
             raise ValueError(f"focal_alpha must be one of {FOCAL_ALPHAS}, got {self.focal_alpha!r}")
         if not 0.0 <= self.label_smoothing < 0.5:
             raise ValueError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
+
+
+def training_seed(seed: int, model_config: ModelConfig) -> int:
+    """The seed one training run uses: the run's seed, offset per replica (within numpy's seed range)."""
+    return (seed + 1_000_003 * model_config.replica) % 2 ** 32
 
 
 def balanced_weights(y: np.ndarray, n_classes: int) -> np.ndarray:

@@ -23,7 +23,7 @@ from camp import metrics, names, tracking
 from camp.classical import fit_hog_linear
 from camp.config import flatten
 from camp.data import Dataset
-from camp.model import balanced_weights, build_model, make_loss, make_optimizer
+from camp.model import balanced_weights, build_model, make_loss, make_optimizer, training_seed
 from camp.plots import confusion_matrix_plot, pick_examples, preprocessing_grid
 from camp.preprocess import load_arrays
 from camp.run_config import LEAKS, RunConfig, prepare_dataset
@@ -161,7 +161,8 @@ def _fit(config: RunConfig, run_id: str, epoch_callback, progress: bool, started
     n_classes = len(labels)
 
     if config.model.family == "hog_linear":
-        model, best_epoch, epochs_run = fit_hog_linear(x_train, y_train, n_classes, config.model, config.seed), 0, 1
+        seed = training_seed(config.seed, config.model)
+        model, best_epoch, epochs_run = fit_hog_linear(x_train, y_train, n_classes, config.model, seed), 0, 1
     else:
         model, best_epoch, epochs_run = _fit_cnn(config, x_train, y_train, x_val, y_val, n_classes,
                                                  epoch_callback, progress)
@@ -191,7 +192,7 @@ def _fit_cnn(config: RunConfig, x_train, y_train, x_val, y_val, n_classes: int, 
     import tensorflow as tf
 
     keras.backend.clear_session()
-    keras.utils.set_random_seed(config.seed)
+    keras.utils.set_random_seed(training_seed(config.seed, config.model))
     tf.config.experimental.enable_op_determinism()
     model_config = config.model
     weights = balanced_weights(y_train, n_classes)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from camp.model import ModelConfig, balanced_weights, build_model, make_loss, make_optimizer
+from camp.model import ModelConfig, balanced_weights, build_model, make_loss, make_optimizer, training_seed
 
 keras = pytest.importorskip("keras")
 
@@ -170,7 +170,14 @@ def test_residual_blocks_add_shortcuts_and_still_train():
 
 @pytest.mark.parametrize("name, value", [("family", "xgboost"), ("block", "dense"), ("lr_schedule", "step"),
                                          ("warmup_epochs", -1), ("warmup_epochs", 20), ("hog_cell", 1),
-                                         ("hog_orientations", 1), ("hog_c", 0.0)])
+                                         ("hog_orientations", 1), ("hog_c", 0.0), ("replica", -1),
+                                         ("replica", 1000), ("replica", True), ("replica", 1.5)])
 def test_invalid_new_knobs_name_themselves(name, value):
     with pytest.raises(ValueError, match=name):
         ModelConfig(**{name: value})
+
+
+def test_replicas_get_distinct_seeds_in_numpys_range():
+    seeds = {training_seed(seed, ModelConfig(replica=replica)) for seed in (0, 42, 2 ** 32 - 1) for replica in (0, 1, 999)}
+    assert len(seeds) == 9 and all(0 <= seed < 2 ** 32 for seed in seeds)
+    assert training_seed(42, ModelConfig()) == 42  # replica 0 is the run's own seed: old runs reproduce

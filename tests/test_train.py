@@ -136,6 +136,17 @@ def test_same_config_and_seed_give_the_same_history(isolated, synthetic_data):
     assert (first.val_probabilities == second.val_probabilities).all()
 
 
+def test_another_replica_of_the_same_config_trains_differently_on_the_same_split(isolated, synthetic_data):
+    first = train(run_config(isolated, synthetic_data, epochs=1), progress=False)
+    path = isolated / "replica.yaml"
+    path.write_text((TINY % {"epochs": 1}).replace("patience: 5}", "patience: 5, replica: 1}"))
+    other = train(fixed_run_config(config_module.load_study_file(path), data_path=str(synthetic_data)),
+                  progress=False)
+    assert other.cache_hit  # the preprocessing (and so the data split) is shared
+    assert first.val_probabilities.shape == other.val_probabilities.shape
+    assert not (first.val_probabilities == other.val_probabilities).all()
+
+
 def test_a_failing_run_is_marked_with_the_error(isolated, synthetic_data, monkeypatch):
     import mlflow
 

@@ -91,3 +91,14 @@ def test_the_best_trials_of_an_earlier_study(tmp_path):
                       ({"preprocess.size": 32, "model.family": "cnn"}, "old#2")]
     with pytest.raises(ValueError, match="no study named 'missing'"):
         warm_start_trials(_plan(tmp_path, "[{study: missing}]", name="other"), storage)
+
+
+def test_the_default_study_starts_with_two_replicas_of_the_known_recipe_and_the_hog_floor():
+    from pathlib import Path
+
+    study_file = load_study_file(Path(__file__).resolve().parents[1] / "sweeps" / "default.yaml")
+    trials = warm_start_trials(plan_for(study_file, 5, None, None, None), None)
+    families = [params["model.family"] for params, _ in trials]
+    assert families == ["cnn", "hog_linear", "cnn"]  # one replica per worker, the floor in between
+    first, second = trials[0][0], trials[2][0]
+    assert {first.pop("model.replica"), second.pop("model.replica")} == {0, 1} and first == second
