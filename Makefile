@@ -15,7 +15,7 @@ SHARED := ../shared/datasets/clothing-small
 export MLFLOW_TRACKING_URI ?= sqlite:///mlruns/mlflow.db
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data sweep train test test-fast lint ui serve dashboard predict clean-cache
+.PHONY: help setup data sweep ablate train test test-fast lint ui serve dashboard predict clean-cache
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) \
@@ -39,6 +39,9 @@ data: ## get clothing-small: link ../shared when present, else clone the public 
 
 sweep: setup data ## run the default study (about 30 min on 2 cores), register the champion (SEED=N: another seed)
 	$(BIN)/camp sweep $(SWEEP) --workers $(WORKERS) $(if $(SEED),--seed $(SEED))
+
+ablate: setup data ## after a sweep: the missions' questions (mode, crop, loss weighting) by controlled experiment on the champion (about 30 min)
+	$(BIN)/camp ablate --base champion --missions --workers $(WORKERS)
 
 train: setup data ## one tracked run of the recipe defaults (sweeps/baseline.yaml)
 	$(BIN)/camp train sweeps/baseline.yaml

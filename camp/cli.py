@@ -1,4 +1,4 @@
-"""The `camp` command line: data summary, preprocess show, train, sweep, predict, report, clean."""
+"""The `camp` command line: data summary, preprocess show, train, sweep, ablate, predict, report, clean."""
 
 from __future__ import annotations
 
@@ -103,6 +103,12 @@ def _sweep(args) -> int:
     return run_sweep(args)
 
 
+def _ablate(args) -> int:
+    from camp.ablate import run_ablate  # per command: MLflow, Optuna and TensorFlow load only for an ablation
+
+    return run_ablate(args)
+
+
 def _predict(args) -> int:
     import mlflow
 
@@ -177,6 +183,27 @@ def build_parser() -> argparse.ArgumentParser:
     sweep_parser.add_argument("--no-register", action="store_true", help="do not register the best trial")
     sweep_parser.add_argument("--worker-of", help=argparse.SUPPRESS)  # parent MLflow run id, for worker processes
     sweep_parser.set_defaults(handler=_sweep)
+
+    ablate_parser = commands.add_parser("ablate", help="controlled experiment: each --vary knob's values in turn, every "
+                                        "other knob at the base, seeds x values; verdicts with intervals")
+    ablate_parser.add_argument("--base", default="champion", help="champion (default), models:/NAME@ALIAS, "
+                               "models:/NAME/VERSION, runs:/RUN_ID, or a study file with fixed knobs; an ensemble "
+                               "stands in by its heaviest member")
+    ablate_parser.add_argument("--vary", action="append", default=[], metavar="KNOB=V1,V2[,...]",
+                               help="a knob and the values to compare, e.g. preprocess.mode=gray,color (repeatable)")
+    ablate_parser.add_argument("--set", action="append", default=[], metavar="KNOB=VALUE",
+                               help="hold a knob at this value in every cell, e.g. model.max_epochs=10 (repeatable)")
+    ablate_parser.add_argument("--missions", action="store_true", help="the camp's three questions: mode, crop "
+                               "method, loss weighting, with --set preprocess.size=32 model.max_epochs=10 --seeds 2")
+    ablate_parser.add_argument("--seeds", type=int, help="trainings per value (model.replica 0..N-1; default 2)")
+    ablate_parser.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
+    ablate_parser.add_argument("--storage", help="Optuna storage URL (default: journal file under mlruns/)")
+    ablate_parser.add_argument("--data", help="dataset folder or manifest CSV (default: the base's)")
+    ablate_parser.add_argument("--name", help="study name (default: ablate-<hash of base, knobs and seeds>)")
+    ablate_parser.add_argument("--split", default="test", help="split the verdicts are computed on (default test)")
+    ablate_parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for intervals")
+    ablate_parser.add_argument("--out", help="result folder (default reports/ablations/<name>)")
+    ablate_parser.set_defaults(handler=_ablate)
 
     predict_parser = commands.add_parser("predict", help="classify image files with a registered model")
     predict_parser.add_argument("images", nargs="+", type=Path)

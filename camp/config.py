@@ -177,6 +177,9 @@ class StudyConfig:
     # trials that run first (Optuna's enqueue_trial): each a {preprocess: {...}, model: {...}} of knob
     # values, or {study: NAME, top: N} for the N best complete trials of an earlier study
     warm_start: Optional[list] = None
+    # run only queued trials (warm_start, an ablation's cells) and sample none: a worker whose queue is
+    # empty stops (`camp ablate` writes its study files with this on)
+    queued_only: bool = False
     finalize: FinalizeConfig = FinalizeConfig()
     promotion: PromotionConfig = PromotionConfig()
 

@@ -43,7 +43,7 @@ STATE = "optuna.state"
 STORAGE = "optuna.storage"
 RETRY_OF = "optuna.retry_of"
 # camp's
-ROLE = "camp.role"  # sweep | trial | ensemble | ...
+ROLE = "camp.role"  # sweep | ablate | ensemble | label-noise | ...
 WORKER = "camp.worker"
 GIT_COMMIT = "camp.git_commit"
 SEED = "camp.seed"
@@ -59,6 +59,10 @@ LEAKED_DUPLICATES = "camp.leaked_duplicates"
 MEMBERS = "camp.members"
 MEMBER_TRIALS = "camp.member_trials"
 MEMBER_WEIGHTS = "camp.member_weights"
+# `camp ablate`: a cell's run names its knob value and replica; the parent run names the run it varies
+CELL = "camp.cell"
+ABLATION_BASE_RUN = "camp.ablation_base_run"
+ABLATION_KNOBS = "camp.ablation_knobs"
 # on registered model versions
 RUN_ID = "camp.run_id"
 METRIC = "camp.metric"

@@ -104,3 +104,26 @@ def pick_examples(items, labels, reduction: int, per_label: int = 2, seed: int =
             examples.append((label, candidates[index].relpath, decoded))
             found += 1
     return examples
+
+
+def ablation_plot(results: list[dict], path: str | Path) -> Path:
+    """One panel per ablated knob: each value's score per seed (dots) and its mean (bar)."""
+    figure, axes = plt.subplots(1, len(results), figsize=(3.6 * len(results) + 1, 3.4), squeeze=False)
+    for panel, result in zip(axes[0], results):
+        prefix = "val" if result["split"] == "validation" else result["split"]
+        rows = [row for row in result["rows"] if row[prefix] is not None]
+        positions = np.arange(len(rows))
+        panel.bar(positions, [row[prefix] for row in rows], color="#9ecae1", width=0.6)
+        for position, row in zip(positions, rows):
+            seeds = row[f"{prefix}_per_seed"]
+            panel.scatter([position] * len(seeds), seeds, color="#08519c", zorder=3, s=18)
+        panel.set_xticks(positions, [str(row["value"]) for row in rows])
+        low = min((min(row[f"{prefix}_per_seed"]) for row in rows), default=0.0)
+        panel.set_ylim(max(0.0, low - 0.1), min(1.0, max((row[prefix] for row in rows), default=1.0) + 0.05))
+        panel.set_title(result["knob"], fontsize=10)
+        panel.set_ylabel(result["metric"])
+    figure.suptitle("ablation: mean over seeds (bars), each seed (dots)", fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return Path(path)

@@ -18,6 +18,7 @@ from camp import report_context as core
 from camp.model import ModelConfig
 from camp.plots import confusion_matrix_plot, counts_bar_chart, pick_examples, preprocessing_grid
 from camp.preprocess import PreprocessConfig
+from camp.report_ablation import ablation_blocks
 from camp.report_context import Context
 from camp.report_errors import errors_section
 from camp.report_finalists import finalists_blocks, floor_verdict
@@ -128,7 +129,8 @@ def preprocessing_section(context: Context) -> list:
             Text("Two validation images per label through the champion's own pipeline: the working image with "
                  "the crop box, the binarized image the recipe finds the box on, and the model input."),
             Row([Picture(Path(grid.name), "original with crop box | binarized | model input (champion's knobs)", 600),
-                 Table(["knob", "champion", "recipe default", ""], rows, anchor="knobs", caption="Champion vs recipe")])]
+                 Table(["knob", "champion", "recipe default", ""], rows, anchor="knobs", caption="Champion vs recipe")]),
+            *ablation_blocks(context, "preprocess.crop_method", secondary=False)]  # does the crop help?
 
 
 def _knob(value) -> str:
@@ -167,7 +169,7 @@ def best_by(trials: list, key: str, values, maximize: bool) -> dict:
 
 
 def modes_section(context: Context) -> list:
-    blocks = [Heading("3. Colour vs gray vs binary", anchor="modes")]
+    blocks = [Heading("3. Colour vs gray vs binary", anchor="modes"), *ablation_blocks(context, "preprocess.mode")]
     study, trials = context.study()
     if study is None:
         return blocks + [Text(f"No study to compare: {trials}.")]
@@ -331,6 +333,7 @@ def _weighting_blocks(context: Context, trials: list, maximize: bool) -> list:
     text = (f"Small classes (under half the training images of the largest): {', '.join(small)}." if small
             else "No label has under half the training images of the largest; all recalls shown.")
     return [Heading("Loss weighting and the small classes' recall", level=3),
+            *ablation_blocks(context, "model.loss_weighting"),
             Text("The best complete trial of each loss weighting; validation recall per label from its "
                  f"validation predictions. {text}"),
             Table(["loss weighting", "best trial", "objective", *[f"recall {n}" for n in names], "mean recall, small"],

@@ -135,6 +135,10 @@ def make_objective(plan: Plan, parent_run_id: str, started: float | None = None)
 
     def objective(trial: optuna.Trial) -> float:
         trial.set_user_attr("worker", worker_id())
+        if study_config.queued_only and "fixed_params" not in trial.storage.get_trial_system_attrs(trial._trial_id):
+            trial.set_user_attr("skipped", "study.queued_only: no queued trial left")
+            trial.study.stop()
+            raise optuna.TrialPruned("not started: the queue is empty and study.queued_only samples no trial")
         config = config_for(trial, plan)
         # what kind of trial it is, known while it runs: the budget rule estimates from running trials too
         trial.set_user_attr("family", config.model.family)
@@ -166,6 +170,8 @@ def make_objective(plan: Plan, parent_run_id: str, started: float | None = None)
         retried = trial.storage.get_trial_system_attrs(trial._trial_id).get("failed_trial")
         if retried is not None:
             tags[names.RETRY_OF] = str(retried)
+        if "cell" in trial.user_attrs:
+            tags[names.CELL] = trial.user_attrs["cell"]
         pruned = None
         with mlflow.start_run(run_name=f"trial-{trial.number}", nested=True, parent_run_id=parent_run_id, tags=tags) as run:
             trial.set_user_attr("mlflow_run_id", run.info.run_id)
@@ -291,10 +297,13 @@ def run_sweep(args) -> int:
                       file=sys.stderr)
                 return 130
             return 0
-        return _run_main(args)
+        return run_study(args)
 
 
-def _run_main(args) -> int:
+def run_study(args, role: str = "sweep", queue=None, after=None) -> int:
+    """The main process of a study: `camp sweep` (role sweep: warm start, then finalize and register) or
+    `camp ablate` (role ablate: `queue(study, plan)` enqueues its cells, `after(study, summary, parent run id)`
+    reads the result inside the parent run)."""
     import mlflow
 
     plan = make_plan(args)  # every knob and range checked here, before any trial
@@ -313,27 +322,32 @@ def _run_main(args) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # experimental in Optuna 5: optuna-dashboard then names the objective
         study.set_metric_names([study_config.metric])
-    queued = warm_start.enqueue(study, warm_start.warm_start_trials(plan, storage))
-    if queued:
-        print(f"warm start: {queued} trial(s) queued to run first (study.warm_start)", flush=True)
+    if queue is None:
+        queued = warm_start.enqueue(study, warm_start.warm_start_trials(plan, storage))
+        if queued:
+            print(f"warm start: {queued} trial(s) queued to run first (study.warm_start)", flush=True)
+    else:
+        queue(study, plan)
     before = len(study.trials)
     remaining = plan.n_trials - finished_count(study.trials)
-    if remaining <= 0 and (getattr(args, "no_register", False) or registered_by_an_earlier_run(study_config.name)):
+    if remaining <= 0 and role == "sweep" and (getattr(args, "no_register", False)
+                                               or registered_by_an_earlier_run(study_config.name)):
         # a rerun of a finished and registered sweep: nothing to run, and no empty sweep-* run either
         print(f"study {study_config.name!r} already has {plan.n_trials} finished trial(s) (study.n_trials); "
               f"nothing to run. Raise --n-trials to go on; the champion is unchanged.", flush=True)
         return 0
-    if 0 < remaining < args.workers:
-        print(f"{remaining} trial(s) to go: starting {remaining} worker(s), not {args.workers}", flush=True)
-        args.workers = remaining
+    if remaining < args.workers:
+        if remaining > 0:
+            print(f"{remaining} trial(s) to go: starting {remaining} worker(s), not {args.workers}", flush=True)
+        args.workers = max(1, remaining)
     print(f"study {study_config.name!r}: {before} trial(s) so far, target {plan.n_trials} finished; "
           f"storage {tracking.mask_url(plan.storage_url) or DEFAULT_JOURNAL}; MLflow {tracking.mask_url(tracking.tracking_uri())}",
           flush=True)
     if args.workers > 1:
         os.environ.setdefault("CAMP_THREADS", str(max(1, (os.cpu_count() or 1) // args.workers)))
     started = time.time()
-    with mlflow.start_run(run_name=f"sweep-{study_config.name}", tags={
-            names.STUDY: study_config.name, names.ROLE: "sweep", names.GIT_COMMIT: tracking.git_commit(),
+    with mlflow.start_run(run_name=f"{role}-{study_config.name}", tags={
+            names.STUDY: study_config.name, names.ROLE: role, names.GIT_COMMIT: tracking.git_commit(),
             names.WORKER: worker_id(),
             names.STORAGE: tracking.mask_url(plan.storage_url) or str(DEFAULT_JOURNAL)}) as parent:
         mlflow.log_artifact(plan.study_file.path)
@@ -352,7 +366,7 @@ def _run_main(args) -> int:
             tidy_study(study)
             mlflow.set_tag(names.STATUS, "interrupted")
             mlflow.end_run("KILLED")
-            print(f"camp: sweep interrupted; the running trial is marked failed in Optuna and killed in MLflow. "
+            print(f"camp: {role} interrupted; the running trial is marked failed in Optuna and killed in MLflow. "
                   f"Rerun the same command to resume study {study_config.name!r}.", file=sys.stderr, flush=True)
             return 130
         study = optuna.load_study(study_name=study_config.name, storage=storage)
@@ -360,6 +374,8 @@ def _run_main(args) -> int:
         tidy_study(study)
 
         summary = summarise(study, plan, before, time.time() - started)
+        if after is not None:
+            return after(study, summary, parent.info.run_id)
     if summary.get("best_run_id") and not args.no_register:
 
         finalize(study, plan, summary, storage, parent.info.run_id)

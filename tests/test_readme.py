@@ -63,6 +63,10 @@ COVERAGE = [
                        "tests/test_sweep.py::test_a_stopped_study_resumes_to_the_asked_number_of_trials",
                        "tests/test_sweep.py::test_two_workers_share_one_journal"]),
     (r"camp (report|clean)\b", ["tests/test_report.py"]),
+    (r"make ablate$", [f"{HERE}::test_make_targets_run_the_documented_commands",
+                       "tests/test_ablate.py::test_the_report_shows_the_champions_ablation_or_names_the_command"]),
+    (r"camp ablate\b", ["tests/test_ablate.py::test_a_knob_that_cannot_matter_gives_no_difference",
+                        "tests/test_ablate.py::test_after_ctrl_c_a_rerun_trains_only_the_missing_cells"]),
 ]
 COMMAND_START = re.compile(r"^(make|camp|mlflow|optuna-dashboard|python|pip|curl|printf|export|git) ")
 
@@ -138,6 +142,7 @@ def test_make_targets_run_the_documented_commands():
     assert ".venv/bin/camp sweep sweeps/default.yaml --workers 2" in make("sweep")
     assert ".venv/bin/camp sweep sweeps/default.yaml --workers 2 --seed 43" in make("sweep", "SEED=43")
     assert ".venv/bin/camp train sweeps/baseline.yaml" in make("train")
+    assert ".venv/bin/camp ablate --base champion --missions --workers 2" in make("ablate")
     assert ".venv/bin/camp predict a.jpg b.jpg" in make("predict", "IMAGES=a.jpg b.jpg")
     assert "pytest -q -m \"not slow\"" in make("test-fast")
     assert "rm -rf .cache/camp" in make("clean-cache")
