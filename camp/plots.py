@@ -127,3 +127,27 @@ def ablation_plot(results: list[dict], path: str | Path) -> Path:
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return Path(path)
+
+
+def precision_recall_plot(y_true: np.ndarray, probabilities: np.ndarray, labels, path: str | Path,
+                          title: str = "Precision-recall per label") -> Path:
+    """One-vs-rest precision-recall curve per label, average precision in the legend."""
+    from sklearn.metrics import average_precision_score, precision_recall_curve
+
+    figure, axes = plt.subplots(figsize=(6.5, 4.5))
+    for index, label in enumerate(labels):
+        truth = np.asarray(y_true) == index
+        if not truth.any():
+            continue
+        precision, recall, _ = precision_recall_curve(truth, probabilities[:, index])
+        axes.plot(recall, precision, label=f"{label} (AP {average_precision_score(truth, probabilities[:, index]):.2f})")
+    axes.set_xlabel("recall")
+    axes.set_ylabel("precision")
+    axes.set_xlim(0, 1)
+    axes.set_ylim(0, 1.02)
+    axes.set_title(title)
+    axes.legend(fontsize=8, loc="lower left")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return Path(path)

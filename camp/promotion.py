@@ -13,6 +13,7 @@ import numpy as np
 
 from camp import metrics, names
 from camp.config import PromotionConfig
+from camp.evaluation import evaluate_version
 from camp.registry import CHAMPION, MODEL_NAME
 from camp.run_config import prepare_dataset
 
@@ -117,6 +118,10 @@ def register_and_promote(model_uri: str, run_id: str, value: float, config, data
                          names.GAIN_INTERVAL: json.dumps(decision.get("interval"))})
     for key, text in recorded.items():
         client.set_model_version_tag(MODEL_NAME, version.version, key, text)
+    try:
+        evaluate_version(model_uri, version, run_id, config, data_fingerprint)
+    except (OSError, ValueError, mlflow.exceptions.MlflowException) as error:  # the version stands without it
+        log(f"warning: could not evaluate v{version.version} on validation and test: {error}")
     where = f"{MODEL_NAME} v{version.version} ({config.metric} {value:.4f})"
     if decision["promote"]:
         _promote(client, version)

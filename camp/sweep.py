@@ -173,7 +173,8 @@ def make_objective(plan: Plan, parent_run_id: str, started: float | None = None)
         if "cell" in trial.user_attrs:
             tags[names.CELL] = trial.user_attrs["cell"]
         pruned = None
-        with mlflow.start_run(run_name=f"trial-{trial.number}", nested=True, parent_run_id=parent_run_id, tags=tags) as run:
+        with mlflow.start_run(run_name=f"trial-{trial.number}", nested=True, parent_run_id=parent_run_id, tags=tags,
+                              log_system_metrics=True) as run:
             trial.set_user_attr("mlflow_run_id", run.info.run_id)
             try:
                 result = train(config, epoch_callback=report, progress=False)
@@ -349,7 +350,7 @@ def run_study(args, role: str = "sweep", queue=None, after=None) -> int:
     with mlflow.start_run(run_name=f"{role}-{study_config.name}", tags={
             names.STUDY: study_config.name, names.ROLE: role, names.GIT_COMMIT: tracking.git_commit(),
             names.WORKER: worker_id(),
-            names.STORAGE: tracking.mask_url(plan.storage_url) or str(DEFAULT_JOURNAL)}) as parent:
+            names.STORAGE: tracking.mask_url(plan.storage_url) or str(DEFAULT_JOURNAL)}, log_system_metrics=True) as parent:
         mlflow.log_artifact(plan.study_file.path)
         mlflow.log_params({"n_trials": plan.n_trials, "timeout": plan.timeout, "workers": args.workers,
                            "seed": plan.study_file.seed, "metric": study_config.metric,

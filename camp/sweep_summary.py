@@ -10,13 +10,13 @@ import json
 import os
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import optuna
 
 from camp import names, promotion, registry, run_config, tracking
 from camp.registry import CHAMPION, MODEL_NAME
+from camp.study_plots import study_plots
 
 STATE = optuna.trial.TrialState
 FINISHED = (STATE.COMPLETE, STATE.PRUNED)
@@ -55,7 +55,7 @@ def summarise(study: optuna.Study, plan, before: int, seconds: float) -> dict:
         directory = Path(directory)
         (directory / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         (directory / "best_trials.md").write_text(best_trials_table(study))
-        _study_plots(study, directory)
+        study_plots(study, directory)
         mlflow.log_artifacts(str(directory), "study")
     return summary
 
@@ -75,31 +75,6 @@ def best_trials_table(study: optuna.Study, top: int = 10) -> str:
 
 def _cell(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def _study_plots(study: optuna.Study, directory: Path) -> None:
-    """Optimization history, parameter importances, parallel coordinates (PNG); each skipped if it cannot be drawn."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from optuna.visualization import matplotlib as optuna_plots
-
-    plots = {"optimization_history.png": optuna_plots.plot_optimization_history,
-             "param_importances.png": optuna_plots.plot_param_importances,
-             "parallel_coordinate.png": optuna_plots.plot_parallel_coordinate}
-    for name, plot in plots.items():
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                axes = plot(study)
-            figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
-            figure.set_size_inches(11, 6)
-            figure.tight_layout()
-            figure.savefig(directory / name, dpi=100)
-            plt.close(figure)
-        except (ValueError, RuntimeError, ZeroDivisionError, IndexError) as error:
-            (directory / name.replace(".png", ".txt")).write_text(f"not drawn: {error}\n")
 
 
 def register_best(study: optuna.Study, plan, summary: dict) -> None:

@@ -107,7 +107,7 @@ def train(config: RunConfig, *, epoch_callback: Callable[[int, dict], None] | No
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if mlflow.active_run() is None:
         tracking.setup()
-        with mlflow.start_run(run_name=run_name) as run:
+        with mlflow.start_run(run_name=run_name, log_system_metrics=True) as run:  # MLflow's system/* (psutil)
             return _train_in_run(config, run.info.run_id, epoch_callback, progress, started)
     return _train_in_run(config, mlflow.active_run().info.run_id, epoch_callback, progress, started)
 

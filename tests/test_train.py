@@ -62,6 +62,7 @@ def test_fixed_run_config_needs_fixed_knobs(tmp_path, synthetic_data):
 def test_train_logs_one_complete_run(isolated, synthetic_data, monkeypatch):
     import mlflow
 
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")  # a tiny run lasts seconds, not 10
     config = run_config(isolated, synthetic_data)
     result = train(config, progress=False, run_name="tiny")
     registry.log_pyfunc_for_run(result.run_id)  # the caller logs the served model (as `camp train` does)
@@ -87,6 +88,9 @@ def test_train_logs_one_complete_run(isolated, synthetic_data, monkeypatch):
     assert f1[-1] == (2, pytest.approx(max(value for _, value in f1[:2])))
     assert result.value == pytest.approx(f1[-1][1]) == pytest.approx(result.metrics["val/macro_f1"])
     assert run.data.metrics["best_epoch"] == result.best_epoch
+    # MLflow's own system metrics (psutil), beside camp's process RSS (which MLflow does not record)
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(run.data.metrics)
+    assert run.data.metrics["system/rss_mb"] > 0
     for label in LABELS:
         assert 0.0 <= run.data.metrics[f"val/recall/{label}"] <= 1.0
         assert run.data.metrics[f"val/support/{label}"] == 6
