@@ -156,9 +156,11 @@ class CampClassifier(mlflow.pyfunc.PythonModel):
             self.model = classical.load(bundle)
         return self
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: pd.DataFrame, params=None):
         """The pyfunc entry (Python and `make serve`): an unreadable item's probabilities are None, which the
-        scoring server writes as JSON `null` (NaN would be written as a bare `NaN`, which is not JSON)."""
+        scoring server writes as JSON `null` (NaN would be written as a bare `NaN`, which is not JSON).
+        The DataFrame hint is one MLflow infers no schema from (camp logs its signature itself); without a
+        hint MLflow warns at every import that one should be added."""
         frame = self.predict_images(_to_values(model_input))
         columns = [f"p_{label}" for label in self.labels]
         frame[columns] = frame[columns].astype(object).where(frame[columns].notna(), None)

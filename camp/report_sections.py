@@ -94,6 +94,9 @@ def counts_section(context: Context) -> list:
                            f"({split_counts[big]} vs {split_counts[small]}); relative to the smallest label, "
                            + " : ".join(f"{label} {ratios[split][label]:.1f}" for label in labels) + "."))
     notes = []
+    if context.config.data.max_per_class:
+        notes.append(f"`data.max_per_class: {context.config.data.max_per_class}` caps every split, validation and test "
+                     "included: the counts above are after the cap, and the scores below are on those images only.")
     if context.dataset.excluded:
         notes.append(f"{len(context.dataset.excluded)} train image(s) left out by `data.exclude` "
                      f"({context.config.data.exclude}); the train counts are after that.")

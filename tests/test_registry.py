@@ -167,3 +167,13 @@ def test_registered_pyfunc_keeps_per_item_errors_and_refuses_a_wrong_frame(bundl
     _check_rows(frame, {1: "empty file", 3: "corrupt JPEG", 5: "not a readable image"})
     with pytest.raises(mlflow.exceptions.MlflowException, match="image"):
         served.predict(pd.DataFrame({"picture": [str(good)]}))
+
+
+def test_importing_the_served_model_prints_no_mlflow_type_hint_warning():
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-W", "always", "-c", "import camp.registry"], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "Add type hints" not in result.stderr
