@@ -49,6 +49,12 @@ class LabelMap:
         )
 
 
+def printable(text: str) -> str:
+    """A file name for people and for libraries that take only valid UTF-8 (Arrow, matplotlib's fonts): a
+    name that is not UTF-8, held by Python as surrogate escapes, shows its bytes as `\\xff`."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def load_label_map(name_or_path: str) -> LabelMap:
     """A label map by name (`camp5`, `identity`) or path to a YAML file with labels/map/drop."""
     path = Path(name_or_path)

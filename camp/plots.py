@@ -10,6 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from camp.data import printable
 from camp.images import UnreadableImage, decode_path
 from camp.preprocess import preprocess_steps
 
@@ -78,7 +79,7 @@ def preprocessing_grid(examples, labels, config, path: str | Path) -> Path:
             axes[row][column].imshow(picture, cmap=cmap, vmin=0, vmax=255)
             axes[row][column].set_title(title, fontsize=8)
             axes[row][column].axis("off")
-        axes[row][0].text(0, -0.02, Path(relpath).name[:24], transform=axes[row][0].transAxes, fontsize=6, va="top")
+        axes[row][0].text(0, -0.02, printable(Path(relpath).name)[:24], transform=axes[row][0].transAxes, fontsize=6, va="top")
     figure.tight_layout()
     figure.savefig(path, dpi=90)
     plt.close(figure)

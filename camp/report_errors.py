@@ -14,6 +14,7 @@ import yaml
 
 from camp import labelnoise, metrics
 from camp import report_context as core
+from camp.data import printable
 from camp.report_context import Context
 from camp.report_html import Code, Gallery, Heading, Table, Text, Tile
 
@@ -31,7 +32,7 @@ def errors_section(context: Context) -> list:
                        "predictions_<split>.csv."))
     for (true, predicted), count in pairs.items():
         group = wrong[(wrong["true"] == true) & (wrong["predicted"] == predicted)].sort_values("confidence", ascending=False)
-        tiles = _tiles(context, [(row.path, [Path(row.relpath).name, f"{row.split} · p={row.confidence:.2f}"])
+        tiles = _tiles(context, [(row.path, [printable(Path(row.relpath).name), f"{row.split} · p={row.confidence:.2f}"])
                                  for row in group.head(GALLERY_GROUP).itertuples()])
         more = f", showing {GALLERY_GROUP}" if count > GALLERY_GROUP else ""
         blocks.append(Gallery(f"true {true} → predicted {predicted} ({count}{more})", tiles,
@@ -78,7 +79,7 @@ def _label_issue_blocks(context: Context) -> list:
         blocks.append(Text(f"**Warning:** {warning}."))
     blocks += [
                Table(["given → suggested", "images"], [[pair, int(n)] for pair, n in by_pair.items()], anchor="label-issue-pairs")]
-    tiles = _tiles(context, [(s.path, [Path(s.relpath).name, f"given {s.given}", f"suggested {s.suggested} "
+    tiles = _tiles(context, [(s.path, [printable(Path(s.relpath).name), f"given {s.given}", f"suggested {s.suggested} "
                                        f"(p={s.p_suggested:.2f})", s.split]) for s in suspects[:GALLERY_SUSPECTS]])
     if tiles:
         shown = f", showing {GALLERY_SUSPECTS}" if len(suspects) > GALLERY_SUSPECTS else ""

@@ -22,7 +22,7 @@ import yaml
 from camp import metrics, names, tracking
 from camp.classical import fit_hog_linear
 from camp.config import flatten
-from camp.data import Dataset
+from camp.data import Dataset, printable
 from camp.model import balanced_weights, build_model, make_loss, make_optimizer, training_seed
 from camp.plots import confusion_matrix_plot, pick_examples, preprocessing_grid
 from camp.preprocess import load_arrays
@@ -222,7 +222,9 @@ def log_datasets(dataset: Dataset, data_fp: str) -> None:
         items = dataset.split(split)
         if not items:
             continue
-        frame = pd.DataFrame({"relpath": [item.relpath for item in items],
+        # a file name that is not UTF-8 (held as surrogate escapes) is shown as its bytes, \xff: MLflow's
+        # dataset profile is Arrow, which takes only valid UTF-8
+        frame = pd.DataFrame({"relpath": [printable(item.relpath) for item in items],
                               "label": [dataset.labels[item.label] for item in items]})
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # MLflow warns that a plain folder source is "local"

@@ -195,3 +195,22 @@ def test_report_renders_offline_in_headless_chromium(reported, tmp_path):
         assert source.startswith("data:image/") or (out / source).is_file(), source[:80]
     assert "suspected label errors" in dom and "true " in dom and "Verdict" in dom
     assert screenshot.is_file() and screenshot.stat().st_size > 20_000
+
+
+def test_report_and_clean_on_a_train_file_whose_name_is_not_utf8(isolated, synthetic_data, tmp_path):
+    """The label-noise CSVs, the report and the exclusion list carry the name through (surrogate escapes),
+    and nothing crashes on it."""
+    root = tmp_path / "data"
+    shutil.copytree(synthetic_data, root)
+    source = next((root / "train" / "hat").glob("*.jpg"))
+    odd = os.fsencode(root / "train" / "hat") + b"/hat_\xff\xfe.jpg"
+    os.rename(os.fsencode(source), odd)
+    study = isolated / "hog.yaml"
+    study.write_text("study: {name: hog, n_trials: 1}\ndata: {label_map: camp5}\nseed: 3\n"
+                     "preprocess: {crop_method: none, mode: gray, size: 32}\nmodel: {family: hog_linear}\n")
+    assert cli.main(["sweep", str(study), "--data", str(root)]) == 0
+    out = isolated / "report"
+    assert cli.main(["report", "--folds", "2", "--no-log", "--bootstrap", "100", "--out", str(out)]) == 0
+    assert (out / "report.md").is_file() and (out / "report.html").is_file()
+    assert cli.main(["clean", "--report-dir", str(out), "--out", str(isolated / "excluded.txt"), "--review", "0"]) == 0
+    assert (isolated / "excluded.txt").is_file()
