@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
@@ -22,6 +23,9 @@ def setup(experiment: str = DEFAULT_EXPERIMENT, create: bool = True) -> str:
     and nothing is created as a side effect."""
     import mlflow
 
+    # MLflow's system-metrics monitor says "Started monitoring" and "Skip logging GPU metrics" at every
+    # run's start: nothing a user acts on, and one pair per trial buries camp's own lines
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
     uri = tracking_uri()
     artifact_location = None  # the default store: MLflow's ./mlruns/<experiment id>/, beside mlflow.db
     if uri.startswith("sqlite:///"):
