@@ -38,8 +38,9 @@ from camp.sweep_summary import STATE
 
 FOLDER = Path("mlruns") / "ablations"
 SECTIONS = {"preprocess": PreprocessConfig, "model": ModelConfig}
-# the camp's three questions (missions 2-1, 2-2, 3), sized for ~30 minutes on 2 cores: a cheaper copy of
-# the base (32 px, 10 epochs: ~1/8 of a 64 px, 20-epoch CNN's time) trained twice per value
+# the camp's three questions (missions 2-1, 2-2, 3), sized to fit 30 minutes on 2 cores: a cheaper copy of
+# the base (32 px, 10 epochs: ~1/8 of a 64 px, 20-epoch CNN's time) trained twice per value; 14 cells took
+# 20 minutes on clothing-small (BENCHMARKS.md, "Controlled experiments")
 MISSIONS = {"vary": ["preprocess.mode=gray,color,binary", "preprocess.crop_method=recipe,none,border",
                      "model.loss_weighting=none,balanced,focal"],
             "set": ["preprocess.size=32", "model.max_epochs=10"], "seeds": 2}
@@ -284,7 +285,7 @@ def _conclude(study, cells, varies, held: dict, config, info, name, args) -> int
     (out / "ablation.md").write_text(render_markdown(document), encoding="utf-8")
     mlflow.log_artifacts(str(out), "ablation")
     print(render_markdown(document))
-    print(f"ablation {name}: {out / 'ablation.md'} (logged with the ablate-{name} run)")
+    print(f"ablation {name}: {out / 'ablation.md'} (logged with MLflow run {name})")
     if missing:
         print(f"camp: {len(missing)} cell(s) did not complete: {', '.join(document['missing'])}; rerun the same "
               "command to run only those", file=sys.stderr)

@@ -347,7 +347,8 @@ def run_study(args, role: str = "sweep", queue=None, after=None) -> int:
     if args.workers > 1:
         os.environ.setdefault("CAMP_THREADS", str(max(1, (os.cpu_count() or 1) // args.workers)))
     started = time.time()
-    with mlflow.start_run(run_name=f"{role}-{study_config.name}", tags={
+    run_name = study_config.name if study_config.name.startswith(f"{role}-") else f"{role}-{study_config.name}"
+    with mlflow.start_run(run_name=run_name, tags={
             names.STUDY: study_config.name, names.ROLE: role, names.GIT_COMMIT: tracking.git_commit(),
             names.WORKER: worker_id(),
             names.STORAGE: tracking.mask_url(plan.storage_url) or str(DEFAULT_JOURNAL)}, log_system_metrics=True) as parent:

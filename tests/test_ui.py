@@ -102,6 +102,9 @@ def test_mlflow_ui_renders_in_headless_chromium(ui, capsys):
                                     ["sweep-smoke", "trial-0", "trial-1", "trial-2"]),
         # the registered model: its versions and the @champion alias
         "mlflow-ui-model.png": ("#/models/camp-classifier", ["camp-classifier", "champion"]),
+        # the champion version: its description (what it is, validation and test macro-F1) and tags
+        "mlflow-ui-version.png": ("#/models/camp-classifier/versions/1", ["data fingerprint", "test macro-F1",
+                                                                         "camp.promotion"]),
     }
     saved = []
     with tempfile.TemporaryDirectory() as profile:
