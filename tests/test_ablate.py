@@ -149,4 +149,5 @@ def test_the_report_shows_the_champions_ablation_or_names_the_command(isolated, 
     assert cli.main(report) == 0
     text = (isolated / "report" / "report.md").read_text()
     assert "Controlled experiment" in text and "preprocess.mode" in text and "model.loss_weighting" in text
+    assert (isolated / "report" / "ablation.png").stat().st_size > 1000 and "ablation.png" in text
     capsys.readouterr()
