@@ -70,5 +70,5 @@ def evaluate_version(model_uri: str, version, run_id: str, config, data_fingerpr
     client.update_model_version(MODEL_NAME, version.version, description=(
         f"{config.model.family if what == 'trial' else 'camp'} classifier: {what} {trials} of study "
         f"{tags.get(names.STUDY, '-')}, data fingerprint {data_fingerprint}; {scored or 'no split scored'} "
-        f"(run {run_id}, artifacts evaluation/<split>/)."))
+        f"(run {run_id}, artifacts " + ", ".join(f"evaluation/{split}/" for split in scores) + ")."))
     return scores
