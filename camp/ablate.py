@@ -27,6 +27,7 @@ import yaml
 from camp import names, tracking
 from camp.ablate_stats import knob_result
 from camp.config import load_study_file
+from camp.evaluation import split_predictions
 from camp.interrupts import interrupts_raise_once
 from camp.model import ModelConfig
 from camp.plots import ablation_plot
@@ -53,6 +54,19 @@ class Cell:
     params: dict
     label: str
     replica: int
+
+    @property
+    def key(self) -> str:
+        return params_key(self.params)
+
+
+def params_key(params: dict) -> str:
+    """One cell's identity, as its params (a trial's `fixed_params`, which enqueue_trial stores) in JSON."""
+    return json.dumps(params, sort_keys=True)
+
+
+def _trial_key(trial) -> str:
+    return params_key(trial.system_attrs.get("fixed_params", trial.params))
 
 
 def parse_assignment(text: str, flag: str) -> tuple[str, list]:
@@ -106,7 +120,7 @@ def plan_cells(base: RunConfig, varies: list[tuple[str, list]], seeds: int) -> l
                 params = {**base_values, knob: value}
                 if seeds > 1:
                     params["model.replica"] = replica
-                key = json.dumps(params, sort_keys=True)
+                key = params_key(params)
                 if key not in seen:
                     seen.add(key)
                     cells.append(Cell(params, label, replica))
@@ -159,9 +173,7 @@ def base_config(base: str, data_path: str | None) -> tuple[RunConfig, dict]:
 
 def _bundle_meta(run_id: str, where: str) -> dict:
     try:
-        with tempfile.TemporaryDirectory() as directory:
-            return json.loads(Path(mlflow.artifacts.download_artifacts(
-                run_id=run_id, artifact_path="bundle/camp.json", dst_path=directory)).read_text())
+        return mlflow.artifacts.load_dict(f"runs:/{run_id}/bundle/camp.json")
     except (mlflow.exceptions.MlflowException, OSError):
         raise ValueError(f"--base {where}: run {run_id} has no bundle/camp.json (not a camp training run)") from None
 
@@ -200,18 +212,31 @@ def run_ablate(args) -> int:
         return _ablate(args)
 
 
-def _ablate(args) -> int:
-    tracking.setup()
-    varies = [parse_assignment(text, "--vary") for text in (MISSIONS["vary"] if args.missions else []) + args.vary]
-    sets = [parse_assignment(text, "--set") for text in (MISSIONS["set"] if args.missions else []) + args.set]
-    seeds = args.seeds if args.seeds is not None else (MISSIONS["seeds"] if args.missions else 2)
-    base, info = base_config(args.base, args.data)
-    held = base
-    for knob, values in sets:
+def parse_flags(vary: list[str], set_: list[str]) -> tuple[list[tuple[str, list]], dict]:
+    """`--vary` texts -> [(knob, values)], `--set` texts -> {knob: value}; bad ones are errors naming them."""
+    sets = {}
+    for knob, values in (parse_assignment(text, "--set") for text in set_):
         if len(values) != 1:
             raise ValueError(f"--set {knob}: one value, got {values}")
-        held = with_value(held, knob, values[0], "--set")
-    cells = plan_cells(held, varies, seeds)
+        sets[knob] = values[0]
+    return [parse_assignment(text, "--vary") for text in vary], sets
+
+
+def plan(base: RunConfig, varies: list[tuple[str, list]], sets: dict, seeds: int) -> tuple[RunConfig, list[Cell]]:
+    """The base with the `sets` knobs held, and the cells around it."""
+    held = base
+    for knob, value in sets.items():
+        held = with_value(held, knob, value, "--set")
+    return held, plan_cells(held, varies, seeds)
+
+
+def _ablate(args) -> int:
+    tracking.setup()
+    varies, sets = parse_flags((MISSIONS["vary"] if args.missions else []) + args.vary,
+                               (MISSIONS["set"] if args.missions else []) + args.set)
+    seeds = args.seeds if args.seeds is not None else (MISSIONS["seeds"] if args.missions else 2)
+    base, info = base_config(args.base, args.data)
+    held, cells = plan(base, varies, sets, seeds)
     identity = json.dumps({"base": dataclasses.asdict(dataclasses.replace(held, model=dataclasses.replace(
         held.model, replica=0))), "vary": varies, "seeds": seeds}, sort_keys=True, default=str)
     name = args.name or f"ablate-{hashlib.sha256(identity.encode()).hexdigest()[:10]}"
@@ -229,18 +254,17 @@ def _ablate(args) -> int:
 
     def queue(study, plan):
         def keys(*states):
-            return {json.dumps(t.system_attrs.get("fixed_params", t.params), sort_keys=True)
-                    for t in study.get_trials(deepcopy=False, states=states)}
+            return {_trial_key(t) for t in study.get_trials(deepcopy=False, states=states)}
 
         complete, queued = keys(STATE.COMPLETE), keys(STATE.COMPLETE, STATE.WAITING, STATE.RUNNING)
         for cell in cells:  # a failed or interrupted cell is queued again; a waiting or running one is not
-            if json.dumps(cell.params, sort_keys=True) not in queued:
+            if cell.key not in queued:
                 study.enqueue_trial(cell.params, user_attrs={"cell": cell.label, "replica": cell.replica})
-        done = sum(json.dumps(cell.params, sort_keys=True) in complete for cell in cells)
+        done = sum(cell.key in complete for cell in cells)
         print(f"ablation {name}: {done} of {len(cells)} cells done, {len(cells) - done} to run", flush=True)
 
     def after(study, summary, parent_run_id):
-        return _conclude(study, cells, varies, {knob: values[0] for knob, values in sets}, held, info, name, args)
+        return _conclude(study, cells, varies, sets, held, info, name, args)
 
     return run_study(study_args, role="ablate", queue=queue, after=after)
 
@@ -254,21 +278,15 @@ def _conclude(study, cells, varies, held: dict, config, info, name, args) -> int
     split = args.split if dataset.split(args.split) else "validation"
     done = {}
     for trial in study.get_trials(deepcopy=False, states=(STATE.COMPLETE,)):
-        done.setdefault(json.dumps(trial.system_attrs.get("fixed_params", trial.params), sort_keys=True),
-                        trial.user_attrs["mlflow_run_id"])
-    missing = [cell for cell in cells if json.dumps(cell.params, sort_keys=True) not in done]
-    scored = {}
-    for cell in cells:
-        run_id = done.get(json.dumps(cell.params, sort_keys=True))
-        if run_id is not None:
-            scored[json.dumps(cell.params, sort_keys=True)] = _cell_outputs(run_id, dataset, split)
+        done.setdefault(_trial_key(trial), trial.user_attrs["mlflow_run_id"])
+    missing = [cell for cell in cells if cell.key not in done]
+    scored = {cell.key: _cell_outputs(done[cell.key], dataset, split) for cell in cells if cell.key in done}
     results = []
     for knob, values in varies:
         outputs = {}
         for cell in cells:
-            key = json.dumps(cell.params, sort_keys=True)
-            if key in scored and all(cell.params[k] == config_value(config, k) for k, _ in varies if k != knob):
-                outputs[(cell.params[knob], cell.replica)] = scored[key]
+            if cell.key in scored and all(cell.params[k] == config_value(config, k) for k, _ in varies if k != knob):
+                outputs[(cell.params[knob], cell.replica)] = scored[cell.key]
         outputs = _aligned(outputs)
         if len({value for value, _ in outputs}) >= 2:
             results.append(knob_result(knob, values, outputs, list(dataset.labels), config.metric,
@@ -310,14 +328,10 @@ def _cell_outputs(run_id: str, dataset, split: str) -> dict:
     try:
         other = mlflow.artifacts.load_dict(f"runs:/{run_id}/{artifact}")
     except Exception:  # noqa: BLE001 - not scored yet (the first conclusion after the cell ran)
-        items = dataset.split(split)
         with tempfile.TemporaryDirectory() as directory:
             bundle = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="bundle", dst_path=directory)
-            frame = CampClassifier().load_bundle(bundle).predict_files([item.path for item in items])
-        readable = [i for i, error in enumerate(frame["error"]) if not error]
-        columns = [f"p_{label}" for label in dataset.labels]
-        other = {"relpaths": [items[i].relpath for i in readable], "y_true": [items[i].label for i in readable],
-                 "probabilities": frame[columns].to_numpy(float)[readable].round(6).tolist()}
+            other = split_predictions(CampClassifier().load_bundle(bundle), dataset, split)
+        other["probabilities"] = other["probabilities"].round(6).tolist()
         client.log_dict(run_id, other, artifact)
     out[split] = dict(zip(other["relpaths"], zip(other["y_true"], other["probabilities"])))
     return out
@@ -350,8 +364,7 @@ def render_markdown(document: dict) -> str:
                   + " | ".join(f"recall {label}" for label in labels) + " |",
                   "|---" * (4 + len(labels)) + "|"]
         for row in result["rows"]:
-            prefix = "val" if result["split"] == "validation" else result["split"]
-            lines.append(f"| {row['value']} | {row['seeds']} | {row['val']} | {row[prefix]} | "
+            lines.append(f"| {row['value']} | {row['seeds']} | {row['val']} | {row[result['column']]} | "
                          + " | ".join(str(row["recall"].get(label)) for label in labels) + " |")
         lines += [""] + [f"- {pair['verdict']}" for pair in result["pairs"]] + [""]
     if document["missing"]:

@@ -109,7 +109,8 @@ def knob_result(knob: str, values: list, outputs: dict, labels: list, metric: st
             pairs.append({"first": a, "second": b, "difference": round(difference, 4), "interval": [round(low, 4), round(high, 4)],
                           "seeds": len(shared),
                           "verdict": verdict(_text(a), _text(b), difference, low, high, direction, split_metric)})
-    return {"knob": knob, "metric": split_metric, "split": split, "rows": rows, "pairs": pairs}
+    return {"knob": knob, "metric": split_metric, "split": split, "column": split_prefix(split), "rows": rows,
+            "pairs": pairs}
 
 
 def split_prefix(split: str) -> str:

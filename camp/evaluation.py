@@ -27,15 +27,17 @@ from camp.run_config import prepare_dataset
 SPLITS = ("validation", "test")
 
 
-def split_outputs(model, dataset, split: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """(true labels, probabilities) of `model` (a CampClassifier) on a split's readable images."""
+def split_predictions(model, dataset, split: str) -> dict:
+    """`model`'s (a CampClassifier's) probabilities on a split's readable images, in the shape of a run's
+    `val_predictions.json` (probabilities as an (N, labels) array; N is 0 for an empty split)."""
     items = dataset.split(split)
-    if not items:
-        return None
-    probabilities, errors = model._probabilities([item.path for item in items], [])
+    probabilities, errors = (model._probabilities([item.path for item in items], []) if items
+                             else (np.empty((0, len(dataset.labels))), []))
     unreadable = {index for index, _ in errors}
     kept = [index for index in range(len(items)) if index not in unreadable]
-    return np.array([items[i].label for i in kept]), np.asarray(probabilities, dtype=np.float64)[kept]
+    return {"labels": list(dataset.labels), "relpaths": [items[i].relpath for i in kept],
+            "y_true": [items[i].label for i in kept],
+            "probabilities": np.asarray(probabilities, dtype=np.float64)[kept]}
 
 
 def evaluate_version(model_uri: str, version, run_id: str, config, data_fingerprint: str) -> dict:
@@ -47,10 +49,10 @@ def evaluate_version(model_uri: str, version, run_id: str, config, data_fingerpr
     model = mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
     scores, stamp = {}, int(time.time() * 1000)
     for split in SPLITS:
-        outputs = split_outputs(model, dataset, split)
-        if outputs is None or not len(outputs[0]):
+        outputs = split_predictions(model, dataset, split)
+        if not outputs["y_true"]:
             continue
-        y, probabilities = outputs
+        y, probabilities = np.array(outputs["y_true"]), outputs["probabilities"]
         predicted = probabilities.argmax(axis=1)
         prefix = f"eval/{split}"
         values = {**metrics.classification_metrics(y, predicted, prefix), **metrics.per_label_metrics(y, predicted, labels, prefix)}

@@ -111,7 +111,7 @@ def ablation_plot(results: list[dict], path: str | Path) -> Path:
     """One panel per ablated knob: each value's score per seed (dots) and its mean (bar)."""
     figure, axes = plt.subplots(1, len(results), figsize=(3.6 * len(results) + 1, 3.4), squeeze=False)
     for panel, result in zip(axes[0], results):
-        prefix = "val" if result["split"] == "validation" else result["split"]
+        prefix = result["column"]  # the verdict split's column in each row
         rows = [row for row in result["rows"] if row[prefix] is not None]
         positions = np.arange(len(rows))
         panel.bar(positions, [row[prefix] for row in rows], color="#9ecae1", width=0.6)

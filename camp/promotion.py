@@ -13,7 +13,7 @@ import numpy as np
 
 from camp import metrics, names
 from camp.config import PromotionConfig
-from camp.evaluation import evaluate_version
+from camp.evaluation import evaluate_version, split_predictions
 from camp.registry import CHAMPION, MODEL_NAME
 from camp.run_config import prepare_dataset
 
@@ -23,13 +23,8 @@ def validation_outputs(model_uri: str, config) -> dict:
     shape of a run's `val_predictions.json` (unreadable images left out)."""
 
     dataset, _ = prepare_dataset(config)
-    items = dataset.split("validation")
-    model = mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
-    probabilities, errors = model._probabilities([item.path for item in items], [])
-    unreadable = {index for index, _ in errors}
-    kept = [index for index in range(len(items)) if index not in unreadable]
-    return {"labels": list(dataset.labels), "relpaths": [items[i].relpath for i in kept],
-            "y_true": [items[i].label for i in kept], "probabilities": probabilities[kept].tolist()}
+    outputs = split_predictions(mlflow.pyfunc.load_model(model_uri).unwrap_python_model(), dataset, "validation")
+    return {**outputs, "probabilities": outputs["probabilities"].tolist()}
 
 
 def run_predictions(run_id: str) -> dict | None:

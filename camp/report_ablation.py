@@ -55,7 +55,7 @@ def ablation_blocks(context: Context, knob: str, secondary: bool = True) -> list
                      f"`camp ablate --base champion --missions --workers 2`) trains every value of it, and of the "
                      f"other mission knobs, with all other knobs held at the champion's{_estimate(context)}; "
                      "the comparison below is from the sweep's trials, which differ in other knobs too.")]
-    prefix = "val" if result["split"] == "validation" else result["split"]
+    prefix = result["column"]
     labels = list(result["rows"][0]["recall"]) if result["rows"] else []
     rows = [[row["value"], row["seeds"], row["val"], row[prefix], *[row["recall"].get(label) for label in labels]]
             for row in result["rows"]]
@@ -78,11 +78,7 @@ def _estimate(context: Context) -> str:
     try:
         base, info = ablate.base_config(f"models:/{context.champion.name}/{context.champion.version}",
                                         context.config.data_path)
-        held = base
-        for text in ablate.MISSIONS["set"]:
-            knob, (value,) = ablate.parse_assignment(text, "--set")
-            held = ablate.with_value(held, knob, value, "--set")
-        cells = ablate.plan_cells(held, [ablate.parse_assignment(t, "--vary") for t in ablate.MISSIONS["vary"]],
+        held, cells = ablate.plan(base, *ablate.parse_flags(ablate.MISSIONS["vary"], ablate.MISSIONS["set"]),
                                   ablate.MISSIONS["seeds"])
         seconds = ablate.estimate_seconds(base, info["seconds"], cells, held, 2)
     except ValueError:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,7 @@ from camp.report_context import Context
 from camp.report_errors import errors_section
 from camp.report_finalists import finalists_blocks, floor_verdict
 from camp.report_html import Code, Heading, Picture, Row, Table, Text
+from camp.study_plots import save_png
 
 MODES = ("color", "gray", "binary")
 WEIGHTINGS = ("none", "balanced", "focal")
@@ -344,18 +344,6 @@ def _weighting_blocks(context: Context, trials: list, maximize: bool) -> list:
 
 
 def _study_plot(study, name: str, path: Path):
-    import matplotlib.pyplot as plt
     from optuna.visualization import matplotlib as optuna_plots
 
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            axes = getattr(optuna_plots, f"plot_{name}")(study)
-        figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
-        figure.set_size_inches(10, 5)
-        figure.tight_layout()
-        figure.savefig(path, dpi=90)
-        plt.close(figure)
-        return path
-    except (ValueError, RuntimeError, ZeroDivisionError, IndexError) as error:
-        return str(error) or type(error).__name__
+    return save_png(lambda: getattr(optuna_plots, f"plot_{name}")(study), path, size=(10, 5), dpi=90)

@@ -44,28 +44,38 @@ def study_plots(study: optuna.Study, directory: Path) -> None:
     _html(study, directory / "study_plots.html", knobs)
 
 
-def _pngs(study: optuna.Study, directory: Path, knobs: list[str] | None) -> None:
+def save_png(draw, path: Path, size: tuple[float, float] = (11, 6), dpi: int = 100):
+    """Draw one Optuna matplotlib plot (`draw()` returns its axes) into `path`; returns the path, or why it
+    could not be drawn (the sweep's parent run and `camp report` both draw through this)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            axes = draw()
+        figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
+        figure.set_size_inches(*size)
+        figure.tight_layout()
+        figure.savefig(path, dpi=dpi)
+        plt.close(figure)
+        return path
+    except _DRAWING_ERRORS as error:
+        return str(error) or type(error).__name__
+
+
+def _pngs(study: optuna.Study, directory: Path, knobs: list[str] | None) -> None:
     from optuna.visualization import matplotlib as optuna_plots
 
     plots = {"optimization_history.png": lambda: optuna_plots.plot_optimization_history(study),
              "param_importances.png": lambda: optuna_plots.plot_param_importances(study),
              "parallel_coordinate.png": lambda: optuna_plots.plot_parallel_coordinate(study, params=knobs)}
     for name, plot in plots.items():
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                axes = plot()
-            figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
-            figure.set_size_inches(11, 6)
-            figure.tight_layout()
-            figure.savefig(directory / name, dpi=100)
-            plt.close(figure)
-        except _DRAWING_ERRORS as error:
-            (directory / name.replace(".png", ".txt")).write_text(f"not drawn: {error}\n")
+        drawn = save_png(plot, directory / name)
+        if not isinstance(drawn, Path):
+            (directory / name.replace(".png", ".txt")).write_text(f"not drawn: {drawn}\n")
 
 
 def _html(study: optuna.Study, path: Path, knobs: list[str] | None) -> None:

@@ -29,7 +29,7 @@ def test_the_evaluation_matches_the_served_models_own_predictions(current_smoke_
     import numpy as np
     from sklearn.metrics import f1_score
 
-    from camp.evaluation import split_outputs
+    from camp.evaluation import split_predictions
     from camp.run_config import prepare_dataset, run_config_from_meta
 
     client = mlflow.MlflowClient()
@@ -38,6 +38,6 @@ def test_the_evaluation_matches_the_served_models_own_predictions(current_smoke_
     config = run_config_from_meta(mlflow.artifacts.load_dict(f"runs:/{run_id}/bundle/camp.json"))
     dataset, _ = prepare_dataset(config)
     model = mlflow.pyfunc.load_model("models:/camp-classifier@champion").unwrap_python_model()
-    y, probabilities = split_outputs(model, dataset, "test")
-    expected = f1_score(y, np.argmax(probabilities, axis=1), average="macro", zero_division=0)
+    outputs = split_predictions(model, dataset, "test")
+    expected = f1_score(outputs["y_true"], np.argmax(outputs["probabilities"], axis=1), average="macro", zero_division=0)
     assert client.get_run(run_id).data.metrics["eval/test/macro_f1"] == pytest.approx(expected)
