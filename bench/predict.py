@@ -1,5 +1,7 @@
 """The served model through `mlflow.pyfunc`: load time in a fresh process, single-image latency
-(p50/p95) and batch throughput (prints JSON). Needs a registered model (run `make sweep` first).
+(p50/p95) and batch throughput (prints JSON); beside it, measured in the same process, the same model
+without and with flip test-time augmentation and an ensemble's heaviest member alone. Needs a
+registered model (run `make sweep` first).
 
     .venv/bin/python bench/predict.py [--model models:/camp-classifier@champion] [--data data/clothing-small]
 """
@@ -52,22 +54,50 @@ def main() -> None:
     # what a client sends: each image base64-encoded (the served model does not read client-named paths)
     paths = [base64.b64encode(Path(item.path).read_bytes()).decode("ascii")
              for item in data.load_dataset(args.data).split("validation")]
-    model.predict(pd.DataFrame({"image": paths[:2]}))  # warm-up
-    latencies = []
-    for path in paths[:args.single]:
-        started = time.perf_counter()
-        model.predict(pd.DataFrame({"image": [path]}))
-        latencies.append(time.perf_counter() - started)
     batch = (paths * (args.batch // len(paths) + 1))[:args.batch]
-    started = time.perf_counter()
-    model.predict(pd.DataFrame({"image": batch}))
-    batch_seconds = time.perf_counter() - started
-    print(json.dumps({"bench": "predict", "model": args.model,
-                      "fresh_process": {"import_mlflow_s": round(import_seconds, 2), "load_model_s": round(load_seconds, 2),
-                                        "total_with_interpreter_s": round(fresh_total, 2)},
-                      "single_image_ms": {"p50": round(1000 * float(np.percentile(latencies, 50)), 1),
-                                          "p95": round(1000 * float(np.percentile(latencies, 95)), 1), "n": len(latencies)},
-                      "batch": {"size": len(batch), "images_per_second": round(len(batch) / batch_seconds, 1)}}, indent=2))
+
+    def measure(call) -> dict:
+        call(pd.DataFrame({"image": paths[:2]}))  # warm-up
+        latencies = []
+        for path in paths[:args.single]:
+            started = time.perf_counter()
+            call(pd.DataFrame({"image": [path]}))
+            latencies.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        call(pd.DataFrame({"image": batch}))
+        batch_seconds = time.perf_counter() - started
+        return {"single_image_ms": {"p50": round(1000 * float(np.percentile(latencies, 50)), 1),
+                                    "p95": round(1000 * float(np.percentile(latencies, 95)), 1), "n": len(latencies)},
+                "batch": {"size": len(batch), "images_per_second": round(len(batch) / batch_seconds, 1)}}
+
+    inner = model.unwrap_python_model()
+    members = inner.members or [inner]
+    registered_tta = members[0].tta
+
+    def with_tta(tta, call):
+        def run(frame):
+            for member in members:
+                member.tta = tta
+            try:
+                return call(frame)
+            finally:
+                for member in members:
+                    member.tta = registered_tta
+        return run
+
+    result = {"bench": "predict", "model": args.model, "members": len(members), "tta": registered_tta,
+              "fresh_process": {"import_mlflow_s": round(import_seconds, 2), "load_model_s": round(load_seconds, 2),
+                                "total_with_interpreter_s": round(fresh_total, 2)},
+              # as served: through mlflow.pyfunc (schema checks included), with the registered augmentation
+              **measure(model.predict)}
+    # side by side, in this process: the same model without and with flip, and its heaviest member alone
+    result["variants"] = {f"tta {tta}": measure(with_tta(tta, lambda frame: inner.predict(None, frame)))
+                          for tta in ("none", "flip")}
+    if inner.members:
+        heaviest = inner.members[int(np.argmax(inner.weights))]
+        result["variants"]["heaviest member, tta none"] = measure(
+            with_tta("none", lambda frame: heaviest.predict(None, frame)))
+    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

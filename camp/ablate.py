@@ -360,11 +360,13 @@ def render_markdown(document: dict) -> str:
              f"per value; verdicts on {document['split']}, paired on the same images and seeds (bootstrap over both).", ""]
     for result in document["knobs"]:
         labels = list(result["rows"][0]["recall"]) if result["rows"] else []
-        lines += [f"## {result['knob']}", "", "| value | seeds | val | " + result["split"] + " | "
+        scored = result["column"] != "val"  # verdicts on validation: its column is already there
+        lines += [f"## {result['knob']}", "", "| value | seeds | validation | " + (result["split"] + " | " if scored else "")
                   + " | ".join(f"recall {label}" for label in labels) + " |",
-                  "|---" * (4 + len(labels)) + "|"]
+                  "|---" * (3 + scored + len(labels)) + "|"]
         for row in result["rows"]:
-            lines.append(f"| {row['value']} | {row['seeds']} | {row['val']} | {row[result['column']]} | "
+            lines.append(f"| {row['value']} | {row['seeds']} | {row['val']} | "
+                         + (f"{row[result['column']]} | " if scored else "")
                          + " | ".join(str(row["recall"].get(label)) for label in labels) + " |")
         lines += [""] + [f"- {pair['verdict']}" for pair in result["pairs"]] + [""]
     if document["missing"]:

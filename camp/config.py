@@ -111,6 +111,7 @@ class PrunerConfig:
 
 
 ENSEMBLES = ("none", "caruana", "top_k")
+TTA_CHOICES = ("none", "flip", "auto")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,8 +128,13 @@ class FinalizeConfig:
     max_members: int = 3
     rounds: int = 10  # selection steps (members may repeat: that is their weight)
     min_gain: float = 0.0
+    # test-time augmentation of the registered model: flip averages each image with its mirror; auto
+    # keeps it only where it scores better on validation
+    tta: str = "none"
 
     def __post_init__(self):
+        if self.tta not in TTA_CHOICES:
+            raise ValueError(f"finalize.tta must be one of {TTA_CHOICES}, got {self.tta!r}")
         if self.ensemble not in ENSEMBLES:
             raise ValueError(f"finalize.ensemble must be one of {ENSEMBLES}, got {self.ensemble!r}")
         if not 1 <= self.max_members <= 20:

@@ -57,40 +57,92 @@ def finalize(study: optuna.Study, plan, summary: dict, storage, parent_run_id: s
 
 
 def _register_result(study: optuna.Study, plan, summary: dict, storage, parent_run_id: str) -> None:
-
     config = plan.study_file.study.finalize
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    pool = candidates(study, maximize) if config.ensemble != "none" else []
-    if len(pool) < 2:
+    pool = candidates(study, maximize) if (config.ensemble != "none" or config.tta != "none") else []
+    if not pool:
         register_champion(study, plan, summary, storage)
         return
     metric = plan.study_file.study.metric
     y = np.asarray(pool[0][1]["y_true"])
-    probabilities = [np.asarray(p["probabilities"], dtype=np.float64) for _, p in pool]
-    selection = ensemble.select(y, probabilities, metric, maximize, config.ensemble, config.max_members, config.rounds)
-    gain = (selection.value - selection.best_single_value) * names.gain_sign(study.direction)
+    options = tta_options(pool, config.tta)
+    method = config.ensemble if config.ensemble != "none" else "top_k"
+    members_cap = config.max_members if config.ensemble != "none" else 1
+    selections = {tta: ensemble.select(y, probabilities, metric, maximize, method, members_cap, config.rounds)
+                  for tta, probabilities in options.items()}
+    tta, selection = _choose(selections, config, study.direction)
+    plain_best = selections["none"].best_single_value
+    use_ensemble = _ensemble_gain(selection, study.direction) > config.min_gain and len(selection.members) >= 2
+    if not use_ensemble:  # the best single candidate under the chosen augmentation
+        selection = ensemble.Selection([selection.best_single], [1.0], selection.best_single_value,
+                                       selection.best_single, selection.best_single_value)
     members = [pool[i][0] for i in selection.members]
-    summary["ensemble"] = {"method": config.ensemble, "members": [t.number for t in members],
+    gain = (selection.value - plain_best) * names.gain_sign(study.direction)
+    summary["ensemble"] = {"method": config.ensemble, "tta": tta, "members": [t.number for t in members],
                            "weights": [round(w, 3) for w in selection.weights], "value": round(selection.value, 4),
-                           "best_single_value": round(selection.best_single_value, 4), "gain": round(gain, 4)}
+                           "best_single_value": round(plain_best, 4), "gain": round(gain, 4)}
+    if "flip" in selections:
+        summary["ensemble"]["value_without_tta"] = round(selections["none"].value, 4)
+        summary["ensemble"]["value_with_flip"] = round(selections["flip"].value, 4)
     described = ", ".join(f"#{t.number} x{w:.2f}" for t, w in zip(members, selection.weights))
-    if len(members) < 2 or gain <= config.min_gain:
-        print(f"finalize: the {config.ensemble} ensemble ({described}) scores {metric} {selection.value:.4f}, "
-              f"no gain over the best trial's {selection.best_single_value:.4f}: registering the best trial")
+    if "flip" in selections:
+        print(f"finalize: flip test-time augmentation: {metric} {selections['flip'].value:.4f} with, "
+              f"{selections['none'].value:.4f} without ({config.tta}: {'flip' if tta == 'flip' else 'none'})")
+    if tta == "none" and not use_ensemble:
+        if config.ensemble != "none":
+            print(f"finalize: the {config.ensemble} ensemble scores {metric} {selections['none'].value:.4f}, no gain "
+                  f"over the best trial's {plain_best:.4f}: registering the best trial")
         summary["ensemble"]["registered"] = False
         register_champion(study, plan, summary, storage)
         return
-    print(f"finalize: {config.ensemble} ensemble of {len(members)} trials ({described}): {metric} "
-          f"{selection.value:.4f} vs the best trial's {selection.best_single_value:.4f} (+{gain:.4f}, chosen on "
-          "these same validation images, so optimistic)")
+    print(f"finalize: {'ensemble of ' + str(len(members)) + ' trials' if use_ensemble else 'the best trial'} "
+          f"({described}){' with flip TTA' if tta == 'flip' else ''}: {metric} {selection.value:.4f} vs the best "
+          f"trial's {plain_best:.4f} (+{gain:.4f}, chosen on these same validation images, so optimistic)")
     summary["ensemble"]["registered"] = True
     with champion_lock(storage):
-        _log_and_register(study, plan, summary, parent_run_id, members, selection, y, probabilities, pool)
+        _log_and_register(study, plan, summary, parent_run_id, members, selection, y,
+                          [options[tta][i] for i in selection.members], pool, tta)
 
 
-def _log_and_register(study, plan, summary, parent_run_id, members, selection, y, probabilities, pool) -> None:
+def tta_options(pool, tta: str) -> dict[str, list[np.ndarray]]:
+    """Candidates' validation probabilities without test-time augmentation, and (when `tta` allows it
+    and every candidate logged them) with it: `probabilities_flip`, each image's averaged with its mirror's."""
+    plain = [np.asarray(p["probabilities"], dtype=np.float64) for _, p in pool]
+    options = {"none": plain}
+    if tta == "none":
+        return options
+    missing = [t.number for t, p in pool if "probabilities_flip" not in p]
+    if missing:
+        print(f"finalize: trial(s) {missing} logged no mirrored validation predictions (trained by an older camp): "
+              "no test-time augmentation")
+        return options
+    options["flip"] = [np.asarray(p["probabilities_flip"], dtype=np.float64) for _, p in pool]
+    return options
+
+
+def _ensemble_gain(selection: ensemble.Selection, direction) -> float:
+    return (selection.value - selection.best_single_value) * names.gain_sign(direction)
+
+
+def _choose(selections: dict, config, direction) -> tuple[str, ensemble.Selection]:
+    """`tta: flip` takes the mirror average whenever it is available; `auto` only where it scores better on
+    validation (ties: none, the cheaper model)."""
+    if "flip" not in selections:
+        return "none", selections["none"]
+
+    def final_value(selection):
+        use = _ensemble_gain(selection, direction) > config.min_gain and len(selection.members) >= 2
+        return selection.value if use else selection.best_single_value
+    if config.tta == "flip" or names.better(final_value(selections["flip"]), final_value(selections["none"]), direction):
+        return "flip", selections["flip"]
+    return "none", selections["none"]
+
+
+def _log_and_register(study, plan, summary, parent_run_id, members, selection, y, probabilities, pool, tta) -> None:
+    """Log the chosen members (their validation `probabilities`, in member order) as one bundle in a run
+    nested under the sweep, and register it."""
     labels = pool[0][1]["labels"]
-    combined = ensemble.average([probabilities[i] for i in selection.members], selection.weights)
+    combined = ensemble.average(probabilities, selection.weights)
     predicted = combined.argmax(axis=1)
     values = {**metrics.classification_metrics(y, predicted), **metrics.per_label_metrics(y, predicted, labels),
               names.VAL_LOSS: ensemble.score(y, combined, names.VAL_LOSS)}
@@ -106,7 +158,8 @@ def _log_and_register(study, plan, summary, parent_run_id, members, selection, y
             shutil.copytree(downloaded, bundle / "members" / name)
             member_names.append(name)
         meta = json.loads((bundle / "members" / member_names[0] / "camp.json").read_text())
-        spec = {"labels": labels, "members": member_names, "weights": selection.weights, "method": plan.study_file.study.finalize.ensemble,
+        spec = {"labels": labels, "members": member_names, "weights": selection.weights,
+                "method": plan.study_file.study.finalize.ensemble, "tta": tta,
                 "trials": [t.number for t in members], "runs": member_runs}
         (bundle / "ensemble.json").write_text(json.dumps(spec, indent=2))
         # the best member's config stands for the ensemble where one config is needed (report, fold models)
@@ -114,7 +167,7 @@ def _log_and_register(study, plan, summary, parent_run_id, members, selection, y
         config = run_config.run_config_from_meta(meta)
         tags = {names.STUDY: study.study_name, names.ROLE: "ensemble", names.GIT_COMMIT: tracking.git_commit(),
                 names.MEMBERS: ",".join(member_runs), names.MEMBER_TRIALS: ",".join(str(t.number) for t in members),
-                names.MEMBER_WEIGHTS: ",".join(f"{w:.4f}" for w in selection.weights)}
+                names.MEMBER_WEIGHTS: ",".join(f"{w:.4f}" for w in selection.weights), names.TTA: tta}
         for name in (names.DATA_FINGERPRINT, names.DATA_ROOT, names.SEED):
             if name in best_run.data.tags:
                 tags[name] = best_run.data.tags[name]
@@ -126,7 +179,7 @@ def _log_and_register(study, plan, summary, parent_run_id, members, selection, y
             mlflow.log_dict(predictions, "val_predictions.json")
             mlflow.log_artifacts(str(bundle), "bundle")
             info = registry.log_pyfunc(bundle, run_config.first_validation_path(meta))
-        members_tags = {key: tags[key] for key in (names.MEMBERS, names.MEMBER_TRIALS, names.MEMBER_WEIGHTS)}
+        members_tags = {key: tags[key] for key in (names.MEMBERS, names.MEMBER_TRIALS, names.MEMBER_WEIGHTS, names.TTA)}
         version, promoted = promotion.register_and_promote(info.model_uri, run.info.run_id, selection.value, config,
                                                            tags[names.DATA_FINGERPRINT], tags=members_tags,
                                                            predictions=predictions,

@@ -17,6 +17,7 @@ BLOCKS = ("plain", "residual")
 SCHEDULES = ("constant", "cosine", "linear")
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 LOSS_WEIGHTINGS = ("none", "balanced", "focal")
+TTAS = ("none", "flip")  # test-time augmentation: flip also scores the mirror image and averages the two
 FOCAL_ALPHAS = ("none", "balanced")
 
 
@@ -235,3 +236,22 @@ def make_loss(config: ModelConfig, class_weights: np.ndarray):
         return ops.sum(alpha * n_classes * modulating * cross_entropy, axis=-1)
 
     return focal_loss
+
+
+def predict_probabilities(model, x: np.ndarray, tta: str = "none") -> np.ndarray:
+    """(N, classes) probabilities of a trained CNN or `camp.classical.HogLinear` on model inputs `x`
+    (N, H, W, C); `tta="flip"` averages them with the horizontally mirrored images' (training augments
+    with the same flip, so the mirror is an image the model knows). A batch of up to 256 goes through
+    `predict_on_batch`, which skips the per-call dataset set-up that dominates one-image latency."""
+    if tta not in TTAS:
+        raise ValueError(f"tta must be one of {TTAS}, got {tta!r}")
+
+    def run(batch):
+        if len(batch) <= 256 and hasattr(model, "predict_on_batch"):
+            return np.asarray(model.predict_on_batch(batch), dtype=np.float64)
+        return np.asarray(model.predict(batch, batch_size=256, verbose=0), dtype=np.float64)
+
+    probabilities = run(x)
+    if tta == "flip":
+        probabilities = (probabilities + run(np.ascontiguousarray(x[:, :, ::-1]))) / 2
+    return probabilities

@@ -59,6 +59,7 @@ LEAKED_DUPLICATES = "camp.leaked_duplicates"
 MEMBERS = "camp.members"
 MEMBER_TRIALS = "camp.member_trials"
 MEMBER_WEIGHTS = "camp.member_weights"
+TTA = "camp.tta"  # test-time augmentation of a registered model: none | flip
 # `camp ablate`: a cell's run names its knob value and replica; the parent run names the run it varies
 CELL = "camp.cell"
 ABLATION_BASE_RUN = "camp.ablation_base_run"

@@ -32,6 +32,7 @@ import pandas as pd
 
 from camp import classical, ensemble
 from camp.images import UnreadableImage, decode_any, decode_path, encoded_size
+from camp.model import TTAS, predict_probabilities
 from camp.preprocess import PreprocessConfig, preprocess_image
 from camp.run_config import first_validation_path
 
@@ -140,11 +141,16 @@ class CampClassifier(mlflow.pyfunc.PythonModel):
             self.labels = list(spec["labels"])
             if any(member.labels != self.labels for member in self.members):
                 raise ValueError(f"{bundle}: ensemble members disagree on the labels")
+            self.tta = spec.get("tta", "none")  # bundles from before test-time augmentation have none
+            if self.tta not in TTAS:
+                raise ValueError(f"{bundle / 'ensemble.json'}: tta must be one of {TTAS}, got {self.tta!r}")
+            for member in self.members:
+                member.tta = self.tta
             self.preprocess = self.members[0].preprocess
             return self
 
         meta = json.loads((bundle / "camp.json").read_text())
-        self.members, self.weights = None, None
+        self.members, self.weights, self.tta = None, None, "none"
         self.labels = list(meta["labels"])
         self.preprocess = PreprocessConfig(**meta["preprocess"])
         if (bundle / "model.keras").is_file():
@@ -197,26 +203,25 @@ class CampClassifier(mlflow.pyfunc.PythonModel):
         return sources, errors
 
     def _probabilities(self, sources, errors) -> tuple[np.ndarray, list]:
-        """Probabilities for decodable sources (`_REFUSED`: already an error); an ensemble averages its members'."""
-        if self.members:
-            outputs = [member._probabilities(sources, errors) for member in self.members]
-            merged = dict(error for _, member_errors in outputs for error in member_errors)
-            return ensemble.average([p for p, _ in outputs], self.weights), sorted(merged.items())
+        """Probabilities for decodable sources (`_REFUSED`: already an error); an ensemble averages its
+        members', decoding and preprocessing each image once per distinct preprocessing."""
+        inputs_by_preprocess: dict = {}
 
-        inputs, rows, errors = [], [], list(errors)
-        for index, source in enumerate(sources):
-            if source is _REFUSED:
-                continue
-            try:
-                decoded = decode_any(source, self.preprocess.decode_reduction, where=f"item {index}")
-                inputs.append(preprocess_image(decoded, self.preprocess))
-                rows.append(index)
-            except UnreadableImage as error:
-                errors.append((index, str(error)))
-        probabilities = np.full((len(sources), len(self.labels)), np.nan)
-        if inputs:
-            probabilities[rows] = self.model.predict(np.stack(inputs), batch_size=256, verbose=0)
-        return probabilities, errors
+        def inputs(preprocess):
+            if preprocess not in inputs_by_preprocess:
+                inputs_by_preprocess[preprocess] = _model_inputs(sources, preprocess)
+            return inputs_by_preprocess[preprocess]
+
+        members, weights = (self.members, self.weights) if self.members else ([self], [1.0])
+        outputs, merged = [], dict(errors)
+        for member in members:
+            x, rows, member_errors = inputs(member.preprocess)
+            merged.update(member_errors)
+            probabilities = np.full((len(sources), len(self.labels)), np.nan)
+            if rows:
+                probabilities[rows] = predict_probabilities(member.model, x, member.tta)
+            outputs.append(probabilities)
+        return ensemble.average(outputs, weights), sorted(merged.items())
 
     def _frame(self, probabilities: np.ndarray, errors: list) -> pd.DataFrame:
         count = len(probabilities)
@@ -229,6 +234,22 @@ class CampClassifier(mlflow.pyfunc.PythonModel):
         for index, message in errors:
             frame.loc[index, "error"] = message
         return frame
+
+
+def _model_inputs(sources, preprocess: PreprocessConfig) -> tuple[np.ndarray | None, list[int], list]:
+    """Decoded and preprocessed images for the readable sources: (N, H, W, C) inputs, their rows in
+    `sources`, and (index, error) for the ones that could not be read."""
+    inputs, rows, errors = [], [], []
+    for index, source in enumerate(sources):
+        if source is _REFUSED:
+            continue
+        try:
+            decoded = decode_any(source, preprocess.decode_reduction, where=f"item {index}")
+            inputs.append(preprocess_image(decoded, preprocess))
+            rows.append(index)
+        except UnreadableImage as error:
+            errors.append((index, str(error)))
+    return (np.stack(inputs) if inputs else None), rows, errors
 
 
 def example_input(image_path: str | Path) -> pd.DataFrame:

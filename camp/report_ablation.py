@@ -57,7 +57,8 @@ def ablation_blocks(context: Context, knob: str, secondary: bool = True) -> list
                      "the comparison below is from the sweep's trials, which differ in other knobs too.")]
     prefix = result["column"]
     labels = list(result["rows"][0]["recall"]) if result["rows"] else []
-    rows = [[row["value"], row["seeds"], row["val"], row[prefix], *[row["recall"].get(label) for label in labels]]
+    scored = [prefix] if prefix != "val" else []  # verdicts on validation: its column is already there
+    rows = [[row["value"], row["seeds"], row["val"], *[row[c] for c in scored], *[row["recall"].get(label) for label in labels]]
             for row in result["rows"]]
     held = ", ".join(f"{k}={v}" for k, v in document["held"].items()) or "as the champion"
     blocks = [Heading(f"Controlled experiment: {knob}", level=3),
@@ -65,7 +66,8 @@ def ablation_blocks(context: Context, knob: str, secondary: bool = True) -> list
                    f"each value trained {document['seeds']} time(s) with every other knob held fixed ({held}). "
                    f"Mean over seeds; verdicts are paired differences on the same {result['split']} images and "
                    "seeds, with a 95% bootstrap interval over both."),
-              Table(["value", "seeds", "validation", result["split"], *[f"recall {label}" for label in labels]], rows,
+              Table(["value", "seeds", "validation", *([result["split"]] if scored else []),
+                     *[f"recall {label}" for label in labels]], rows,
                     anchor=f"ablation-{knob}")]
     blocks += [Text("Verdict: " + pair["verdict"]) for pair in result["pairs"]]
     if (context.out / "ablation.png").is_file() and knob == document["knobs"][0]["knob"]:

@@ -58,7 +58,9 @@ def finalists_blocks(context: Context) -> list:
     members = [run for run in tags.get(names.MEMBERS, "").split(",") if run]
     trials = tags.get(names.MEMBER_TRIALS, "").split(",")
     rows, numbers = [], {}
-    row, numbers["champion"] = _macro_f1_row("champion" + (" (ensemble)" if members else ""),
+    kind = [what for what, present in (("ensemble", len(members) > 1), ("flip test-time augmentation",
+                                                                        tags.get(names.TTA) == "flip")) if present]
+    row, numbers["champion"] = _macro_f1_row("champion" + (f" ({', '.join(kind)})" if kind else ""),
                                              {s: context.predictions[s] for s in splits}, context.args.bootstrap)
     rows.append(row)
     with tempfile.TemporaryDirectory() as directory:

@@ -6,6 +6,7 @@ import logging
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
@@ -17,11 +18,38 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
+def quiet_tensorflow() -> None:
+    """Import TensorFlow with the process's stderr pointed at /dev/null. Since 2.19 its C++ side prints
+    oneDNN and CUDA-stub INFO lines at import whatever TF_CPP_MIN_LOG_LEVEL says (tensorflow#100442),
+    one set per worker process, and they bury camp's own lines. A failed import still raises, and its
+    Python error is shown once stderr is back."""
+    if "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            try:
+                import tensorflow
+
+                # the first op initialises the devices, which prints CPU-feature and cuInit lines of its own
+                tensorflow.constant(0)
+            except ImportError:
+                pass  # imported again below, with stderr back, so the user sees why
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+    import tensorflow  # noqa: F401
+
+
 def setup(experiment: str = DEFAULT_EXPERIMENT, create: bool = True) -> str:
     """Point MLflow at camp's store and experiment; returns the experiment id. With `create=False` (commands
     that only read: predict, report, clean) a missing SQLite store is an error naming where camp looked,
     and nothing is created as a side effect."""
     import mlflow
+
+    quiet_tensorflow()
 
     # MLflow's system-metrics monitor says "Started monitoring" and "Skip logging GPU metrics" at every
     # run's start: nothing a user acts on, and one pair per trial buries camp's own lines

@@ -75,7 +75,7 @@ def test_warm_start_runs_first_and_an_ensemble_is_served_as_one_model(fin_sweep,
     parent = next(run for run in mlflow.search_runs(output_format="list") if run.data.tags.get("camp.role") == "sweep")
     summary: dict = {}
     finalize._log_and_register(study, plan, summary, parent.info.run_id, [pool[i][0] for i in selection.members],
-                               selection, y, probabilities, pool)
+                               selection, y, [probabilities[i] for i in selection.members], pool, "none")
     client = MlflowClient()
     version = client.get_model_version("camp-classifier", summary["registered_version"])
     assert version.tags["camp.member_trials"] == ",".join(str(pool[i][0].number) for i in selection.members)
@@ -144,3 +144,88 @@ def test_a_warm_start_trial_is_never_pruned(isolated, tmp_path, monkeypatch):
         pass
     study.optimize(sweep.make_objective(plan, parent_run_id=parent.info.run_id), n_trials=2)
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED]
+
+
+@pytest.mark.slow
+def test_flip_tta_is_served_as_finalize_scored_it(fin_sweep, synthetic_data):
+    """The mirrored validation probabilities a trial logs are what its registered flip-TTA bundle serves
+    on the same files: finalize chooses test-time augmentation on the numbers the user will get."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from camp import ensemble, finalize
+    from camp.config import load_study_file
+    from camp.registry import CampClassifier
+    from camp.sweep import plan_for
+
+    directory, path, study = fin_sweep
+    plan = plan_for(load_study_file(path), 4, None, None, str(synthetic_data))
+    pool = [entry for entry in finalize.candidates(study, True) if entry[0].user_attrs.get("mlflow_run_id")][:2]
+    options = finalize.tta_options(pool, "auto")
+    assert set(options) == {"none", "flip"}
+    y = np.asarray(pool[0][1]["y_true"])
+    selection = ensemble.select(y, options["flip"], "val/macro_f1", True, "top_k", max_members=2)
+    parent = next(run for run in mlflow.search_runs(output_format="list") if run.data.tags.get("camp.role") == "sweep")
+    summary: dict = {}
+    finalize._log_and_register(study, plan, summary, parent.info.run_id, [pool[i][0] for i in selection.members],
+                               selection, y, [options["flip"][i] for i in selection.members], pool, "flip")
+    version = MlflowClient().get_model_version("camp-classifier", summary["registered_version"])
+    assert version.tags["camp.tta"] == "flip"
+    bundle = mlflow.artifacts.download_artifacts(run_id=summary["best_run_id"], artifact_path="bundle",
+                                                 dst_path=str(directory / "tta"))
+    model = CampClassifier().load_bundle(bundle)
+    assert model.tta == "flip" and all(member.tta == "flip" for member in model.members)
+    files = [str(synthetic_data / relpath) for relpath in pool[0][1]["relpaths"]]
+    served, errors = model._probabilities(files, [])
+    assert not errors
+    expected = ensemble.average([options["flip"][i] for i in selection.members], selection.weights)
+    np.testing.assert_allclose(served, expected, atol=1e-4)
+    # and without augmentation the same members serve the plain average, which differs
+    for member in model.members:
+        member.tta = "none"
+    plain, _ = model._probabilities(files, [])
+    np.testing.assert_allclose(plain, ensemble.average([options["none"][i] for i in selection.members],
+                                                       selection.weights), atol=1e-4)
+    assert np.abs(plain - served).max() > 1e-3
+
+
+def _selection(value, best_single_value, members=(0, 1)):
+    from camp import ensemble
+
+    return ensemble.Selection(list(members), [1 / len(members)] * len(members), value, members[0], best_single_value)
+
+
+def test_auto_tta_takes_the_flip_only_where_it_scores_better():
+    from camp import finalize
+    from camp.config import FinalizeConfig
+
+    auto = FinalizeConfig(ensemble="caruana", tta="auto")
+    better_flip = {"none": _selection(0.80, 0.78), "flip": _selection(0.82, 0.79)}
+    assert finalize._choose(better_flip, auto, "maximize")[0] == "flip"
+    worse_flip = {"none": _selection(0.80, 0.78), "flip": _selection(0.79, 0.79)}
+    assert finalize._choose(worse_flip, auto, "maximize")[0] == "none"
+    tie = {"none": _selection(0.80, 0.80), "flip": _selection(0.80, 0.80)}
+    assert finalize._choose(tie, auto, "maximize")[0] == "none"  # ties keep the cheaper model
+    # a min_gain the ensemble does not clear compares the best single models instead
+    gated = FinalizeConfig(ensemble="caruana", tta="auto", min_gain=0.05)
+    assert finalize._choose({"none": _selection(0.80, 0.77), "flip": _selection(0.81, 0.79)}, gated, "maximize")[0] == "flip"
+    assert finalize._choose({"none": _selection(0.80, 0.78), "flip": _selection(0.80, 0.76)}, gated, "maximize")[0] == "none"
+    assert finalize._choose(worse_flip, FinalizeConfig(tta="flip"), "maximize")[0] == "flip"
+    assert finalize._choose({"none": _selection(0.80, 0.78)}, auto, "maximize")[0] == "none"  # old trials: no flip
+
+
+def test_tta_options_need_every_candidate_to_have_mirrored_predictions(capsys):
+    from camp import finalize
+
+    class Trial:
+        def __init__(self, number):
+            self.number = number
+
+    with_flip = {"probabilities": [[0.9, 0.1]], "probabilities_flip": [[0.7, 0.3]]}
+    options = finalize.tta_options([(Trial(0), with_flip)], "auto")
+    np.testing.assert_allclose(options["flip"][0], [[0.7, 0.3]])
+    np.testing.assert_allclose(options["none"][0], [[0.9, 0.1]])
+    assert set(finalize.tta_options([(Trial(0), with_flip)], "none")) == {"none"}
+    old = {"probabilities": [[0.9, 0.1]]}
+    assert set(finalize.tta_options([(Trial(0), with_flip), (Trial(3), old)], "flip")) == {"none"}
+    assert "[3]" in capsys.readouterr().out

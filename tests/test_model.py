@@ -181,3 +181,19 @@ def test_replicas_get_distinct_seeds_in_numpys_range():
     seeds = {training_seed(seed, ModelConfig(replica=replica)) for seed in (0, 42, 2 ** 32 - 1) for replica in (0, 1, 999)}
     assert len(seeds) == 9 and all(0 <= seed < 2 ** 32 for seed in seeds)
     assert training_seed(42, ModelConfig()) == 42  # replica 0 is the run's own seed: old runs reproduce
+
+
+def test_flip_tta_averages_each_image_with_its_mirror():
+    from camp.model import predict_probabilities
+
+    class LeftHeavy:  # "probability" of class 0: how bright the left half is
+        def predict(self, x, batch_size=None, verbose=0):
+            left = x[:, :, : x.shape[2] // 2].mean(axis=(1, 2, 3)) / 255
+            return np.stack([left, 1 - left], axis=1)
+
+    x = np.zeros((2, 4, 4, 1), np.uint8)
+    x[0, :, :2] = 255  # bright on the left; its mirror is bright on the right
+    np.testing.assert_allclose(predict_probabilities(LeftHeavy(), x), [[1, 0], [0, 1]])
+    np.testing.assert_allclose(predict_probabilities(LeftHeavy(), x, "flip"), [[0.5, 0.5], [0, 1]])
+    with pytest.raises(ValueError, match="tta must be one of"):
+        predict_probabilities(LeftHeavy(), x, "rotate")

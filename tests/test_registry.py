@@ -177,3 +177,38 @@ def test_importing_the_served_model_prints_no_mlflow_type_hint_warning():
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "Add type hints" not in result.stderr
+
+
+def test_an_ensemble_decodes_each_image_once_and_mirrors_only_with_flip_tta(bundle, tmp_path, monkeypatch):
+    """Members that share a preprocessing share its decoded inputs (serving cost grows with members only
+    by their forward passes), and `tta: flip` in ensemble.json averages each image with its mirror."""
+    import json
+    import shutil
+
+    from camp.model import predict_probabilities
+    from camp.registry import CampClassifier
+
+    ensemble_bundle = tmp_path / "ensemble"
+    for name in ("0-a", "1-b"):
+        shutil.copytree(bundle, ensemble_bundle / "members" / name)
+    spec = {"labels": LABELS, "members": ["0-a", "1-b"], "weights": [0.5, 0.5], "tta": "flip"}
+    (ensemble_bundle / "ensemble.json").write_text(json.dumps(spec))
+    model = CampClassifier().load_bundle(ensemble_bundle)
+    assert model.tta == "flip" and [m.tta for m in model.members] == ["flip", "flip"]
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (40, 30, 3), dtype=np.uint8) for _ in range(3)]
+    decoded = []
+    real_decode = registry.decode_any
+    monkeypatch.setattr(registry, "decode_any", lambda *a, **k: decoded.append(1) or real_decode(*a, **k))
+    served, errors = model.probabilities(images)
+    assert not errors and len(decoded) == len(images)  # not once per member
+    single = CampClassifier().load_bundle(bundle)
+    x, rows, _ = registry._model_inputs(images, single.preprocess)
+    assert rows == [0, 1, 2]
+    np.testing.assert_allclose(served, predict_probabilities(single.model, x, "flip"), atol=1e-5)
+    mirrored = predict_probabilities(single.model, np.ascontiguousarray(x[:, :, ::-1]))
+    np.testing.assert_allclose(served, (predict_probabilities(single.model, x) + mirrored) / 2, atol=1e-5)
+    spec["tta"] = "rotate"
+    (ensemble_bundle / "ensemble.json").write_text(json.dumps(spec))
+    with pytest.raises(ValueError, match="tta must be one of"):
+        CampClassifier().load_bundle(ensemble_bundle)

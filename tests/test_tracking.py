@@ -45,3 +45,14 @@ def test_read_commands_from_another_folder_name_the_store_and_create_nothing(tmp
     err = capsys.readouterr().err
     assert f"no MLflow store at {tmp_path.resolve() / 'mlruns' / 'mlflow.db'}" in err and "MLFLOW_TRACKING_URI" in err
     assert not (tmp_path / "mlruns").exists()
+
+
+def test_tensorflow_is_imported_without_its_cpp_start_up_lines():
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", "from camp import tracking; tracking.quiet_tensorflow(); "
+                             "import sys; print('tensorflow' in sys.modules)"], capture_output=True, text=True,
+                            timeout=120, env={**__import__("os").environ, "TF_CPP_MIN_LOG_LEVEL": "0"})
+    assert result.returncode == 0 and result.stdout.strip() == "True", result.stderr
+    assert "oneDNN" not in result.stderr and "cudart" not in result.stderr and "absl" not in result.stderr, result.stderr
