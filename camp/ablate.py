@@ -32,7 +32,7 @@ from camp.interrupts import interrupts_raise_once
 from camp.model import ModelConfig
 from camp.plots import ablation_plot
 from camp.preprocess import PreprocessConfig
-from camp.registry import CHAMPION, MODEL_NAME, CampClassifier
+from camp.registry import CHAMPION, MODEL_NAME, CampClassifier, resolve_version
 from camp.run_config import RunConfig, fixed_run_config, prepare_dataset, run_config_from_meta
 from camp.sweep import run_study
 from camp.sweep_summary import STATE
@@ -136,14 +136,10 @@ def base_config(base: str, data_path: str | None) -> tuple[RunConfig, dict]:
     info = {"source": base, "run_id": None, "version_run_id": None, "seconds": None}
     if base.startswith(("models:/", "runs:/")):
         if base.startswith("models:/"):
-            reference = base[len("models:/"):]
             try:
-                name, alias = reference.split("@", 1) if "@" in reference else (None, None)
-                version = (client.get_model_version_by_alias(name, alias) if name
-                           else client.get_model_version(*reference.rsplit("/", 1)))
-            except (mlflow.exceptions.MlflowException, TypeError, ValueError):
-                raise ValueError(f"--base {base}: no such registered model version in {mlflow.get_tracking_uri()} "
-                                 "(run `make sweep` first, or give a study file)") from None
+                version = resolve_version(base)
+            except ValueError as error:
+                raise ValueError(f"--base {error} (or give a study file)") from None
             run_id = (version.tags or {}).get(names.RUN_ID) or version.run_id
             info["version_run_id"] = run_id
         else:

@@ -252,6 +252,22 @@ def _model_inputs(sources, preprocess: PreprocessConfig) -> tuple[np.ndarray | N
     return (np.stack(inputs) if inputs else None), rows, errors
 
 
+def resolve_version(model_uri: str):
+    """`models:/NAME@ALIAS` or `models:/NAME/VERSION` -> the registered MLflow ModelVersion; anything else,
+    or a version the store does not have, is a ValueError naming the URI and the store."""
+    reference = model_uri[len("models:/"):] if model_uri.startswith("models:/") else ""
+    if "@" not in reference and "/" not in reference:
+        raise ValueError(f"{model_uri!r}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
+    client = mlflow.MlflowClient()
+    try:
+        if "@" in reference:
+            return client.get_model_version_by_alias(*reference.split("@", 1))
+        return client.get_model_version(*reference.rsplit("/", 1))
+    except mlflow.exceptions.MlflowException as error:
+        raise ValueError(f"{model_uri}: no such registered model version in {mlflow.get_tracking_uri()} "
+                         f"(run `make sweep` first): {error.message.splitlines()[0]}") from None
+
+
 def example_input(image_path: str | Path) -> pd.DataFrame:
     """A small, portable input example: one image as base64 JPEG (not a machine-specific path)."""
     import cv2

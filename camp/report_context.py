@@ -17,7 +17,7 @@ from camp import names
 from camp.images import UnreadableImage, decode_path
 from camp.model import ModelConfig
 from camp.preprocess import PreprocessConfig
-from camp.registry import CampClassifier
+from camp.registry import CampClassifier, resolve_version
 from camp.run_config import run_config_from_meta
 from camp.storage import DEFAULT_JOURNAL, make_storage
 
@@ -45,18 +45,9 @@ def load_champion(model_uri: str, data_path: str | None = None) -> Champion:
 
     if not model_uri.startswith("models:/"):
         raise ValueError(f"--model must look like models:/NAME@ALIAS or models:/NAME/VERSION, got {model_uri!r}")
-    reference = model_uri[len("models:/"):]
     client = MlflowClient()
-    try:
-        if "@" in reference:
-            name, alias = reference.split("@", 1)
-            version = client.get_model_version_by_alias(name, alias)
-        else:
-            name, number = reference.rsplit("/", 1)
-            version = client.get_model_version(name, number)
-    except mlflow.exceptions.MlflowException as error:
-        raise ValueError(f"{model_uri}: no such registered model in {mlflow.get_tracking_uri()} "
-                         f"(run `camp sweep` first): {error.message.splitlines()[0]}") from None
+    version = resolve_version(model_uri)
+    name = version.name
     run_id = (version.tags or {}).get(names.RUN_ID) or version.run_id
     with tempfile.TemporaryDirectory() as directory:
         meta = json.loads(Path(mlflow.artifacts.download_artifacts(

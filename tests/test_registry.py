@@ -212,3 +212,18 @@ def test_an_ensemble_decodes_each_image_once_and_mirrors_only_with_flip_tta(bund
     (ensemble_bundle / "ensemble.json").write_text(json.dumps(spec))
     with pytest.raises(ValueError, match="tta must be one of"):
         CampClassifier().load_bundle(ensemble_bundle)
+
+
+@pytest.mark.parametrize("uri, message", [
+    ("models:/camp-classifier@champion", "no such registered model version"),
+    ("models:/camp-classifier/7", "no such registered model version"),
+    ("models:/camp-classifier", "expected models:/NAME@ALIAS or models:/NAME/VERSION"),
+    ("runs:/abc", "expected models:/NAME@ALIAS or models:/NAME/VERSION"),
+])
+def test_resolve_version_names_the_uri_and_the_store(isolated, uri, message):
+    from camp import tracking
+
+    tracking.setup()
+    with pytest.raises(ValueError, match=message) as error:
+        registry.resolve_version(uri)
+    assert uri in str(error.value)
