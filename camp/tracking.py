@@ -18,29 +18,40 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
+class _NoRetracingWarning(logging.Filter):
+    """Keras's predict function is traced once per model, and a sweep builds one model per trial: TF then
+    warns about "retracing", which is expected here and nothing a user can act on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
 def quiet_tensorflow() -> None:
     """Import TensorFlow with the process's stderr pointed at /dev/null. Since 2.19 its C++ side prints
     oneDNN and CUDA-stub INFO lines at import whatever TF_CPP_MIN_LOG_LEVEL says (tensorflow#100442),
     one set per worker process, and they bury camp's own lines. A failed import still raises, and its
     Python error is shown once stderr is back."""
-    if "tensorflow" in sys.modules:
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            try:
-                import tensorflow
+    if "tensorflow" not in sys.modules:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        try:
+            with open(os.devnull, "w") as devnull:
+                os.dup2(devnull.fileno(), 2)
+                try:
+                    import tensorflow
 
-                # the first op initialises the devices, which prints CPU-feature and cuInit lines of its own
-                tensorflow.constant(0)
-            except ImportError:
-                pass  # imported again below, with stderr back, so the user sees why
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-    import tensorflow  # noqa: F401
+                    # the first op initialises the devices, which prints CPU-feature and cuInit lines of its own
+                    tensorflow.constant(0)
+                except ImportError:
+                    pass  # imported again below, with stderr back, so the user sees why
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+    import tensorflow
+
+    logger = tensorflow.get_logger()
+    if not any(isinstance(existing, _NoRetracingWarning) for existing in logger.filters):
+        logger.addFilter(_NoRetracingWarning())
 
 
 def setup(experiment: str = DEFAULT_EXPERIMENT, create: bool = True) -> str:

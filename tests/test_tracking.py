@@ -56,3 +56,19 @@ def test_tensorflow_is_imported_without_its_cpp_start_up_lines():
                             timeout=120, env={**__import__("os").environ, "TF_CPP_MIN_LOG_LEVEL": "0"})
     assert result.returncode == 0 and result.stdout.strip() == "True", result.stderr
     assert "oneDNN" not in result.stderr and "cudart" not in result.stderr and "absl" not in result.stderr, result.stderr
+
+
+def test_the_expected_retracing_warning_is_dropped_and_others_kept(caplog):
+    import tensorflow as tf
+
+    from camp import tracking
+
+    tracking.quiet_tensorflow()
+    tracking.quiet_tensorflow()  # idempotent: one filter
+    logger = tf.get_logger()
+    assert sum(type(f).__name__ == "_NoRetracingWarning" for f in logger.filters) == 1
+    with caplog.at_level("WARNING", logger="tensorflow"):
+        logger.warning("5 out of the last 5 calls to <function f> triggered tf.function retracing. Tracing is expensive")
+        logger.warning("a warning a user can act on")
+    messages = [record.getMessage() for record in caplog.records]
+    assert messages == ["a warning a user can act on"]
