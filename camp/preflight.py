@@ -11,10 +11,10 @@ from camp.images import cache_dir, load_decoded
 from camp.run_config import RunConfig, prepare_dataset
 
 
-def preflight(plan) -> tuple[str, str]:
+def preflight(plan) -> tuple:
     """What every trial would fail on, found once before the first: the data (path, label map, exclusion
     list: `data.*` and the seed are the same for every trial) and a writable cache folder. Returns the
-    data root and fingerprint."""
+    dataset and its fingerprint."""
 
     config = RunConfig(data=plan.study_file.data, seed=plan.study_file.seed, data_path=plan.data_path)
     dataset, fingerprint = prepare_dataset(config)  # memoised: the first trial of this process reuses it
@@ -23,7 +23,7 @@ def preflight(plan) -> tuple[str, str]:
     folder = cache_dir()
     _check_writable(folder)
     _check_readable_train(plan, dataset, fingerprint)
-    return str(dataset.root), fingerprint
+    return dataset, fingerprint
 
 
 def _check_readable_train(plan, dataset, fingerprint: str) -> None:

@@ -47,7 +47,7 @@ from camp.storage import (
     worker_id,
 )
 from camp.sweep_summary import Progress, finished_count, print_next_steps, summarise
-from camp.train import train
+from camp.train import log_datasets, train
 from camp.workers import start_workers, stop_workers, wait_workers
 
 
@@ -308,7 +308,8 @@ def run_study(args, role: str = "sweep", queue=None, after=None) -> int:
     import mlflow
 
     plan = make_plan(args)  # every knob and range checked here, before any trial
-    data_root, fingerprint = preflight(plan)
+    dataset, fingerprint = preflight(plan)
+    data_root = str(dataset.root)
     study_config = plan.study_file.study
     tracking.setup()
     storage = make_storage(plan.storage_url)
@@ -357,6 +358,7 @@ def run_study(args, role: str = "sweep", queue=None, after=None) -> int:
                            "seed": plan.study_file.seed, "metric": study_config.metric,
                            "direction": study_config.direction, "sampler": study_config.sampler.name,
                            "pruner": study_config.pruner.name})
+        log_datasets(dataset, fingerprint)  # the study's data, on the run the UI lists (its trials nest under it)
         children = start_workers(args, parent.info.run_id, plan)
         try:
             run_worker(plan, parent.info.run_id, 0, args.workers)

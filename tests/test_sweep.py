@@ -55,6 +55,10 @@ def test_smoke_sweep_tracks_every_trial_and_registers_a_champion(smoke_sweep, sy
     parent = parents[0]
     children = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert len(children) == 3
+    # the run the UI lists (its trials nest under it) shows the study's data in its Dataset column
+    parent_inputs = {entry.tags[0].value: entry.dataset for entry in parent.inputs.dataset_inputs}
+    assert sorted(parent_inputs) == ["test", "training", "validation"]
+    assert {d.digest for d in parent_inputs.values()} == {children[0].data.tags["camp.data_fingerprint"][:20]}
     study = _study(journal)
     assert len(study.trials) == 3
     for trial in study.trials:

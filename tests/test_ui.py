@@ -93,10 +93,14 @@ def test_mlflow_ui_renders_in_headless_chromium(ui, capsys):
         pytest.skip("chromium is not installed (Debian: apt-get install chromium; .ci/run does it)")
     experiment_id, parent, children = sweep_runs(ui)
     parent_id = parent["info"]["run_id"]
+    # the parent run logs the study's data (MLflow dataset inputs): the run list's Dataset column names it
+    dataset_names = [entry["dataset"]["name"] for entry in parent.get("inputs", {}).get("dataset_inputs", [])]
+    assert dataset_names, "the sweep's parent run logged no dataset inputs"
+    dataset_name = dataset_names[0]
     ARTIFACTS.mkdir(exist_ok=True)
     pages = {
-        # the experiment's run list: the sweep's parent run (its trials nest under it)
-        "mlflow-ui-runs.png": (f"#/experiments/{experiment_id}/runs", ["sweep-smoke"]),
+        # the experiment's run list: the sweep's parent run (its trials nest under it), with its datasets
+        "mlflow-ui-runs.png": (f"#/experiments/{experiment_id}/runs", ["sweep-smoke", dataset_name]),
         # the parent run's page: "Child runs" lists every trial run
         "mlflow-ui-sweep-run.png": (f"#/experiments/{experiment_id}/runs/{parent_id}",
                                     ["sweep-smoke", "trial-0", "trial-1", "trial-2"]),
