@@ -182,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "study under other seeds)")
     sweep_parser.add_argument("--no-register", action="store_true", help="do not register the best trial")
     sweep_parser.add_argument("--worker-of", help=argparse.SUPPRESS)  # parent MLflow run id, for worker processes
+    sweep_parser.add_argument("--queued-only", action="store_true", help=argparse.SUPPRESS)  # the refit phase's workers
     sweep_parser.set_defaults(handler=_sweep)
 
     ablate_parser = commands.add_parser("ablate", help="controlled experiment: each --vary knob's values in turn, every "

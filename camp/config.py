@@ -131,8 +131,26 @@ class FinalizeConfig:
     # test-time augmentation of the registered model: flip averages each image with its mirror; auto
     # keeps it only where it scores better on validation
     tta: str = "none"
+    # refit: after the search, the `refit` best distinct configs train again as finalists, their schedule
+    # `epochs_factor` times as long (and at input `refit_size`, 0: unchanged), in the last `share` of
+    # study.timeout; finalists join the ensemble's candidates (camp.refit)
+    refit: int = 0
+    epochs_factor: float = 2.0
+    refit_size: int = 0
+    share: float = 0.0
 
     def __post_init__(self):
+        if not 0 <= self.refit <= 10:
+            raise ValueError(f"finalize.refit must be in [0, 10] (finalists to train), got {self.refit}")
+        if not 1.0 <= self.epochs_factor <= 10.0:
+            raise ValueError(f"finalize.epochs_factor must be in [1, 10], got {self.epochs_factor}")
+        if self.refit_size and not 16 <= self.refit_size <= 512:
+            raise ValueError(f"finalize.refit_size must be 0 (unchanged) or in [16, 512], got {self.refit_size}")
+        if not 0.0 <= self.share <= 0.9:
+            raise ValueError(f"finalize.share must be in [0, 0.9] (of study.timeout), got {self.share}")
+        if self.share and not self.refit:
+            raise ValueError(f"finalize.share reserves {self.share} of study.timeout for finalists, but "
+                             "finalize.refit is 0: set finalize.refit to how many to train")
         if self.tta not in TTA_CHOICES:
             raise ValueError(f"finalize.tta must be one of {TTA_CHOICES}, got {self.tta!r}")
         if self.ensemble not in ENSEMBLES:

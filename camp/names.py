@@ -60,6 +60,7 @@ MEMBERS = "camp.members"
 MEMBER_TRIALS = "camp.member_trials"
 MEMBER_WEIGHTS = "camp.member_weights"
 TTA = "camp.tta"  # test-time augmentation of a registered model: none | flip
+FINALIST_OF = "camp.finalist_of"  # a finalist trial's run: the trial whose config it trains again, longer
 # `camp ablate`: a cell's run names its knob value and replica; the parent run names the run it varies
 CELL = "camp.cell"
 ABLATION_BASE_RUN = "camp.ablation_base_run"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pandas as pd
 
@@ -68,6 +69,9 @@ def finalists_blocks(context: Context) -> list:
             predict = core.run_predictor(run_id, Path(directory) / str(position))
             frames = {s: core.predict_items(predict, context.dataset.split(s), context.labels, s) for s in splits}
             name = f"member trial #{trials[position] if position < len(trials) else '?'}"
+            source = mlflow.get_run(run_id).data.tags.get(names.FINALIST_OF)
+            if source is not None:  # a finalist: the config of trial #source trained again, longer
+                name += f" (finalist: trial #{source} refit)"
             row, numbers[name] = _macro_f1_row(name, frames, context.args.bootstrap)
             rows.append(row)
     context.numbers["finalists"] = numbers

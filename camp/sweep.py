@@ -14,6 +14,7 @@ lock (`camp.sweep_summary.champion_lock`), so machines finishing together regist
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import os
@@ -23,7 +24,7 @@ import warnings
 
 import optuna
 
-from camp import names, tracking, warm_start
+from camp import names, refit, tracking, warm_start
 from camp.budget import MAX_SKIPS_IN_A_ROW, cheapest_seconds, expected_seconds
 from camp.config import StudyFile, load_study_file
 from camp.finalize import finalize
@@ -94,6 +95,8 @@ def make_plan(args) -> Plan:
     storage_url = args.storage or os.environ.get(STORAGE_ENV) or None
     if getattr(args, "seed", None) is not None:
         study_file = with_seed(study_file, args.seed)
+    if getattr(args, "queued_only", False):  # the refit phase's workers: finalists only
+        study_file = dataclasses.replace(study_file, study=dataclasses.replace(study_file.study, queued_only=True))
     return plan_for(study_file, n_trials, args.timeout or study_file.study.timeout, storage_url, args.data)
 
 
@@ -140,11 +143,15 @@ def make_objective(plan: Plan, parent_run_id: str, started: float | None = None)
             trial.study.stop()
             raise optuna.TrialPruned("not started: the queue is empty and study.queued_only samples no trial")
         config = config_for(trial, plan)
+        finalist = trial.user_attrs.get(refit.REFIT)
+        if finalist:  # the refit phase: the source trial's config with the longer schedule
+            config = refit.apply(config, finalist)
         # what kind of trial it is, known while it runs: the budget rule estimates from running trials too
         trial.set_user_attr("family", config.model.family)
         trial.set_user_attr("size", config.preprocess.size)
         if plan.timeout and study_config.fit_in_timeout:
-            expected, left = expected_seconds(trial.study, config, trial.number), plan.timeout - (time.time() - started)
+            expected = trial.user_attrs.get(refit.EXPECTED) or expected_seconds(trial.study, config, trial.number)
+            left = plan.timeout - (time.time() - started)
             if expected is not None and expected > left:
                 trial.set_user_attr("skipped", f"expected {expected:.0f} s > {left:.0f} s left of study.timeout")
                 cheapest = cheapest_seconds(trial.study)
@@ -158,7 +165,7 @@ def make_objective(plan: Plan, parent_run_id: str, started: float | None = None)
 
         skips.clear()
         # a warm-start trial is the floor the study promises not to go below: it always runs to the end
-        protected = "warm_start" in trial.user_attrs
+        protected = "warm_start" in trial.user_attrs or refit.REFIT_OF in trial.user_attrs
 
         def report(epoch: int, values: dict) -> None:
             trial.report(sign * values[prune_signal], epoch)
@@ -172,8 +179,11 @@ def make_objective(plan: Plan, parent_run_id: str, started: float | None = None)
             tags[names.RETRY_OF] = str(retried)
         if "cell" in trial.user_attrs:
             tags[names.CELL] = trial.user_attrs["cell"]
+        if refit.REFIT_OF in trial.user_attrs:
+            tags[names.FINALIST_OF] = str(trial.user_attrs[refit.REFIT_OF])
         pruned = None
-        with mlflow.start_run(run_name=f"trial-{trial.number}", nested=True, parent_run_id=parent_run_id, tags=tags,
+        run_name = f"finalist-{trial.number}" if refit.REFIT_OF in trial.user_attrs else f"trial-{trial.number}"
+        with mlflow.start_run(run_name=run_name, nested=True, parent_run_id=parent_run_id, tags=tags,
                               log_system_metrics=True) as run:
             trial.set_user_attr("mlflow_run_id", run.info.run_id)
             try:
@@ -301,6 +311,37 @@ def run_sweep(args) -> int:
         return run_study(args)
 
 
+def refit_phase(args, plan: Plan, full_timeout: float | None, storage, parent_run_id: str, started: float,
+                children: list) -> set[int]:
+    """Train the finalists (`study.finalize.refit`) on this machine's workers in the time left of
+    study.timeout; `children` is refilled with this phase's worker processes (an interrupt stops them).
+    Returns the pids of workers that died."""
+    finalize_config = plan.study_file.study.finalize
+    left = None if not full_timeout else full_timeout - (time.time() - started)
+    if left is not None and left < 1:
+        print("refit: no time left of study.timeout for finalists (raise study.finalize.share)", flush=True)
+        return set()
+    study = optuna.load_study(study_name=plan.study_file.study.name, storage=storage)
+    queued = refit.enqueue(study, finalize_config, names.maximizing(study.direction))
+    waiting = [t for t in study.get_trials(deepcopy=False, states=(STATE.WAITING,)) if refit.REFIT_OF in t.user_attrs]
+    if not waiting:
+        return set()
+    sources = ", ".join(f"#{t.user_attrs[refit.REFIT_OF]}" for t in waiting)
+    print(f"refit: {len(waiting)} finalist(s) of trial(s) {sources} ({finalize_config.epochs_factor:g}x the epochs"
+          + (f", input {finalize_config.refit_size}" if finalize_config.refit_size else "")
+          + (f"; {left:.0f} s left" if left is not None else "") + ")"
+          + ("" if queued or not waiting else " (queued by an earlier run)"), flush=True)
+    phase_args = copy.copy(args)
+    phase_args.workers = min(args.workers, len(waiting))
+    phase_args.queued_only, phase_args.timeout = True, left
+    study_file = dataclasses.replace(plan.study_file, study=dataclasses.replace(plan.study_file.study, queued_only=True))
+    phase = dataclasses.replace(plan, study_file=study_file, timeout=left,
+                                n_trials=finished_count(study.trials) + len(waiting))
+    children[:] = start_workers(phase_args, parent_run_id, phase)
+    run_worker(phase, parent_run_id, 0, phase_args.workers)
+    return wait_workers(children)
+
+
 def run_study(args, role: str = "sweep", queue=None, after=None) -> int:
     """The main process of a study: `camp sweep` (role sweep: warm start, then finalize and register) or
     `camp ablate` (role ablate: `queue(study, plan)` enqueues its cells, `after(study, summary, parent run id)`
@@ -308,6 +349,9 @@ def run_study(args, role: str = "sweep", queue=None, after=None) -> int:
     import mlflow
 
     plan = make_plan(args)  # every knob and range checked here, before any trial
+    full_timeout = plan.timeout
+    if role == "sweep":  # finalize.share of the timeout is kept for the finalists (camp.refit)
+        plan = dataclasses.replace(plan, timeout=refit.search_timeout(plan.timeout, plan.study_file.study.finalize))
     dataset, fingerprint = preflight(plan)
     data_root = str(dataset.root)
     study_config = plan.study_file.study
@@ -363,6 +407,8 @@ def run_study(args, role: str = "sweep", queue=None, after=None) -> int:
         try:
             run_worker(plan, parent.info.run_id, 0, args.workers)
             died = wait_workers(children)
+            if role == "sweep" and study_config.finalize.refit:
+                died |= refit_phase(args, plan, full_timeout, storage, parent.info.run_id, started, children)
         except KeyboardInterrupt:
             killed = stop_workers(children)
             study = optuna.load_study(study_name=study_config.name, storage=storage)

@@ -28,6 +28,8 @@ def start_workers(args, parent_run_id: str, plan) -> list[subprocess.Popen]:
             command += ["--data", plan.data_path]
         if getattr(args, "seed", None) is not None:
             command += ["--seed", str(args.seed)]
+        if getattr(args, "queued_only", False):
+            command += ["--queued-only"]
         environment = {**os.environ, "CAMP_WORKER_INDEX": str(index)}
         environment.pop(STORAGE_ENV, None)
         if plan.storage_url:
