@@ -7,6 +7,8 @@ import datetime
 
 import optuna
 
+from camp.refit import REFIT_OF
+
 
 def expected_seconds(study: optuna.Study, config, current: int | None = None) -> float | None:
     """What a trial like this one is expected to take: the median of the study's complete trials of its
@@ -14,8 +16,9 @@ def expected_seconds(study: optuna.Study, config, current: int | None = None) ->
     with it); and never less than a running trial of its kind has already taken. None before any."""
     family, size = config.model.family, config.preprocess.size
     trials = study.get_trials(deepcopy=False)
+    # finalists (camp.refit) train longer than the search's trials: they say nothing of what a trial costs
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and "seconds" in t.user_attrs
-                and t.user_attrs.get("family") == family]
+                and t.user_attrs.get("family") == family and REFIT_OF not in t.user_attrs]
     same = [t.user_attrs["seconds"] for t in complete if t.user_attrs.get("size") == size]
     scaled = [t.user_attrs["seconds"] * (size / t.user_attrs["size"]) ** 2 for t in complete
               if t.user_attrs.get("size")]
@@ -42,7 +45,7 @@ def cheapest_seconds(study: optuna.Study) -> float | None:
     """The shortest median duration over the kinds of complete trials (family, input size) seen so far."""
     groups: dict[tuple, list[float]] = {}
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        if "seconds" in t.user_attrs:
+        if "seconds" in t.user_attrs and REFIT_OF not in t.user_attrs:
             groups.setdefault((t.user_attrs.get("family"), t.user_attrs.get("size")), []).append(t.user_attrs["seconds"])
     medians = [sorted(seconds)[len(seconds) // 2] for seconds in groups.values()]
     return min(medians) if medians else None
