@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -26,27 +27,32 @@ class _NoRetracingWarning(logging.Filter):
         return "triggered tf.function retracing" not in record.getMessage()
 
 
-def quiet_tensorflow() -> None:
-    """Import TensorFlow with the process's stderr pointed at /dev/null. Since 2.19 its C++ side prints
-    oneDNN and CUDA-stub INFO lines at import whatever TF_CPP_MIN_LOG_LEVEL says (tensorflow#100442),
-    one set per worker process, and they bury camp's own lines. A failed import still raises, and its
-    Python error is shown once stderr is back."""
-    if "tensorflow" not in sys.modules:
-        sys.stderr.flush()
-        saved = os.dup(2)
-        try:
-            with open(os.devnull, "w") as devnull:
-                os.dup2(devnull.fileno(), 2)
-                try:
-                    import tensorflow
+@contextlib.contextmanager
+def stderr_silenced():
+    """Point this process's stderr (file descriptor 2, which C++ libraries write to) at /dev/null."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
-                    # the first op initialises the devices, which prints CPU-feature and cuInit lines of its own
-                    tensorflow.constant(0)
-                except ImportError:
-                    pass  # imported again below, with stderr back, so the user sees why
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
+
+def quiet_tensorflow() -> None:
+    """Import TensorFlow with stderr silenced. Since 2.19 its C++ side prints oneDNN and CUDA-stub INFO
+    lines at import whatever TF_CPP_MIN_LOG_LEVEL says (tensorflow#100442), one set per worker process,
+    and they bury camp's own lines. A failed import still raises, and its Python error is shown once
+    stderr is back. The runtime is not started here: `camp.train.configure_tensorflow` must still be able
+    to set the thread counts ($CAMP_THREADS), which TensorFlow refuses once it has run an op."""
+    if "tensorflow" not in sys.modules:
+        with stderr_silenced():
+            try:
+                import tensorflow  # noqa: F401
+            except ImportError:
+                pass  # imported again below, with stderr back, so the user sees why
     import tensorflow
 
     logger = tensorflow.get_logger()

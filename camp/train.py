@@ -94,6 +94,9 @@ def configure_tensorflow() -> None:
             tf.config.threading.set_inter_op_parallelism_threads(int(threads))
         except RuntimeError:
             pass  # already initialised in this process
+    # the first op starts the runtime, which prints CPU-feature and cuInit lines a user cannot act on
+    with tracking.stderr_silenced():
+        tf.constant(0)
 
 
 def train(config: RunConfig, *, epoch_callback: Callable[[int, dict], None] | None = None,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from camp import tracking
 
 
@@ -72,3 +74,20 @@ def test_the_expected_retracing_warning_is_dropped_and_others_kept(caplog):
         logger.warning("a warning a user can act on")
     messages = [record.getMessage() for record in caplog.records]
     assert messages == ["a warning a user can act on"]
+
+
+def test_the_quiet_import_leaves_the_thread_counts_to_camp_threads():
+    """quiet_tensorflow must not start TensorFlow's runtime: after it, $CAMP_THREADS still applies (a
+    runtime started early silently kept TensorFlow's default threads, two per worker on two cores)."""
+    import subprocess
+    import sys
+
+    script = ("from camp import tracking, train; tracking.setup(); train.configure_tensorflow(); import tensorflow as tf; "
+              "print(tf.config.threading.get_intra_op_parallelism_threads(), "
+              "tf.config.threading.get_inter_op_parallelism_threads())")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                            env={**__import__("os").environ, "CAMP_THREADS": "1",
+                                 "MLFLOW_TRACKING_URI": "sqlite:///" + str(Path.cwd() / "threads.db")})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[-2:] == ["1", "1"], result.stdout
+    assert "cudart" not in result.stderr and "oneDNN" not in result.stderr and "AVX" not in result.stderr, result.stderr
