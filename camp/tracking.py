@@ -19,6 +19,16 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
+class _NoPyfuncChatter(logging.Filter):
+    """MLflow's notes when camp logs its pyfunc: that a Python object is pickled (camp's own class, loaded
+    only from camp's own store) and that the input example is being checked. Neither is something a
+    user of `make sweep` can act on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return "serialized using CloudPickle" not in message and "Validating input example" not in message
+
+
 class _NoRetracingWarning(logging.Filter):
     """Keras's predict function is traced once per model, and a sweep builds one model per trial: TF then
     warns about "retracing", which is expected here and nothing a user can act on."""
@@ -71,6 +81,9 @@ def setup(experiment: str = DEFAULT_EXPERIMENT, create: bool = True) -> str:
     # MLflow's system-metrics monitor says "Started monitoring" and "Skip logging GPU metrics" at every
     # run's start: nothing a user acts on, and one pair per trial buries camp's own lines
     logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+    pyfunc_logger = logging.getLogger("mlflow.pyfunc")
+    if not any(isinstance(existing, _NoPyfuncChatter) for existing in pyfunc_logger.filters):
+        pyfunc_logger.addFilter(_NoPyfuncChatter())
     uri = tracking_uri()
     artifact_location = None  # the default store: MLflow's ./mlruns/<experiment id>/, beside mlflow.db
     if uri.startswith("sqlite:///"):

@@ -91,3 +91,29 @@ def test_the_quiet_import_leaves_the_thread_counts_to_camp_threads():
     assert result.returncode == 0, result.stderr
     assert result.stdout.split()[-2:] == ["1", "1"], result.stdout
     assert "cudart" not in result.stderr and "oneDNN" not in result.stderr and "AVX" not in result.stderr, result.stderr
+
+
+def test_mlflow_pyfunc_notes_a_user_cannot_act_on_are_dropped(isolated):
+    import logging
+
+    tracking.setup()
+    tracking.setup()  # idempotent: one filter
+    logger = logging.getLogger("mlflow.pyfunc")
+    assert sum(type(f).__name__ == "_NoPyfuncChatter" for f in logger.filters) == 1
+    seen = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    handler, level = Keep(), logger.level
+    logger.addHandler(handler)  # MLflow's loggers do not propagate to the root, where caplog listens
+    logger.setLevel(logging.INFO)
+    try:
+        logger.warning("Passing a Python object as `python_model` causes it to be serialized using CloudPickle, ...")
+        logger.info("Validating input example against model signature")
+        logger.warning("a model load problem worth reading")
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert seen == ["a model load problem worth reading"]
