@@ -11,9 +11,13 @@ ensemble candidate beside the trial it came from, and finalize picks on validati
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import time
 
 import optuna
+
+from camp import names
 
 COMPLETE = optuna.trial.TrialState.COMPLETE
 REFIT_OF = "refit_of"  # user attribute: the source trial's number
@@ -88,3 +92,37 @@ def apply(config, refit: dict):
     if refit.get("size"):
         preprocess = dataclasses.replace(preprocess, size=int(refit["size"]))
     return dataclasses.replace(config, model=model, preprocess=preprocess)
+
+
+def run_phase(args, plan, full_timeout: float | None, storage, parent_run_id: str, started: float, children: list,
+              run_worker) -> set[int]:
+    """Train the finalists (`study.finalize.refit`) on this machine's workers in the time left of
+    study.timeout; `children` is refilled with this phase's worker processes (an interrupt stops them).
+    Returns the pids of workers that died. `run_worker` is the sweep's worker loop (camp.sweep)."""
+    from camp.sweep_summary import finished_count  # here: camp.budget imports this module and stays light
+    from camp.workers import start_workers, wait_workers  # here: as above
+
+    finalize_config = plan.study_file.study.finalize
+    left = None if not full_timeout else full_timeout - (time.time() - started)
+    if left is not None and left < 1:
+        print("refit: no time left of study.timeout for finalists (raise study.finalize.share)", flush=True)
+        return set()
+    study = optuna.load_study(study_name=plan.study_file.study.name, storage=storage)
+    queued = enqueue(study, finalize_config, names.maximizing(study.direction))
+    waiting = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)) if REFIT_OF in t.user_attrs]
+    if not waiting:
+        return set()
+    sources = ", ".join(f"#{t.user_attrs[REFIT_OF]}" for t in waiting)
+    print(f"refit: {len(waiting)} finalist(s) of trial(s) {sources} ({finalize_config.epochs_factor:g}x the epochs"
+          + (f", input {finalize_config.refit_size}" if finalize_config.refit_size else "")
+          + (f"; {left:.0f} s left" if left is not None else "") + ")"
+          + ("" if queued or not waiting else " (queued by an earlier run)"), flush=True)
+    phase_args = copy.copy(args)
+    phase_args.workers = min(args.workers, len(waiting))
+    phase_args.queued_only, phase_args.timeout = True, left
+    study_file = dataclasses.replace(plan.study_file, study=dataclasses.replace(plan.study_file.study, queued_only=True))
+    phase = dataclasses.replace(plan, study_file=study_file, timeout=left,
+                                n_trials=finished_count(study.trials) + len(waiting))
+    children[:] = start_workers(phase_args, parent_run_id, phase)
+    run_worker(phase, parent_run_id, 0, phase_args.workers)
+    return wait_workers(children)

@@ -14,7 +14,6 @@ lock (`camp.sweep_summary.champion_lock`), so machines finishing together regist
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import os
@@ -47,7 +46,7 @@ from camp.storage import (
     tidy_study,
     worker_id,
 )
-from camp.sweep_summary import Progress, finished_count, print_next_steps, summarise
+from camp.sweep_summary import Progress, finished_count, print_next_steps, registered_by_an_earlier_run, summarise
 from camp.train import log_datasets, train
 from camp.workers import start_workers, stop_workers, wait_workers
 
@@ -214,18 +213,6 @@ def make_objective(plan: Plan, parent_run_id: str, started: float | None = None)
     return objective
 
 
-def registered_by_an_earlier_run(study_name: str) -> bool:
-    """Did a finished `sweep-<study>` run register the study's result (tag `camp.registered_version`)? A sweep
-    stopped while registering did not: its rerun registers, though it has no trial left to run."""
-    import mlflow
-
-    client = mlflow.MlflowClient()
-    runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
-                              filter_string=f"tags.`{names.ROLE}` = 'sweep' and tags.`{names.STUDY}` = '{study_name}'",
-                              max_results=1000)
-    return any(names.REGISTERED_VERSION in run.data.tags for run in runs)
-
-
 def _end_killed(run_id: str) -> None:
     """End the trial's run as KILLED; retried, it writes the status directly (MLflow pops the active run
     before it writes, so a write that failed leaves nothing to end)."""
@@ -311,37 +298,6 @@ def run_sweep(args) -> int:
         return run_study(args)
 
 
-def refit_phase(args, plan: Plan, full_timeout: float | None, storage, parent_run_id: str, started: float,
-                children: list) -> set[int]:
-    """Train the finalists (`study.finalize.refit`) on this machine's workers in the time left of
-    study.timeout; `children` is refilled with this phase's worker processes (an interrupt stops them).
-    Returns the pids of workers that died."""
-    finalize_config = plan.study_file.study.finalize
-    left = None if not full_timeout else full_timeout - (time.time() - started)
-    if left is not None and left < 1:
-        print("refit: no time left of study.timeout for finalists (raise study.finalize.share)", flush=True)
-        return set()
-    study = optuna.load_study(study_name=plan.study_file.study.name, storage=storage)
-    queued = refit.enqueue(study, finalize_config, names.maximizing(study.direction))
-    waiting = [t for t in study.get_trials(deepcopy=False, states=(STATE.WAITING,)) if refit.REFIT_OF in t.user_attrs]
-    if not waiting:
-        return set()
-    sources = ", ".join(f"#{t.user_attrs[refit.REFIT_OF]}" for t in waiting)
-    print(f"refit: {len(waiting)} finalist(s) of trial(s) {sources} ({finalize_config.epochs_factor:g}x the epochs"
-          + (f", input {finalize_config.refit_size}" if finalize_config.refit_size else "")
-          + (f"; {left:.0f} s left" if left is not None else "") + ")"
-          + ("" if queued or not waiting else " (queued by an earlier run)"), flush=True)
-    phase_args = copy.copy(args)
-    phase_args.workers = min(args.workers, len(waiting))
-    phase_args.queued_only, phase_args.timeout = True, left
-    study_file = dataclasses.replace(plan.study_file, study=dataclasses.replace(plan.study_file.study, queued_only=True))
-    phase = dataclasses.replace(plan, study_file=study_file, timeout=left,
-                                n_trials=finished_count(study.trials) + len(waiting))
-    children[:] = start_workers(phase_args, parent_run_id, phase)
-    run_worker(phase, parent_run_id, 0, phase_args.workers)
-    return wait_workers(children)
-
-
 def run_study(args, role: str = "sweep", queue=None, after=None) -> int:
     """The main process of a study: `camp sweep` (role sweep: warm start, then finalize and register) or
     `camp ablate` (role ablate: `queue(study, plan)` enqueues its cells, `after(study, summary, parent run id)`
@@ -408,7 +364,8 @@ def run_study(args, role: str = "sweep", queue=None, after=None) -> int:
             run_worker(plan, parent.info.run_id, 0, args.workers)
             died = wait_workers(children)
             if role == "sweep" and study_config.finalize.refit:
-                died |= refit_phase(args, plan, full_timeout, storage, parent.info.run_id, started, children)
+                died |= refit.run_phase(args, plan, full_timeout, storage, parent.info.run_id, started, children,
+                                         run_worker)
         except KeyboardInterrupt:
             killed = stop_workers(children)
             study = optuna.load_study(study_name=study_config.name, storage=storage)

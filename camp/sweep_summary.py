@@ -207,3 +207,15 @@ def _best(study: optuna.Study):
         return study.best_trial
     except ValueError:
         return None
+
+
+def registered_by_an_earlier_run(study_name: str) -> bool:
+    """Did a finished `sweep-<study>` run register the study's result (tag `camp.registered_version`)? A sweep
+    stopped while registering did not: its rerun registers, though it has no trial left to run."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                              filter_string=f"tags.`{names.ROLE}` = 'sweep' and tags.`{names.STUDY}` = '{study_name}'",
+                              max_results=1000)
+    return any(names.REGISTERED_VERSION in run.data.tags for run in runs)
