@@ -72,7 +72,7 @@ def _register_result(study: optuna.Study, plan, summary: dict, storage, parent_r
                   for tta, probabilities in options.items()}
     tta, selection = _choose(selections, config, study.direction)
     plain_best = selections["none"].best_single_value
-    use_ensemble = _ensemble_gain(selection, study.direction) > config.min_gain and len(selection.members) >= 2
+    use_ensemble = _uses_ensemble(selection, config, study.direction)
     if not use_ensemble:  # the best single candidate under the chosen augmentation
         selection = ensemble.Selection([selection.best_single], [1.0], selection.best_single_value,
                                        selection.best_single, selection.best_single_value)
@@ -120,8 +120,11 @@ def tta_options(pool, tta: str) -> dict[str, list[np.ndarray]]:
     return options
 
 
-def _ensemble_gain(selection: ensemble.Selection, direction) -> float:
-    return (selection.value - selection.best_single_value) * names.gain_sign(direction)
+def _uses_ensemble(selection: ensemble.Selection, config, direction) -> bool:
+    """Is the ensemble registered, rather than its best single candidate? Two members at least, and a gain
+    over that candidate of more than `min_gain`."""
+    gain = (selection.value - selection.best_single_value) * names.gain_sign(direction)
+    return gain > config.min_gain and len(selection.members) >= 2
 
 
 def _choose(selections: dict, config, direction) -> tuple[str, ensemble.Selection]:
@@ -131,8 +134,7 @@ def _choose(selections: dict, config, direction) -> tuple[str, ensemble.Selectio
         return "none", selections["none"]
 
     def final_value(selection):
-        use = _ensemble_gain(selection, direction) > config.min_gain and len(selection.members) >= 2
-        return selection.value if use else selection.best_single_value
+        return selection.value if _uses_ensemble(selection, config, direction) else selection.best_single_value
     if config.tta == "flip" or names.better(final_value(selections["flip"]), final_value(selections["none"]), direction):
         return "flip", selections["flip"]
     return "none", selections["none"]

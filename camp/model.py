@@ -253,5 +253,10 @@ def predict_probabilities(model, x: np.ndarray, tta: str = "none") -> np.ndarray
 
     probabilities = run(x)
     if tta == "flip":
-        probabilities = (probabilities + run(np.ascontiguousarray(x[:, :, ::-1]))) / 2
+        probabilities = (probabilities + run(mirror(x))) / 2
     return probabilities
+
+
+def mirror(x: np.ndarray) -> np.ndarray:
+    """Model inputs (N, H, W, C) flipped left to right, contiguous (what TensorFlow is fed)."""
+    return np.ascontiguousarray(x[:, :, ::-1])

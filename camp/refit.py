@@ -25,6 +25,11 @@ REFIT = "refit"  # user attribute: what the finalist changes ({"epochs_factor": 
 EXPECTED = "expected_seconds"  # user attribute: the finalist's own estimate, for fit_in_timeout
 
 
+def queued_only(study_file):
+    """The study file with `study.queued_only` on: the refit phase's workers run the finalists, sample none."""
+    return dataclasses.replace(study_file, study=dataclasses.replace(study_file.study, queued_only=True))
+
+
 def search_timeout(timeout: float | None, finalize) -> float | None:
     """The search's share of study.timeout: the rest is reserved for the finalists."""
     if not timeout or not finalize.refit:
@@ -116,12 +121,11 @@ def run_phase(args, plan, full_timeout: float | None, storage, parent_run_id: st
     print(f"refit: {len(waiting)} finalist(s) of trial(s) {sources} ({finalize_config.epochs_factor:g}x the epochs"
           + (f", input {finalize_config.refit_size}" if finalize_config.refit_size else "")
           + (f"; {left:.0f} s left" if left is not None else "") + ")"
-          + ("" if queued or not waiting else " (queued by an earlier run)"), flush=True)
+          + ("" if queued else " (queued by an earlier run)"), flush=True)
     phase_args = copy.copy(args)
     phase_args.workers = min(args.workers, len(waiting))
     phase_args.queued_only, phase_args.timeout = True, left
-    study_file = dataclasses.replace(plan.study_file, study=dataclasses.replace(plan.study_file.study, queued_only=True))
-    phase = dataclasses.replace(plan, study_file=study_file, timeout=left,
+    phase = dataclasses.replace(plan, study_file=queued_only(plan.study_file), timeout=left,
                                 n_trials=finished_count(study.trials) + len(waiting))
     children[:] = start_workers(phase_args, parent_run_id, phase)
     run_worker(phase, parent_run_id, 0, phase_args.workers)

@@ -95,7 +95,7 @@ def make_plan(args) -> Plan:
     if getattr(args, "seed", None) is not None:
         study_file = with_seed(study_file, args.seed)
     if getattr(args, "queued_only", False):  # the refit phase's workers: finalists only
-        study_file = dataclasses.replace(study_file, study=dataclasses.replace(study_file.study, queued_only=True))
+        study_file = refit.queued_only(study_file)
     return plan_for(study_file, n_trials, args.timeout or study_file.study.timeout, storage_url, args.data)
 
 

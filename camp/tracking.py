@@ -19,22 +19,35 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
-class _NoPyfuncChatter(logging.Filter):
+class _DropMessages(logging.Filter):
+    """Drops records whose message contains any of `fragments`."""
+
+    fragments: tuple[str, ...] = ()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(fragment in message for fragment in self.fragments)
+
+
+class _NoPyfuncChatter(_DropMessages):
     """MLflow's notes when camp logs its pyfunc: that a Python object is pickled (camp's own class, loaded
     only from camp's own store) and that the input example is being checked. Neither is something a
     user of `make sweep` can act on."""
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        return "serialized using CloudPickle" not in message and "Validating input example" not in message
+    fragments = ("serialized using CloudPickle", "Validating input example")
 
 
-class _NoRetracingWarning(logging.Filter):
+class _NoRetracingWarning(_DropMessages):
     """Keras's predict function is traced once per model, and a sweep builds one model per trial: TF then
     warns about "retracing", which is expected here and nothing a user can act on."""
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "triggered tf.function retracing" not in record.getMessage()
+    fragments = ("triggered tf.function retracing",)
+
+
+def _filter_once(logger: logging.Logger, kind: type[logging.Filter]) -> None:
+    """Add a `kind` filter to `logger` unless it has one (setup runs once per command, tests run it often)."""
+    if not any(isinstance(existing, kind) for existing in logger.filters):
+        logger.addFilter(kind())
 
 
 @contextlib.contextmanager
@@ -65,9 +78,7 @@ def quiet_tensorflow() -> None:
                 pass  # imported again below, with stderr back, so the user sees why
     import tensorflow
 
-    logger = tensorflow.get_logger()
-    if not any(isinstance(existing, _NoRetracingWarning) for existing in logger.filters):
-        logger.addFilter(_NoRetracingWarning())
+    _filter_once(tensorflow.get_logger(), _NoRetracingWarning)
 
 
 def setup(experiment: str = DEFAULT_EXPERIMENT, create: bool = True) -> str:
@@ -81,9 +92,7 @@ def setup(experiment: str = DEFAULT_EXPERIMENT, create: bool = True) -> str:
     # MLflow's system-metrics monitor says "Started monitoring" and "Skip logging GPU metrics" at every
     # run's start: nothing a user acts on, and one pair per trial buries camp's own lines
     logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
-    pyfunc_logger = logging.getLogger("mlflow.pyfunc")
-    if not any(isinstance(existing, _NoPyfuncChatter) for existing in pyfunc_logger.filters):
-        pyfunc_logger.addFilter(_NoPyfuncChatter())
+    _filter_once(logging.getLogger("mlflow.pyfunc"), _NoPyfuncChatter)
     uri = tracking_uri()
     artifact_location = None  # the default store: MLflow's ./mlruns/<experiment id>/, beside mlflow.db
     if uri.startswith("sqlite:///"):

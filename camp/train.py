@@ -23,7 +23,7 @@ from camp import metrics, names, tracking
 from camp.classical import fit_hog_linear
 from camp.config import flatten
 from camp.data import Dataset, printable
-from camp.model import balanced_weights, build_model, make_loss, make_optimizer, predict_probabilities, training_seed
+from camp.model import balanced_weights, build_model, make_loss, make_optimizer, mirror, predict_probabilities, training_seed
 from camp.plots import confusion_matrix_plot, pick_examples, preprocessing_grid
 from camp.preprocess import load_arrays
 from camp.run_config import LEAKS, RunConfig, prepare_dataset
@@ -182,8 +182,10 @@ def _fit(config: RunConfig, run_id: str, epoch_callback, progress: bool, started
     mlflow.log_dict({"labels": list(labels), "relpaths": [item.relpath for item in val_items],
                      "y_true": y_val.tolist(), "y_pred": predicted.tolist(),
                      "probabilities": probabilities.round(6).tolist(),
-                     # with the mirror images' averaged in: finalize chooses test-time augmentation on these
-                     "probabilities_flip": predict_probabilities(model, x_val, "flip").round(6).tolist()},
+                     # with the mirror images' averaged in (what predict_probabilities(..., "flip") serves, from
+                     # the plain ones above): finalize chooses test-time augmentation on these
+                     "probabilities_flip": ((probabilities + predict_probabilities(model, mirror(x_val))) / 2
+                                            ).round(6).tolist()},
                     "val_predictions.json")
     with tempfile.TemporaryDirectory() as directory:
         model_dir = save_model_bundle(model, config, labels, Path(directory) / "bundle")
