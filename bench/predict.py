@@ -4,6 +4,11 @@ without and with flip test-time augmentation and an ensemble's heaviest member a
 registered model (run `make sweep` first).
 
     .venv/bin/python bench/predict.py [--model models:/camp-classifier@champion] [--data data/clothing-small]
+
+A registered pyfunc carries the camp code it was logged with (`code_paths`), and MLflow serves that
+copy. `--code checkout` instead loads the version's bundle with this checkout's `CampClassifier` (no
+fresh-process load, no pyfunc schema check): run it from two checkouts to compare serving code on one
+model, side by side.
 """
 
 from __future__ import annotations
@@ -38,18 +43,30 @@ def main() -> None:
     parser.add_argument("--data", default="data/clothing-small")
     parser.add_argument("--single", type=int, default=50, help="single-image calls for the latency percentiles")
     parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--code", choices=("packaged", "checkout"), default="packaged",
+                        help="serve with the code logged with the model (as MLflow does) or with this checkout's")
     args = parser.parse_args()
+    import base64
+
     import mlflow
     import pandas as pd
 
     from camp import data
+    from camp.registry import CampClassifier
 
-    started = time.perf_counter()
-    fresh = subprocess.run([sys.executable, "-c", LOAD_SCRIPT, args.model], capture_output=True, text=True, check=True)
-    fresh_total = time.perf_counter() - started
-    import_seconds, load_seconds = map(float, fresh.stdout.split()[-2:])
-    model = mlflow.pyfunc.load_model(args.model)
-    import base64
+    if args.code == "checkout":
+        model_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=args.model))
+        local = CampClassifier().load_bundle(model_dir / "artifacts" / "bundle")
+        model, fresh_process = None, None
+    else:
+        started = time.perf_counter()
+        fresh = subprocess.run([sys.executable, "-c", LOAD_SCRIPT, args.model], capture_output=True, text=True,
+                               check=True)
+        fresh_total = time.perf_counter() - started
+        import_seconds, load_seconds = map(float, fresh.stdout.split()[-2:])
+        fresh_process = {"import_mlflow_s": round(import_seconds, 2), "load_model_s": round(load_seconds, 2),
+                         "total_with_interpreter_s": round(fresh_total, 2)}
+        model = mlflow.pyfunc.load_model(args.model)
 
     # what a client sends: each image base64-encoded (the served model does not read client-named paths)
     paths = [base64.b64encode(Path(item.path).read_bytes()).decode("ascii")
@@ -70,7 +87,7 @@ def main() -> None:
                                     "p95": round(1000 * float(np.percentile(latencies, 95)), 1), "n": len(latencies)},
                 "batch": {"size": len(batch), "images_per_second": round(len(batch) / batch_seconds, 1)}}
 
-    inner = model.unwrap_python_model()
+    inner = local if model is None else model.unwrap_python_model()
     members = inner.members or [inner]
     registered_tta = members[0].tta
 
@@ -85,11 +102,11 @@ def main() -> None:
                     member.tta = registered_tta
         return run
 
-    result = {"bench": "predict", "model": args.model, "members": len(members), "tta": registered_tta,
-              "fresh_process": {"import_mlflow_s": round(import_seconds, 2), "load_model_s": round(load_seconds, 2),
-                                "total_with_interpreter_s": round(fresh_total, 2)},
-              # as served: through mlflow.pyfunc (schema checks included), with the registered augmentation
-              **measure(model.predict)}
+    result = {"bench": "predict", "model": args.model, "code": args.code, "members": len(members),
+              "tta": registered_tta, "fresh_process": fresh_process,
+              # as served: through mlflow.pyfunc (schema checks included), with the registered augmentation;
+              # with --code checkout, through this checkout's CampClassifier.predict
+              **measure(model.predict if model is not None else lambda frame: inner.predict(None, frame))}
     # side by side, in this process: the same model without and with flip, and its heaviest member alone
     result["variants"] = {f"tta {tta}": measure(with_tta(tta, lambda frame: inner.predict(None, frame)))
                           for tta in ("none", "flip")}

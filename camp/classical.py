@@ -8,7 +8,9 @@ model, the report and ensembles use either family through the same code.
 
 from __future__ import annotations
 
+import os
 import pickle
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -28,11 +30,19 @@ def hog_features(x: np.ndarray, cell: int, orientations: int) -> np.ndarray:
     if min(height, width) < 2 * cell:
         raise ValueError(f"hog_cell {cell} needs images of at least {2 * cell}px; got {height}x{width} "
                          f"(raise preprocess.size or lower model.hog_cell)")
-    features = []
-    for image in x:
+
+    def one(image):
         gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.shape[-1] == 3 else image[..., 0]
-        features.append(hog(gray, orientations=orientations, pixels_per_cell=(cell, cell), cells_per_block=(2, 2),
-                            block_norm="L2-Hys", feature_vector=True))
+        return hog(gray, orientations=orientations, pixels_per_cell=(cell, cell), cells_per_block=(2, 2),
+                   block_norm="L2-Hys", feature_vector=True)
+
+    # a batch is shared by as many threads as this process may use (a sweep worker's $CAMP_THREADS)
+    threads = int(os.environ.get("CAMP_THREADS") or os.cpu_count() or 1)
+    if threads > 1 and len(x) >= 32:
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            features = list(pool.map(one, x))
+    else:
+        features = [one(image) for image in x]
     return np.asarray(features, dtype=np.float32)
 
 

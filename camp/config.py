@@ -138,6 +138,10 @@ class FinalizeConfig:
     epochs_factor: float = 2.0
     refit_size: int = 0
     share: float = 0.0
+    # train_on_validation: the registered model's members, chosen on validation as above, train once more on
+    # train + validation for the epochs their runs selected (camp.refit_full), and those are registered:
+    # test is then their only held-out score, and promotion compares on test
+    train_on_validation: bool = False
 
     def __post_init__(self):
         if not 0 <= self.refit <= 10:
@@ -148,9 +152,10 @@ class FinalizeConfig:
             raise ValueError(f"finalize.refit_size must be 0 (unchanged) or in [16, 512], got {self.refit_size}")
         if not 0.0 <= self.share <= 0.9:
             raise ValueError(f"finalize.share must be in [0, 0.9] (of study.timeout), got {self.share}")
-        if self.share and not self.refit:
+        if self.share and not (self.refit or self.train_on_validation):
             raise ValueError(f"finalize.share reserves {self.share} of study.timeout for finalists, but "
-                             "finalize.refit is 0: set finalize.refit to how many to train")
+                             "finalize.refit is 0 and finalize.train_on_validation is off: set finalize.refit to "
+                             "how many to train, or turn train_on_validation on")
         if self.tta not in TTA_CHOICES:
             raise ValueError(f"finalize.tta must be one of {TTA_CHOICES}, got {self.tta!r}")
         if self.ensemble not in ENSEMBLES:

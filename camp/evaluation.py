@@ -6,7 +6,8 @@ version description that says what the version is.
 
 camp scores the pyfunc itself rather than through `mlflow.models.evaluate`: that API feeds the model a
 DataFrame of features, while camp's model takes image files or bytes and does its own preprocessing.
-Test is scored here to be reported, never to choose: promotion reads validation only.
+Test is scored here to be reported, never to choose: promotion reads validation, except for a model fit on
+train + validation (`study.finalize.train_on_validation`), which has no other held-out split.
 """
 
 from __future__ import annotations
@@ -72,5 +73,7 @@ def evaluate_version(model_uri: str, version, run_id: str, config, data_fingerpr
     client.update_model_version(MODEL_NAME, version.version, description=(
         f"{config.model.family if what == 'trial' else 'camp'} classifier: {what} {trials} of study "
         f"{tags.get(names.STUDY, '-')}, data fingerprint {data_fingerprint}; {scored or 'no split scored'} "
-        f"(run {run_id}, artifacts " + ", ".join(f"evaluation/{split}/" for split in scores) + ")."))
+        f"(run {run_id}, artifacts " + ", ".join(f"evaluation/{split}/" for split in scores) + ")."
+        + (" Fit on train + validation: its validation score is on images it trained on; test is the held-out one."
+           if tags.get(names.FIT_ON) == "train+validation" else "")))
     return scores

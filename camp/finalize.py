@@ -4,7 +4,9 @@ run nested under the sweep, and register it; or register the best single trial w
 Members are chosen on the trials' own validation probabilities (`val_predictions.json`), by Caruana's
 greedy selection with replacement or the plain top-k (`camp.ensemble`). The ensemble is served by the
 same pyfunc as a single trial (`camp.registry.CampClassifier`, which averages its members), so
-`camp predict`, `make serve` and `models:/camp-classifier@champion` do not change for the user.
+`camp predict`, `make serve` and `models:/camp-classifier@champion` do not change for the user. With
+`train_on_validation` the chosen members are retrained on train + validation first (camp.refit_full) and
+those are registered, scored and compared on test.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import mlflow
 import numpy as np
 import optuna
 
-from camp import ensemble, metrics, names, promotion, registry, run_config, tracking
+from camp import ensemble, metrics, names, promotion, refit_full, registry, run_config, tracking
 from camp.sweep_summary import champion_lock, register_champion
 
 STATE = optuna.trial.TrialState
@@ -46,20 +48,24 @@ def candidates(study: optuna.Study, maximize: bool) -> list[tuple[optuna.trial.F
     return out
 
 
-def finalize(study: optuna.Study, plan, summary: dict, storage, parent_run_id: str) -> None:
+def finalize(study: optuna.Study, plan, summary: dict, storage, parent_run_id: str, time_left: float | None = None,
+             workers: int = 1) -> None:
     """Register the study's result: an ensemble when `study.finalize` asks for one and it beats the best
-    single trial on validation by `min_gain`, else the best trial (`camp.sweep_summary.register_champion`).
-    The sweep's parent run then names the version it registered and the promotion verdict."""
-    _register_result(study, plan, summary, storage, parent_run_id)
+    single trial on validation by `min_gain`, else the best trial (`camp.sweep_summary.register_champion`);
+    with `train_on_validation`, its members retrained on train + validation in the `time_left` of
+    study.timeout, `workers` at a time (camp.refit_full). The sweep's parent run then names the version it
+    registered and the promotion verdict."""
+    _register_result(study, plan, summary, storage, parent_run_id, time_left, workers)
     if summary.get("registered_version"):
         mlflow.MlflowClient().set_tag(parent_run_id, names.REGISTERED_VERSION, str(summary["registered_version"]))
         mlflow.MlflowClient().set_tag(parent_run_id, names.PROMOTION, str(summary.get("promotion", ""))[:4000])
 
 
-def _register_result(study: optuna.Study, plan, summary: dict, storage, parent_run_id: str) -> None:
+def _register_result(study: optuna.Study, plan, summary: dict, storage, parent_run_id: str, time_left, workers) -> None:
     config = plan.study_file.study.finalize
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    pool = candidates(study, maximize) if (config.ensemble != "none" or config.tta != "none") else []
+    wanted = config.ensemble != "none" or config.tta != "none" or config.train_on_validation
+    pool = candidates(study, maximize) if wanted else []
     if not pool:
         register_champion(study, plan, summary, storage)
         return
@@ -88,7 +94,9 @@ def _register_result(study: optuna.Study, plan, summary: dict, storage, parent_r
     if "flip" in selections:
         print(f"finalize: flip test-time augmentation: {metric} {selections['flip'].value:.4f} with, "
               f"{selections['none'].value:.4f} without ({config.tta}: {'flip' if tta == 'flip' else 'none'})")
-    if tta == "none" and not use_ensemble:
+    retrained = (refit_full.retrain(members, study.study_name, parent_run_id, time_left, workers)
+                 if config.train_on_validation else None)
+    if tta == "none" and not use_ensemble and retrained is None:
         if config.ensemble != "none":
             print(f"finalize: the {config.ensemble} ensemble scores {metric} {selections['none'].value:.4f}, no gain "
                   f"over the best trial's {plain_best:.4f}: registering the best trial")
@@ -99,9 +107,10 @@ def _register_result(study: optuna.Study, plan, summary: dict, storage, parent_r
           f"({described}){' with flip TTA' if tta == 'flip' else ''}: {metric} {selection.value:.4f} vs the best "
           f"trial's {plain_best:.4f} (+{gain:.4f}, chosen on these same validation images, so optimistic)")
     summary["ensemble"]["registered"] = True
+    summary["ensemble"]["fit_on"] = "train+validation" if retrained else "train"
     with champion_lock(storage):
         _log_and_register(study, plan, summary, parent_run_id, members, selection, y,
-                          [options[tta][i] for i in selection.members], pool, tta)
+                          [options[tta][i] for i in selection.members], pool, tta, retrained)
 
 
 def tta_options(pool, tta: str) -> dict[str, list[np.ndarray]]:
@@ -140,16 +149,28 @@ def _choose(selections: dict, config, direction) -> tuple[str, ensemble.Selectio
     return "none", selections["none"]
 
 
-def _log_and_register(study, plan, summary, parent_run_id, members, selection, y, probabilities, pool, tta) -> None:
+def _log_and_register(study, plan, summary, parent_run_id, members, selection, y, probabilities, pool, tta,
+                      retrained: dict | None = None) -> None:
     """Log the chosen members (their validation `probabilities`, in member order) as one bundle in a run
-    nested under the sweep, and register it."""
+    nested under the sweep, and register it. With `retrained` ({trial: run}, camp.refit_full) the bundle
+    holds those runs' models instead, scored and compared on test."""
     labels = pool[0][1]["labels"]
+    member_runs = [t.user_attrs["mlflow_run_id"] for t in members]
+    split, relpaths = "validation", pool[0][1]["relpaths"]
+    if retrained:
+        split, member_runs = "test", [retrained[t.number] for t in members]
+        scored = [mlflow.artifacts.load_dict(f"runs:/{run}/{names.PREDICTIONS['test']}") for run in member_runs]
+        if any(s["relpaths"] != scored[0]["relpaths"] for s in scored):
+            raise ValueError(f"finalize: the retrained members {member_runs} were tested on different images")
+        key = "probabilities_flip" if tta == "flip" else "probabilities"
+        probabilities = [np.asarray(s[key], dtype=np.float64) for s in scored]
+        y, relpaths = np.asarray(scored[0]["y_true"]), scored[0]["relpaths"]
+    prefix = "val" if split == "validation" else "test"
     combined = ensemble.average(probabilities, selection.weights)
     predicted = combined.argmax(axis=1)
-    values = {**metrics.classification_metrics(y, predicted), **metrics.per_label_metrics(y, predicted, labels),
-              names.VAL_LOSS: ensemble.score(y, combined, names.VAL_LOSS)}
-    best_run = mlflow.get_run(members[0].user_attrs["mlflow_run_id"])
-    member_runs = [t.user_attrs["mlflow_run_id"] for t in members]
+    values = {**metrics.classification_metrics(y, predicted, prefix), **metrics.per_label_metrics(y, predicted, labels, prefix),
+              f"{prefix}/loss": ensemble.score(y, combined, names.VAL_LOSS)}
+    best_run = mlflow.get_run(member_runs[0])
     with tempfile.TemporaryDirectory() as directory:
         bundle = Path(directory) / "bundle"
         member_names = []
@@ -170,22 +191,26 @@ def _log_and_register(study, plan, summary, parent_run_id, members, selection, y
         tags = {names.STUDY: study.study_name, names.ROLE: "ensemble", names.GIT_COMMIT: tracking.git_commit(),
                 names.MEMBERS: ",".join(member_runs), names.MEMBER_TRIALS: ",".join(str(t.number) for t in members),
                 names.MEMBER_WEIGHTS: ",".join(f"{w:.4f}" for w in selection.weights), names.TTA: tta}
+        if retrained:
+            tags[names.FIT_ON] = refit_full.FIT_ON
         for name in (names.DATA_FINGERPRINT, names.DATA_ROOT, names.SEED):
             if name in best_run.data.tags:
                 tags[name] = best_run.data.tags[name]
         with mlflow.start_run(run_name=f"ensemble-{study.study_name}", nested=True, parent_run_id=parent_run_id,
                               tags=tags) as run:
             mlflow.log_metrics(values)
-            predictions = {"labels": labels, "relpaths": pool[0][1]["relpaths"], "y_true": y.tolist(),
+            predictions = {"labels": labels, "relpaths": relpaths, "y_true": y.tolist(),
                            "y_pred": predicted.tolist(), "probabilities": combined.round(6).tolist()}
-            mlflow.log_dict(predictions, "val_predictions.json")
+            mlflow.log_dict(predictions, names.PREDICTIONS[split])
             mlflow.log_artifacts(str(bundle), "bundle")
             info = registry.log_pyfunc(bundle, run_config.first_validation_path(meta))
-        members_tags = {key: tags[key] for key in (names.MEMBERS, names.MEMBER_TRIALS, names.MEMBER_WEIGHTS, names.TTA)}
-        version, promoted = promotion.register_and_promote(info.model_uri, run.info.run_id, selection.value, config,
+        members_tags = {key: tags[key] for key in (names.MEMBERS, names.MEMBER_TRIALS, names.MEMBER_WEIGHTS, names.TTA,
+                                                   names.FIT_ON) if key in tags}
+        value = selection.value if split == "validation" else values[names.on_split(config.metric, split)]
+        version, promoted = promotion.register_and_promote(info.model_uri, run.info.run_id, value, config,
                                                            tags[names.DATA_FINGERPRINT], tags=members_tags,
                                                            predictions=predictions,
-                                                           rule=plan.study_file.study.promotion)
+                                                           rule=plan.study_file.study.promotion, split=split)
     summary.update({"registered_version": version.version, "champion_moved": promoted,
                     "promotion": promotion.verdict(version),
                     "best_run_id": run.info.run_id})

@@ -11,6 +11,15 @@ VAL_LOSS = "val/loss"
 VAL_ACCURACY = "val/accuracy"
 VAL_MACRO_F1 = "val/macro_f1"
 
+#: A run's logged predictions on the split that scores it (the one it was not fit on).
+PREDICTIONS = {"validation": "val_predictions.json", "test": "test_predictions.json"}
+
+
+def on_split(metric: str, split: str) -> str:
+    """`val/macro_f1` as scored on `split`: itself on validation, `test/macro_f1` on test."""
+    return metric if split == "validation" else "test/" + metric.split("/", 1)[1]
+
+
 #: Metrics a study may optimise, with the direction that makes sense for each.
 OBJECTIVES = {VAL_MACRO_F1: "maximize", VAL_ACCURACY: "maximize", VAL_LOSS: "minimize"}
 
@@ -61,6 +70,10 @@ MEMBER_TRIALS = "camp.member_trials"
 MEMBER_WEIGHTS = "camp.member_weights"
 TTA = "camp.tta"  # test-time augmentation of a registered model: none | flip
 FINALIST_OF = "camp.finalist_of"  # a finalist trial's run: the trial whose config it trains again, longer
+# what a run, or a registered version's members, was fit on: train (absent) or train+validation
+# (study.finalize.train_on_validation); validation then scores nothing and test is the held-out score
+FIT_ON = "camp.fit_on"
+SOURCE_RUN = "camp.source_run"  # a model retrained on train+validation: the run it was chosen as
 # `camp ablate`: a cell's run names its knob value and replica; the parent run names the run it varies
 CELL = "camp.cell"
 ABLATION_BASE_RUN = "camp.ablation_base_run"

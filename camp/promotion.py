@@ -1,7 +1,8 @@
 """Promotion: a registered model version takes `@champion` only when it beats the trivial floors and the
 current champion on the same validation images, each by a paired bootstrap (`study.promotion`); the
 comparison is recorded in the version's tags either way, so a tie or a near-chance model leaves the
-champion where it was and says why.
+champion where it was and says why. Where either model was fit on train + validation
+(`study.finalize.train_on_validation`) the comparison is on test, the only split both held out.
 """
 
 from __future__ import annotations
@@ -18,19 +19,19 @@ from camp.registry import CHAMPION, MODEL_NAME
 from camp.run_config import prepare_dataset
 
 
-def validation_outputs(model_uri: str, config) -> dict:
-    """The model's probabilities on `config`'s validation images, through pyfunc from raw files, in the
-    shape of a run's `val_predictions.json` (unreadable images left out)."""
+def validation_outputs(model_uri: str, config, split: str = "validation") -> dict:
+    """The model's probabilities on `config`'s validation (or test) images, through pyfunc from raw files,
+    in the shape of a run's `val_predictions.json` (unreadable images left out)."""
 
     dataset, _ = prepare_dataset(config)
-    outputs = split_predictions(mlflow.pyfunc.load_model(model_uri).unwrap_python_model(), dataset, "validation")
+    outputs = split_predictions(mlflow.pyfunc.load_model(model_uri).unwrap_python_model(), dataset, split)
     return {**outputs, "probabilities": outputs["probabilities"].tolist()}
 
 
-def run_predictions(run_id: str) -> dict | None:
-    """A run's logged `val_predictions.json`, or None where it has none."""
+def run_predictions(run_id: str, split: str = "validation") -> dict | None:
+    """A run's logged predictions on `split` (`val_predictions.json`, `test_predictions.json`), or None."""
     try:
-        return mlflow.artifacts.load_dict(f"runs:/{run_id}/val_predictions.json")
+        return mlflow.artifacts.load_dict(f"runs:/{run_id}/{names.PREDICTIONS[split]}")
     except Exception:  # noqa: BLE001 - older runs, or a store without the artifact: evaluated instead
         return None
 
@@ -78,35 +79,42 @@ def gate(metric: str, maximize: bool, y: np.ndarray, candidate: np.ndarray, cham
 
 
 def register_and_promote(model_uri: str, run_id: str, value: float, config, data_fingerprint: str,
-                         log=print, tags: dict | None = None, predictions: dict | None = None, rule=None):
+                         log=print, tags: dict | None = None, predictions: dict | None = None, rule=None,
+                         split: str = "validation"):
     """Register a model version (with camp's tags and any `tags` given); move `champion` to it only if it
-    passes `gate` (`rule`: a `PromotionConfig`), on its validation `predictions` (a `val_predictions.json`,
-    else computed through pyfunc) and the champion's on the same images. The comparison is recorded in the
-    version's tags, and a move as `camp.promoted_at`. Returns (version, promoted: bool)."""
+    passes `gate` (`rule`: a `PromotionConfig`), on its `predictions` on `split` (a `val_predictions.json`,
+    else computed through pyfunc) and the champion's on the same images. `split` is test for a model fit on
+    train + validation (`value` is then its test score); a champion fit so is compared on test too, since
+    validation is not held out for it. The comparison is recorded in the version's tags, and a move as
+    `camp.promoted_at`. Returns (version, promoted: bool)."""
     from mlflow import MlflowClient
 
     rule = rule or PromotionConfig()
     client = MlflowClient()
     version = mlflow.register_model(model_uri, MODEL_NAME, tags={
-        **(tags or {}), names.METRIC: config.metric, names.VALUE: f"{value:.6f}",
+        **(tags or {}), names.METRIC: names.on_split(config.metric, split), names.VALUE: f"{value:.6f}",
         names.DATA_FINGERPRINT: data_fingerprint, names.RUN_ID: run_id})
     try:
         champion = client.get_model_version_by_alias(MODEL_NAME, CHAMPION)
     except mlflow.exceptions.MlflowException:
         champion = None
-    mine = predictions or validation_outputs(model_uri, config)
+    champion_tags = (champion.tags or {}) if champion is not None else {}
+    if champion_tags.get(names.FIT_ON) == "train+validation" and split == "validation":
+        split, predictions = "test", None  # the champion trained on validation: only test is fair to both
+        log(f"@{CHAMPION} v{champion.version} was fit on train + validation: comparing on test")
+    mine = predictions or validation_outputs(model_uri, config, split)
     theirs = None
     if champion is not None:
-        champion_tags = champion.tags or {}
         if champion_tags.get(names.DATA_FINGERPRINT) == data_fingerprint and champion_tags.get(names.RUN_ID):
-            theirs = run_predictions(champion_tags[names.RUN_ID])
+            theirs = run_predictions(champion_tags[names.RUN_ID], split)
         if theirs is None or not set(theirs["relpaths"]) & set(mine["relpaths"]):
-            log(f"scoring @{CHAMPION} v{champion.version} on this validation set ...")
-            theirs = validation_outputs(f"models:/{MODEL_NAME}@{CHAMPION}", config)
+            log(f"scoring @{CHAMPION} v{champion.version} on this {split} set ...")
+            theirs = validation_outputs(f"models:/{MODEL_NAME}@{CHAMPION}", config, split)
     y, candidate, champion_probabilities = _aligned(mine, theirs or mine)
     decision = gate(config.metric, config.direction == "maximize", y, candidate,
                     None if champion is None else champion_probabilities, rule)
-    recorded = {names.PROMOTION: decision["reason"][:4000],
+    reason = decision["reason"] if split == "validation" else f"on test: {decision['reason']}"
+    recorded = {names.PROMOTION: reason[:4000],
                 names.FLOOR_GAIN: json.dumps(decision["floors"])}
     if champion is not None:
         recorded.update({names.COMPARED_WITH: str(champion.version), names.GAIN_VS_CHAMPION: str(decision.get("gain")),

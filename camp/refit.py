@@ -31,8 +31,9 @@ def queued_only(study_file):
 
 
 def search_timeout(timeout: float | None, finalize) -> float | None:
-    """The search's share of study.timeout: the rest is reserved for the finalists."""
-    if not timeout or not finalize.refit:
+    """The search's share of study.timeout: the rest is reserved for the finalists (and for the retraining on
+    train + validation, camp.refit_full)."""
+    if not timeout or not (finalize.refit or finalize.train_on_validation):
         return timeout
     return timeout * (1.0 - finalize.share)
 

@@ -24,6 +24,7 @@ import binascii
 import json
 import os
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import mlflow
@@ -239,16 +240,22 @@ class CampClassifier(mlflow.pyfunc.PythonModel):
 def _model_inputs(sources, preprocess: PreprocessConfig) -> tuple[np.ndarray | None, list[int], list]:
     """Decoded and preprocessed images for the readable sources: (N, H, W, C) inputs, their rows in
     `sources`, and (index, error) for the ones that could not be read."""
-    inputs, rows, errors = [], [], []
-    for index, source in enumerate(sources):
-        if source is _REFUSED:
-            continue
+    def one(index: int):
         try:
-            decoded = decode_any(source, preprocess.decode_reduction, where=f"item {index}")
-            inputs.append(preprocess_image(decoded, preprocess))
-            rows.append(index)
+            decoded = decode_any(sources[index], preprocess.decode_reduction, where=f"item {index}")
+            return preprocess_image(decoded, preprocess), None
         except UnreadableImage as error:
-            errors.append((index, str(error)))
+            return None, str(error)
+
+    wanted = [index for index, source in enumerate(sources) if source is not _REFUSED]
+    if len(wanted) > 1:  # decoding and OpenCV release the GIL: a batch uses every core
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            results = list(pool.map(one, wanted))
+    else:  # one image: no pool to start, for latency
+        results = [one(index) for index in wanted]
+    inputs = [image for image, _ in results if image is not None]
+    rows = [index for index, (image, _) in zip(wanted, results) if image is not None]
+    errors = [(index, message) for index, (_, message) in zip(wanted, results) if message is not None]
     return (np.stack(inputs) if inputs else None), rows, errors
 
 

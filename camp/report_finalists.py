@@ -69,8 +69,11 @@ def finalists_blocks(context: Context) -> list:
             predict = core.run_predictor(run_id, Path(directory) / str(position))
             frames = {s: core.predict_items(predict, context.dataset.split(s), context.labels, s) for s in splits}
             name = f"member trial #{trials[position] if position < len(trials) else '?'}"
-            source = mlflow.get_run(run_id).data.tags.get(names.FINALIST_OF)
-            if source is not None:  # a finalist: the config of trial #source trained again, longer
+            member_tags = mlflow.get_run(run_id).data.tags
+            source = member_tags.get(names.FINALIST_OF)
+            if member_tags.get(names.FIT_ON) == "train+validation":
+                name += " (retrained on train + validation)"
+            elif source is not None:  # a finalist: the config of trial #source trained again, longer
                 name += f" (finalist: trial #{source} refit)"
             row, numbers[name] = _macro_f1_row(name, frames, context.args.bootstrap)
             rows.append(row)
@@ -78,7 +81,12 @@ def finalists_blocks(context: Context) -> list:
     header = ["model"] + [f"{split} {what}" for split in splits for what in ("macro-F1", "95% low", "95% high")]
     blocks = [Heading("The champion and what it is made of", level=3),
               Table(header, rows, anchor="finalists")]
-    if "validation" in numbers["champion"] and "test" in numbers["champion"]:
+    if tags.get(names.FIT_ON) == "train+validation" and "test" in numbers["champion"]:
+        blocks.append(Text(
+            "The champion's members were chosen on validation and then retrained on train + validation "
+            f"(study.finalize.train_on_validation): validation scores them on images they were trained on, so only "
+            f"test ({numbers['champion']['test']['macro_f1']:.3f}), which chose nothing, is a held-out score."))
+    elif "validation" in numbers["champion"] and "test" in numbers["champion"]:
         validation, test = numbers["champion"]["validation"]["macro_f1"], numbers["champion"]["test"]["macro_f1"]
         blocks.append(Text(f"Selection optimism: the champion was chosen on validation, where it scores {validation:.3f}; "
                            f"on test, which chose nothing, it scores {test:.3f} ({test - validation:+.3f}). Test is the "

@@ -14,6 +14,8 @@ from camp.model import ModelConfig
 from camp.preprocess import PreprocessConfig
 from camp.space import parse_space, resolve
 
+FIT_ON = ("train", "train+validation")
+
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
@@ -26,6 +28,18 @@ class RunConfig:
     metric: str = names.VAL_MACRO_F1
     direction: str = "maximize"
     data_path: Optional[str] = None  # --data, overrides data.path
+    # what the model is fit on: train (validation selects the epoch and scores it), or train+validation
+    # (camp.refit_full: a fixed number of epochs, and test scores it)
+    fit_on: str = "train"
+
+    def __post_init__(self):
+        if self.fit_on not in FIT_ON:
+            raise ValueError(f"fit_on must be one of {FIT_ON}, got {self.fit_on!r}")
+
+    @property
+    def scored_on(self) -> str:
+        """The split that scores the model: the one it was not fit on."""
+        return "test" if self.fit_on == "train+validation" else "validation"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -73,7 +87,9 @@ def prepare_dataset(config: RunConfig) -> tuple[Dataset, str]:
 
 def run_config_from_meta(meta: dict) -> RunConfig:
     """The config a run logged in its bundle's `camp.json`: registration and the report read this, never
-    a trial re-resolved from a study file that may have changed since."""
+    a trial re-resolved from a study file that may have changed since. It comes back fit on train only,
+    whatever the run was fit on: what re-uses a config (ablate's cells, the report's folds) needs validation
+    held out, and a model fit on train + validation says so in its run's tag `camp.fit_on`."""
     raw = dict(meta["config"])
     return RunConfig(data=DataConfig(**raw["data"]), preprocess=PreprocessConfig(**raw["preprocess"]),
                      model=ModelConfig(**raw["model"]), seed=raw["seed"], metric=raw["metric"],

@@ -384,8 +384,8 @@ def run_study(args, role: str = "sweep", queue=None, after=None) -> int:
         if after is not None:
             return after(study, summary, parent.info.run_id)
     if summary.get("best_run_id") and not args.no_register:
-
-        finalize(study, plan, summary, storage, parent.info.run_id)
+        left = None if not full_timeout else full_timeout - (time.time() - started)
+        finalize(study, plan, summary, storage, parent.info.run_id, left, args.workers)
     print_next_steps(summary)
     finished = finished_count(study.trials)
     if finished < plan.n_trials and summary["failed"] >= study_config.max_failures and summary.get("trials_this_run"):

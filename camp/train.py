@@ -133,14 +133,17 @@ def _fit(config: RunConfig, run_id: str, epoch_callback, progress: bool, started
     import mlflow
 
     dataset, data_fp = prepare_dataset(config)
-    # only the splits training uses: test is for reporting (the report predicts it through the bundle)
-    used = [item for item in dataset.items if item.split in ("train", "validation")]
-    arrays = load_arrays(used, f"{data_fp}-train+validation", config.preprocess, progress=progress)
+    # only the splits training uses: test is for reporting (the report predicts it through the bundle),
+    # unless the model is fit on train + validation, when test is what scores it
+    scored = config.scored_on
+    splits = ("train", "validation", "test") if scored == "test" else ("train", "validation")
+    used = [item for item in dataset.items if item.split in splits]
+    arrays = load_arrays(used, f"{data_fp}-{'+'.join(splits)}", config.preprocess, progress=progress)
     mlflow.log_params({k: v for k, v in flatten(config.to_dict()).items()})
     mlflow.set_tags({names.GIT_COMMIT: tracking.git_commit(), names.DATA_FINGERPRINT: data_fp,
                      names.DATA_ROOT: str(dataset.root), names.SEED: config.seed,
                      names.CACHE: "hit" if arrays.cache_hit else "miss", names.CACHE_KEY: arrays.key,
-                     names.SKIPPED_IMAGES: len(arrays.skipped)})
+                     names.SKIPPED_IMAGES: len(arrays.skipped), names.FIT_ON: config.fit_on})
     mlflow.log_text(yaml.safe_dump(config.to_dict(), sort_keys=False), "config.yaml")
     log_datasets(dataset, data_fp)
     if LEAKS[data_fp]:  # identical files in two splits, found by prepare_dataset: reported on every run
@@ -154,48 +157,52 @@ def _fit(config: RunConfig, run_id: str, epoch_callback, progress: bool, started
               f"{next(iter(arrays.skipped.values()))} (full list in the run's skipped_images.json)", file=sys.stderr)
     split = np.array([item.split for item in arrays.items])
     y_all = np.array([item.label for item in arrays.items])
-    train_mask, val_mask = split == "train", split == "validation"
-    if not train_mask.any() or not val_mask.any():
-        raise ValueError(f"{dataset.root}: need readable train and validation images "
-                         f"(have {train_mask.sum()} train, {val_mask.sum()} validation)")
-    x_train, y_train = arrays.x[train_mask], y_all[train_mask]
-    x_val, y_val = arrays.x[val_mask], y_all[val_mask]
+    fit_mask = (split == "train") | ((split == "validation") if scored == "test" else False)
+    score_mask = split == scored
+    if not (split == "train").any() or not (split == "validation").any() or not score_mask.any():
+        counts = ", ".join(f"{(split == name).sum()} {name}" for name in splits)
+        raise ValueError(f"{dataset.root}: need readable {' and '.join(splits)} images (have {counts})")
+    x_train, y_train = arrays.x[fit_mask], y_all[fit_mask]
+    x_val, y_val = arrays.x[score_mask], y_all[score_mask]  # the scored split: validation, or test
     labels = dataset.labels
     n_classes = len(labels)
 
     if config.model.family == "hog_linear":
         seed = training_seed(config.seed, config.model)
         model, best_epoch, epochs_run = fit_hog_linear(x_train, y_train, n_classes, config.model, seed), 0, 1
-    else:
-        model, best_epoch, epochs_run = _fit_cnn(config, x_train, y_train, x_val, y_val, n_classes,
-                                                 epoch_callback, progress)
+    else:  # fit on train + validation, no split is left to select an epoch: all max_epochs run
+        model, best_epoch, epochs_run = _fit_cnn(config, x_train, y_train, None if scored == "test" else x_val,
+                                                 y_val, n_classes, epoch_callback, progress)
     probabilities = model.predict(x_val, batch_size=256, verbose=0)
     predicted = probabilities.argmax(axis=1)
-    final = {**metrics.classification_metrics(y_val, predicted),
-             **metrics.per_label_metrics(y_val, predicted, list(labels)),
-             names.VAL_LOSS: metrics.cross_entropy(y_val, probabilities), "best_epoch": best_epoch}
+    prefix = "val" if scored == "validation" else "test"
+    final = {**metrics.classification_metrics(y_val, predicted, prefix),
+             **metrics.per_label_metrics(y_val, predicted, list(labels), prefix),
+             f"{prefix}/loss": metrics.cross_entropy(y_val, probabilities), "best_epoch": best_epoch}
     # logged at the step after the last epoch, so a run's latest value is the selected model's
     mlflow.log_metrics(final, step=epochs_run)
     mlflow.log_metrics(memory_usage())
     _log_pictures(dataset, y_val, predicted, labels, config)
-    val_items = [item for item in arrays.items if item.split == "validation"]
-    mlflow.log_dict({"labels": list(labels), "relpaths": [item.relpath for item in val_items],
+    scored_items = [item for item in arrays.items if item.split == scored]
+    mlflow.log_dict({"labels": list(labels), "relpaths": [item.relpath for item in scored_items],
                      "y_true": y_val.tolist(), "y_pred": predicted.tolist(),
                      "probabilities": probabilities.round(6).tolist(),
                      # with the mirror images' averaged in (what predict_probabilities(..., "flip") serves, from
                      # the plain ones above): finalize chooses test-time augmentation on these
                      "probabilities_flip": ((probabilities + predict_probabilities(model, mirror(x_val))) / 2
                                             ).round(6).tolist()},
-                    "val_predictions.json")
+                    names.PREDICTIONS[scored])
     with tempfile.TemporaryDirectory() as directory:
         model_dir = save_model_bundle(model, config, labels, Path(directory) / "bundle")
         mlflow.log_artifacts(str(model_dir), "bundle")
-    return TrainResult(run_id, final[config.metric], final, best_epoch, epochs_run, labels, y_val,
-                       probabilities, [i.relpath for i in val_items], arrays.cache_hit, time.time() - started)
+    value = final[names.on_split(config.metric, scored)]
+    return TrainResult(run_id, value, final, best_epoch, epochs_run, labels, y_val,
+                       probabilities, [i.relpath for i in scored_items], arrays.cache_hit, time.time() - started)
 
 
 def _fit_cnn(config: RunConfig, x_train, y_train, x_val, y_val, n_classes: int, epoch_callback, progress: bool):
-    """The CNN with its best validation epoch's weights, that epoch, and how many epochs ran."""
+    """The CNN with its best validation epoch's weights, that epoch, and how many epochs ran; with no
+    validation images (`x_val` None) the last epoch's, after all `max_epochs`."""
     import keras
     import tensorflow as tf
 
@@ -214,6 +221,8 @@ def _fit_cnn(config: RunConfig, x_train, y_train, x_val, y_val, n_classes: int, 
               epochs=model_config.max_epochs, class_weight=class_weight, callbacks=[tracker], verbose=0, shuffle=True)
     if tracker.error is not None:
         raise tracker.error
+    if x_val is None:
+        return model, tracker.epochs_run - 1, tracker.epochs_run
     model.set_weights(tracker.best_weights)
     return model, tracker.best_epoch, tracker.epochs_run
 
@@ -275,7 +284,7 @@ def _log_pictures(dataset, y_val, predicted, labels, config) -> None:
         matrix = confusion_matrix(y_val, predicted, labels=list(range(len(labels))))
         mlflow.log_dict({"labels": list(labels), "matrix": matrix.tolist()}, "confusion_matrix.json")
         mlflow.log_artifact(str(confusion_matrix_plot(matrix, labels, Path(directory) / "confusion_matrix.png",
-                                                      "Validation confusion matrix")))
+                                                      f"{config.scored_on.capitalize()} confusion matrix")))
         examples = pick_examples(dataset.items, labels, config.preprocess.decode_reduction, per_label=2,
                                  seed=config.seed)
         mlflow.log_artifact(str(preprocessing_grid(examples, labels, config.preprocess,
@@ -304,17 +313,23 @@ class _EpochTracker:
                 import mlflow
 
                 logs = logs or {}
-                probabilities = self.model.predict(self.x_val, batch_size=256, verbose=0)
-                values = {names.TRAIN_LOSS: float(logs.get("loss", np.nan)),
-                          names.VAL_LOSS: metrics.cross_entropy(self.y_val, probabilities),
-                          **metrics.classification_metrics(self.y_val, probabilities.argmax(axis=1))}
+                values = {names.TRAIN_LOSS: float(logs.get("loss", np.nan))}
+                if self.x_val is not None:  # none when fit on train + validation: nothing is left to score
+                    probabilities = self.model.predict(self.x_val, batch_size=256, verbose=0)
+                    values.update({names.VAL_LOSS: metrics.cross_entropy(self.y_val, probabilities),
+                                   **metrics.classification_metrics(self.y_val, probabilities.argmax(axis=1))})
                 self.epochs_run = epoch + 1
                 mlflow.log_metrics(values, step=epoch)
-                value = values[self.config.metric]
                 if not np.isfinite(values[names.TRAIN_LOSS]):
                     self.error = FloatingPointError(f"training loss is {values[names.TRAIN_LOSS]} at epoch {epoch}")
                     self.model.stop_training = True
                     return
+                if self.x_val is None:
+                    if self.progress:
+                        print(f"  epoch {epoch + 1:>3}/{self.config.model.max_epochs}  train/loss "
+                              f"{values[names.TRAIN_LOSS]:.4f}  ({time.time() - self.epoch_started:.1f}s)", file=sys.stderr)
+                    return
+                value = values[self.config.metric]
                 improved = names.better(value, self.best_value, self.config.direction)
                 if improved:
                     self.best_value, self.best_epoch, self.since_best = value, epoch, 0

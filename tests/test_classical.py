@@ -28,6 +28,15 @@ def test_hog_features_shape_and_gray_for_colour():
         hog_features(gray, cell=17, orientations=9)
 
 
+def test_hog_features_of_a_batch_are_the_same_on_threads_as_in_one(monkeypatch):
+    rng = np.random.default_rng(1)
+    batch = rng.integers(0, 256, (40, 32, 32, 1), dtype=np.uint8)  # enough to be shared out among threads
+    monkeypatch.setenv("CAMP_THREADS", "1")
+    serial = hog_features(batch, cell=8, orientations=9)
+    monkeypatch.setenv("CAMP_THREADS", "3")
+    assert np.array_equal(hog_features(batch, cell=8, orientations=9), serial)
+
+
 def test_hog_linear_learns_orientation_and_round_trips(tmp_path):
     rng = np.random.default_rng(1)
     x = np.concatenate([_stripes(20, rng, True), _stripes(20, rng, False)])
