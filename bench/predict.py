@@ -80,9 +80,12 @@ def main() -> None:
             started = time.perf_counter()
             call(pd.DataFrame({"image": [path]}))
             latencies.append(time.perf_counter() - started)
-        started = time.perf_counter()
-        call(pd.DataFrame({"image": batch}))
-        batch_seconds = time.perf_counter() - started
+        batch_times = []
+        for _ in range(3):  # one batch call is a second or two: the median of three
+            started = time.perf_counter()
+            call(pd.DataFrame({"image": batch}))
+            batch_times.append(time.perf_counter() - started)
+        batch_seconds = float(np.median(batch_times))
         return {"single_image_ms": {"p50": round(1000 * float(np.percentile(latencies, 50)), 1),
                                     "p95": round(1000 * float(np.percentile(latencies, 95)), 1), "n": len(latencies)},
                 "batch": {"size": len(batch), "images_per_second": round(len(batch) / batch_seconds, 1)}}

@@ -251,9 +251,11 @@ def predict_probabilities(model, x: np.ndarray, tta: str = "none") -> np.ndarray
             return np.asarray(model.predict_on_batch(batch), dtype=np.float64)
         return np.asarray(model.predict(batch, batch_size=256, verbose=0), dtype=np.float64)
 
-    if tta == "flip":  # both views in one call: one dispatch, a fuller batch
+    if tta == "flip" and 2 * len(x) <= 256:  # both views in one call: one dispatch instead of two
         both = run(np.concatenate([x, mirror(x)]))
         return (both[:len(x)] + both[len(x):]) / 2
+    if tta == "flip":
+        return (run(x) + run(mirror(x))) / 2
     return run(x)
 
 
