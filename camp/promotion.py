@@ -125,7 +125,7 @@ def register_and_promote(model_uri: str, run_id: str, value: float, config, data
         evaluate_version(model_uri, version, run_id, config, data_fingerprint)
     except (OSError, ValueError, mlflow.exceptions.MlflowException) as error:  # the version stands without it
         log(f"warning: could not evaluate v{version.version} on validation and test: {error}")
-    where = f"{MODEL_NAME} v{version.version} ({config.metric} {value:.4f})"
+    where = f"{MODEL_NAME} v{version.version} ({names.on_split(config.metric, split)} {value:.4f})"
     if decision["promote"]:
         _promote(client, version)
         if champion is None:
