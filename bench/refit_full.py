@@ -38,7 +38,7 @@ def main() -> int:
     tracking.setup(create=False)
     version = resolve_version(args.model)
     run = mlflow.get_run((version.tags or {}).get(names.RUN_ID) or version.run_id)
-    if run.data.tags.get(names.FIT_ON) != "train+validation":
+    if run.data.tags.get(names.FIT_ON) != names.TRAIN_AND_VALIDATION:
         raise SystemExit(f"{args.model}: not fit on train + validation (tag {names.FIT_ON} is "
                          f"{run.data.tags.get(names.FIT_ON)!r}); nothing to compare")
     with tempfile.TemporaryDirectory() as directory:

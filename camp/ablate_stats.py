@@ -77,15 +77,15 @@ def knob_result(knob: str, values: list, outputs: dict, labels: list, metric: st
                 split: str, resamples: int = 1000, level: float = 0.95) -> dict:
     """One knob's table and verdicts. `outputs[(value, replica)]` = {split: (y, probabilities)} on aligned
     items; only seeds every value of the pair has are paired."""
-    split_metric = f"{split_prefix(split)}/{metric.rsplit('/', 1)[-1]}"
+    split_metric = names.on_split(metric, split)
     rows = []
     for value in values:
         replicas = sorted(r for (v, r) in outputs if v == value)
         row = {"value": value, "seeds": len(replicas)}
         for name in ("validation", split):
             scores = [_score(metric, *outputs[(value, r)][name]) for r in replicas if name in outputs[(value, r)]]
-            row[split_prefix(name)] = round(float(np.mean(scores)), 4) if scores else None
-            row[f"{split_prefix(name)}_per_seed"] = [round(s, 4) for s in scores]
+            row[names.split_prefix(name)] = round(float(np.mean(scores)), 4) if scores else None
+            row[f"{names.split_prefix(name)}_per_seed"] = [round(s, 4) for s in scores]
         recalls = []
         for r in replicas:
             y, probabilities = outputs[(value, r)][split]
@@ -96,8 +96,8 @@ def knob_result(knob: str, values: list, outputs: dict, labels: list, metric: st
                          if recalls else {})
         rows.append(row)
     maximize = names.maximizing(direction)
-    ordered = sorted((row for row in rows if row[split_prefix(split)] is not None),
-                     key=lambda row: row[split_prefix(split)], reverse=maximize)
+    ordered = sorted((row for row in rows if row[names.split_prefix(split)] is not None),
+                     key=lambda row: row[names.split_prefix(split)], reverse=maximize)
     pairs = []
     for position, better_row in enumerate(ordered):
         for other in ordered[position + 1:]:
@@ -109,12 +109,8 @@ def knob_result(knob: str, values: list, outputs: dict, labels: list, metric: st
             pairs.append({"first": a, "second": b, "difference": round(difference, 4), "interval": [round(low, 4), round(high, 4)],
                           "seeds": len(shared),
                           "verdict": verdict(_text(a), _text(b), difference, low, high, direction, split_metric)})
-    return {"knob": knob, "metric": split_metric, "split": split, "column": split_prefix(split), "rows": rows,
+    return {"knob": knob, "metric": split_metric, "split": split, "column": names.split_prefix(split), "rows": rows,
             "pairs": pairs}
-
-
-def split_prefix(split: str) -> str:
-    return "val" if split == "validation" else split
 
 
 def _text(value) -> str:

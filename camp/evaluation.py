@@ -75,5 +75,5 @@ def evaluate_version(model_uri: str, version, run_id: str, config, data_fingerpr
         f"{tags.get(names.STUDY, '-')}, data fingerprint {data_fingerprint}; {scored or 'no split scored'} "
         f"(run {run_id}, artifacts " + ", ".join(f"evaluation/{split}/" for split in scores) + ")."
         + (" Fit on train + validation: its validation score is on images it trained on; test is the held-out one."
-           if tags.get(names.FIT_ON) == "train+validation" else "")))
+           if tags.get(names.FIT_ON) == names.TRAIN_AND_VALIDATION else "")))
     return scores

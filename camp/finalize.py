@@ -107,7 +107,7 @@ def _register_result(study: optuna.Study, plan, summary: dict, storage, parent_r
           f"({described}){' with flip TTA' if tta == 'flip' else ''}: {metric} {selection.value:.4f} vs the best "
           f"trial's {plain_best:.4f} (+{gain:.4f}, chosen on these same validation images, so optimistic)")
     summary["ensemble"]["registered"] = True
-    summary["ensemble"]["fit_on"] = "train+validation" if retrained else "train"
+    summary["ensemble"]["fit_on"] = names.TRAIN_AND_VALIDATION if retrained else "train"
     with champion_lock(storage):
         _log_and_register(study, plan, summary, parent_run_id, members, selection, y,
                           [options[tta][i] for i in selection.members], pool, tta, retrained)
@@ -165,7 +165,7 @@ def _log_and_register(study, plan, summary, parent_run_id, members, selection, y
         key = "probabilities_flip" if tta == "flip" else "probabilities"
         probabilities = [np.asarray(s[key], dtype=np.float64) for s in scored]
         y, relpaths = np.asarray(scored[0]["y_true"]), scored[0]["relpaths"]
-    prefix = "val" if split == "validation" else "test"
+    prefix = names.split_prefix(split)
     combined = ensemble.average(probabilities, selection.weights)
     predicted = combined.argmax(axis=1)
     values = {**metrics.classification_metrics(y, predicted, prefix), **metrics.per_label_metrics(y, predicted, labels, prefix),
@@ -192,7 +192,7 @@ def _log_and_register(study, plan, summary, parent_run_id, members, selection, y
                 names.MEMBERS: ",".join(member_runs), names.MEMBER_TRIALS: ",".join(str(t.number) for t in members),
                 names.MEMBER_WEIGHTS: ",".join(f"{w:.4f}" for w in selection.weights), names.TTA: tta}
         if retrained:
-            tags[names.FIT_ON] = refit_full.FIT_ON
+            tags[names.FIT_ON] = names.TRAIN_AND_VALIDATION
         for name in (names.DATA_FINGERPRINT, names.DATA_ROOT, names.SEED):
             if name in best_run.data.tags:
                 tags[name] = best_run.data.tags[name]

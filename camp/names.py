@@ -15,9 +15,14 @@ VAL_MACRO_F1 = "val/macro_f1"
 PREDICTIONS = {"validation": "val_predictions.json", "test": "test_predictions.json"}
 
 
+def split_prefix(split: str) -> str:
+    """The prefix of a split's metric names: `val` for validation, else the split's own name (`test`)."""
+    return "val" if split == "validation" else split
+
+
 def on_split(metric: str, split: str) -> str:
     """`val/macro_f1` as scored on `split`: itself on validation, `test/macro_f1` on test."""
-    return metric if split == "validation" else "test/" + metric.split("/", 1)[1]
+    return f"{split_prefix(split)}/{metric.rsplit('/', 1)[-1]}"
 
 
 #: Metrics a study may optimise, with the direction that makes sense for each.
@@ -73,6 +78,7 @@ FINALIST_OF = "camp.finalist_of"  # a finalist trial's run: the trial whose conf
 # what a run, or a registered version's members, was fit on: train (absent) or train+validation
 # (study.finalize.train_on_validation); validation then scores nothing and test is the held-out score
 FIT_ON = "camp.fit_on"
+TRAIN_AND_VALIDATION = "train+validation"  # the value of FIT_ON (and RunConfig.fit_on) for such a model
 SOURCE_RUN = "camp.source_run"  # a model retrained on train+validation: the run it was chosen as
 # `camp ablate`: a cell's run names its knob value and replica; the parent run names the run it varies
 CELL = "camp.cell"

@@ -99,7 +99,7 @@ def register_and_promote(model_uri: str, run_id: str, value: float, config, data
     except mlflow.exceptions.MlflowException:
         champion = None
     champion_tags = (champion.tags or {}) if champion is not None else {}
-    if champion_tags.get(names.FIT_ON) == "train+validation" and split == "validation":
+    if champion_tags.get(names.FIT_ON) == names.TRAIN_AND_VALIDATION and split == "validation":
         split, predictions = "test", None  # the champion trained on validation: only test is fair to both
         log(f"@{CHAMPION} v{champion.version} was fit on train + validation: comparing on test")
     mine = predictions or validation_outputs(model_uri, config, split)

@@ -25,8 +25,6 @@ import mlflow
 from camp import names, tracking
 from camp.run_config import RunConfig, prepare_dataset, run_config_from_meta
 
-FIT_ON = "train+validation"
-
 
 def config_for(config: RunConfig, best_epoch: int) -> RunConfig:
     """A member's config fit on train + validation: a CNN for `best_epoch + 1` epochs (its schedule ends
@@ -36,7 +34,7 @@ def config_for(config: RunConfig, best_epoch: int) -> RunConfig:
         epochs = max(1, best_epoch + 1)
         model = dataclasses.replace(model, max_epochs=epochs, min_epochs=epochs, patience=epochs,
                                     warmup_epochs=min(model.warmup_epochs, epochs - 1))
-    return dataclasses.replace(config, model=model, fit_on=FIT_ON)
+    return dataclasses.replace(config, model=model, fit_on=names.TRAIN_AND_VALIDATION)
 
 
 def plan_members(trials) -> list[dict]:
@@ -105,7 +103,7 @@ def retrain(trials, study_name: str, parent_run_id: str, time_left: float | None
 
 
 def _tags(study_name: str, member: dict) -> dict:
-    return {names.STUDY: study_name, names.FINALIST_OF: str(member["trial"]), names.FIT_ON: FIT_ON,
+    return {names.STUDY: study_name, names.FINALIST_OF: str(member["trial"]), names.FIT_ON: names.TRAIN_AND_VALIDATION,
             names.ROLE: "refit-full", names.SOURCE_RUN: member["source_run"]}
 
 

@@ -71,7 +71,7 @@ def finalists_blocks(context: Context) -> list:
             name = f"member trial #{trials[position] if position < len(trials) else '?'}"
             member_tags = mlflow.get_run(run_id).data.tags
             source = member_tags.get(names.FINALIST_OF)
-            if member_tags.get(names.FIT_ON) == "train+validation":
+            if member_tags.get(names.FIT_ON) == names.TRAIN_AND_VALIDATION:
                 name += " (retrained on train + validation)"
             elif source is not None:  # a finalist: the config of trial #source trained again, longer
                 name += f" (finalist: trial #{source} refit)"
@@ -81,7 +81,7 @@ def finalists_blocks(context: Context) -> list:
     header = ["model"] + [f"{split} {what}" for split in splits for what in ("macro-F1", "95% low", "95% high")]
     blocks = [Heading("The champion and what it is made of", level=3),
               Table(header, rows, anchor="finalists")]
-    if tags.get(names.FIT_ON) == "train+validation" and "test" in numbers["champion"]:
+    if tags.get(names.FIT_ON) == names.TRAIN_AND_VALIDATION and "test" in numbers["champion"]:
         blocks.append(Text(
             "The champion's members were chosen on validation and then retrained on train + validation "
             f"(study.finalize.train_on_validation): validation scores them on images they were trained on, so only "

@@ -14,7 +14,7 @@ from camp.model import ModelConfig
 from camp.preprocess import PreprocessConfig
 from camp.space import parse_space, resolve
 
-FIT_ON = ("train", "train+validation")
+FIT_ON = ("train", names.TRAIN_AND_VALIDATION)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +39,7 @@ class RunConfig:
     @property
     def scored_on(self) -> str:
         """The split that scores the model: the one it was not fit on."""
-        return "test" if self.fit_on == "train+validation" else "validation"
+        return "test" if self.fit_on == names.TRAIN_AND_VALIDATION else "validation"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -157,7 +157,7 @@ def _fit(config: RunConfig, run_id: str, epoch_callback, progress: bool, started
               f"{next(iter(arrays.skipped.values()))} (full list in the run's skipped_images.json)", file=sys.stderr)
     split = np.array([item.split for item in arrays.items])
     y_all = np.array([item.label for item in arrays.items])
-    fit_mask = (split == "train") | ((split == "validation") if scored == "test" else False)
+    fit_mask = np.isin(split, [name for name in splits if name != scored])
     score_mask = split == scored
     if not (split == "train").any() or not (split == "validation").any() or not score_mask.any():
         counts = ", ".join(f"{(split == name).sum()} {name}" for name in splits)
@@ -175,7 +175,7 @@ def _fit(config: RunConfig, run_id: str, epoch_callback, progress: bool, started
                                                  y_val, n_classes, epoch_callback, progress)
     probabilities = model.predict(x_val, batch_size=256, verbose=0)
     predicted = probabilities.argmax(axis=1)
-    prefix = "val" if scored == "validation" else "test"
+    prefix = names.split_prefix(scored)
     final = {**metrics.classification_metrics(y_val, predicted, prefix),
              **metrics.per_label_metrics(y_val, predicted, list(labels), prefix),
              f"{prefix}/loss": metrics.cross_entropy(y_val, probabilities), "best_epoch": best_epoch}
