@@ -14,7 +14,7 @@ from pathlib import Path
 
 import optuna
 
-from camp import names, promotion, registry, run_config, tracking
+from camp import budget, names, promotion, registry, run_config, tracking
 from camp.registry import CHAMPION, MODEL_NAME
 from camp.study_plots import study_plots
 
@@ -192,6 +192,12 @@ class Progress:
         best = _best(study)
         per_trial = elapsed / max(1, trial.number + 1)
         left = max(0, self.plan.n_trials - done) * per_trial / self.workers
+        # an average over seconds-long HOG trials says nothing of a CNN still running: never less than it
+        running = budget.running_seconds_left(study)
+        if running is None and self.plan.timeout:
+            left = self.plan.timeout  # a trial of a kind not yet timed is running: only the timeout bounds it
+        elif running is not None:
+            left = max(left, running)
         if self.plan.timeout:
             left = min(left, max(0.0, self.plan.timeout - elapsed))
         value = f"{trial.value:.4f}" if trial.state == optuna.trial.TrialState.COMPLETE else "-"

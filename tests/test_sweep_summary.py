@@ -5,6 +5,7 @@ from __future__ import annotations
 import types
 
 import optuna
+import pytest
 
 from camp.sweep_summary import Progress, best_trials_table, finished_count
 
@@ -40,3 +41,32 @@ def test_the_best_trials_table_is_sorted_and_rounded():
     table = best_trials_table(_study()).splitlines()
     assert table[0] == "| trial | value | model.dropout |"
     assert table[2] == "| 1 | 0.7000 | 0.3 |" and table[3] == "| 0 | 0.5000 | 0.1 |"
+
+
+def test_time_left_is_never_less_than_a_running_trial_needs(capsys, monkeypatch):
+    """After a seconds-long HOG trial, while a CNN of a known ~600 s cost has run for 100 s, the line says
+    ~500 s are left, not an average over the HOG trial; with a CNN of a kind not yet timed, the timeout."""
+    import datetime
+
+    from camp import budget
+
+    study = optuna.create_study(direction="maximize")
+    study.add_trial(optuna.trial.create_trial(value=0.6, user_attrs={"seconds": 600.0, "family": "cnn", "size": 64}))
+    study.add_trial(optuna.trial.create_trial(value=0.5, user_attrs={"seconds": 2.0, "family": "hog_linear",
+                                                                      "size": 64}))
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.RUNNING,
+                                              user_attrs={"family": "cnn", "size": 64}))
+    started = study.trials[2].datetime_start
+    monkeypatch.setattr(budget, "_now", lambda: started + datetime.timedelta(seconds=100))
+    assert budget.running_seconds_left(study) == pytest.approx(500.0, abs=1.0)
+    plan = types.SimpleNamespace(n_trials=40, timeout=1680)
+    Progress(plan, workers=2)(study, study.trials[1])
+    assert "~8.3 min left" in capsys.readouterr().out  # 500 s; an average over the two would say ~0.0
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.RUNNING,
+                                              user_attrs={"family": "cnn", "size": 96}))
+    assert budget.running_seconds_left(study) == pytest.approx(600 * (96 / 64) ** 2 - 100, abs=1.0)
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.RUNNING,
+                                              user_attrs={"family": "unknown", "size": 64}))
+    assert budget.running_seconds_left(study) is None
+    Progress(plan, workers=2)(study, study.trials[1])
+    assert "~28.0 min left" in capsys.readouterr().out
