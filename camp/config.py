@@ -201,7 +201,8 @@ class StudyConfig:
     sampler: SamplerConfig = SamplerConfig()
     pruner: PrunerConfig = PrunerConfig()
     # budget-aware stop: no trial starts when the study's median complete trial of its model family
-    # would not finish before `timeout` (a trial started at 29 of 30 minutes would run long past it)
+    # would not finish before `timeout` (a trial started at 29 of 30 minutes would run long past it), and a
+    # running CNN is shortened to the epochs that fit before it (camp.train's deadline)
     fit_in_timeout: bool = True
     # trials that run first (Optuna's enqueue_trial): each a {preprocess: {...}, model: {...}} of knob
     # values, or {study: NAME, top: N} for the N best complete trials of an earlier study

@@ -164,43 +164,56 @@ def build_model(input_shape: tuple[int, int, int], n_classes: int, config: Model
 
 def learning_rate(config: ModelConfig, steps_per_epoch: int):
     """The learning rate or schedule over `max_epochs` x `steps_per_epoch` optimiser steps: constant, or
-    linear warm-up from ~0 over `warmup_epochs` then cosine or linear decay to zero."""
-    import keras
+    linear warm-up from ~0 over `warmup_epochs` then constant, cosine or linear decay to zero. A schedule's
+    end can be brought forward while it runs (`Schedule.end_at`): a trial shortened to fit the study's
+    timeout still decays to zero."""
 
     total = max(1, config.max_epochs * steps_per_epoch)
     warmup = config.warmup_epochs * steps_per_epoch
     if config.lr_schedule == "constant" and not warmup:
         return config.learning_rate
-    if config.lr_schedule == "cosine":
-        if not warmup:
-            return keras.optimizers.schedules.CosineDecay(config.learning_rate, total)
-        return keras.optimizers.schedules.CosineDecay(config.learning_rate * 1e-2, total - warmup,
-                                                      warmup_target=config.learning_rate, warmup_steps=warmup)
-    return _WarmupLinear(config.learning_rate, warmup, total, decay=config.lr_schedule == "linear")
+    return _Schedule(config.learning_rate, warmup, total, config.lr_schedule)
 
 
-def _WarmupLinear(peak: float, warmup: int, total: int, decay: bool):
-    """Linear warm-up to `peak`, then constant or linear decay to zero at `total` steps."""
+def _Schedule(peak: float, warmup: int, total: int, shape: str):
+    """Linear warm-up to `peak` over `warmup` steps, then constant, cosine or linear decay to zero at the
+    step held in a variable (the compiled train step reads it at every step, so it can change mid-fit)."""
+    import math
+
     import keras
     from keras import ops
 
-    class WarmupLinear(keras.optimizers.schedules.LearningRateSchedule):
+    class Schedule(keras.optimizers.schedules.LearningRateSchedule):
+        def __init__(self):
+            self.total = keras.Variable(float(total), trainable=False, dtype="float32", name="schedule_total")
+
         def __call__(self, step):
             step = ops.cast(step, "float32")
             rising = peak * (step + 1.0) / float(max(1, warmup))
-            falling = peak * ops.maximum(0.0, (total - step) / float(max(1, total - warmup))) if decay else peak
+            progress = ops.clip((step - warmup) / ops.maximum(1.0, self.total - warmup), 0.0, 1.0)
+            if shape == "cosine":
+                falling = peak * 0.5 * (1.0 + ops.cos(math.pi * progress))
+            elif shape == "linear":
+                falling = peak * (1.0 - progress)
+            else:
+                falling = peak * ops.ones_like(progress)
             return ops.where(step < warmup, rising, falling)
 
+        def end_at(self, steps: int) -> None:
+            """Reach zero at `steps` instead (never before the warm-up ends)."""
+            self.total.assign(float(max(steps, warmup + 1)))
+
         def get_config(self):
-            return {"peak": peak, "warmup": warmup, "total": total, "decay": decay}
+            return {"peak": peak, "warmup": warmup, "total": float(ops.convert_to_numpy(self.total)), "shape": shape}
 
-    return WarmupLinear()
+    return Schedule()
 
 
-def make_optimizer(config: ModelConfig, steps_per_epoch: int = 1):
+def make_optimizer(config: ModelConfig, steps_per_epoch: int = 1, rate=None):
+    """The configured optimiser over `rate` (by default `learning_rate(config, steps_per_epoch)`)."""
     import keras
 
-    rate = learning_rate(config, steps_per_epoch)
+    rate = learning_rate(config, steps_per_epoch) if rate is None else rate
     if config.optimizer == "adam":
         return keras.optimizers.Adam(rate)
     if config.optimizer == "adamw":

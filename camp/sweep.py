@@ -163,6 +163,8 @@ def make_objective(plan: Plan, parent_run_id: str, started: float | None = None)
                                          f"{max(0.0, left):.0f} s of study.timeout left")
 
         skips.clear()
+        # a trial that started in time also ends in time: its schedule is brought forward to the timeout
+        deadline = started + plan.timeout if plan.timeout and study_config.fit_in_timeout else None
         # a warm-start trial is the floor the study promises not to go below: it always runs to the end
         protected = "warm_start" in trial.user_attrs or refit.REFIT_OF in trial.user_attrs
 
@@ -186,7 +188,7 @@ def make_objective(plan: Plan, parent_run_id: str, started: float | None = None)
                               log_system_metrics=True) as run:
             trial.set_user_attr("mlflow_run_id", run.info.run_id)
             try:
-                result = train(config, epoch_callback=report, progress=False)
+                result = train(config, epoch_callback=report, progress=False, deadline=deadline)
             except optuna.TrialPruned as error:
                 pruned = error
                 mlflow.set_tag(names.STATE, "PRUNED")

@@ -23,7 +23,16 @@ from camp import metrics, names, tracking
 from camp.classical import fit_hog_linear
 from camp.config import flatten
 from camp.data import Dataset, printable
-from camp.model import balanced_weights, build_model, make_loss, make_optimizer, mirror, predict_probabilities, training_seed
+from camp.model import (
+    balanced_weights,
+    build_model,
+    learning_rate,
+    make_loss,
+    make_optimizer,
+    mirror,
+    predict_probabilities,
+    training_seed,
+)
 from camp.plots import confusion_matrix_plot, pick_examples, preprocessing_grid
 from camp.preprocess import load_arrays
 from camp.run_config import LEAKS, RunConfig, prepare_dataset
@@ -100,10 +109,12 @@ def configure_tensorflow() -> None:
 
 
 def train(config: RunConfig, *, epoch_callback: Callable[[int, dict], None] | None = None,
-          progress: bool = True, run_name: str | None = None) -> TrainResult:
+          progress: bool = True, run_name: str | None = None, deadline: float | None = None) -> TrainResult:
     """Fit one model and log one MLflow run (or into the active run, for sweep trials): params, tags,
     datasets, metrics, pictures, validation predictions and the model bundle (`bundle/`). The served
-    pyfunc is the caller's to log (`camp train`, the sweep's registration)."""
+    pyfunc is the caller's to log (`camp train`, the sweep's registration). With a `deadline` (a
+    `time.time()`), a CNN whose epochs would run past it is shortened to the epochs that fit, never below
+    `min_epochs`, and its learning-rate schedule still decays to zero by its last epoch."""
     import mlflow
 
     started = time.time()
@@ -111,17 +122,17 @@ def train(config: RunConfig, *, epoch_callback: Callable[[int, dict], None] | No
     if mlflow.active_run() is None:
         tracking.setup()
         with mlflow.start_run(run_name=run_name, log_system_metrics=True) as run:  # MLflow's system/* (psutil)
-            return _train_in_run(config, run.info.run_id, epoch_callback, progress, started)
-    return _train_in_run(config, mlflow.active_run().info.run_id, epoch_callback, progress, started)
+            return _train_in_run(config, run.info.run_id, epoch_callback, progress, started, deadline)
+    return _train_in_run(config, mlflow.active_run().info.run_id, epoch_callback, progress, started, deadline)
 
 
-def _train_in_run(config, run_id, epoch_callback, progress, started) -> TrainResult:
+def _train_in_run(config, run_id, epoch_callback, progress, started, deadline) -> TrainResult:
     import mlflow
 
     try:
         configure_tensorflow()  # before anything imports TensorFlow (released_custom_gradients does)
         with released_custom_gradients():
-            return _fit(config, run_id, epoch_callback, progress, started)
+            return _fit(config, run_id, epoch_callback, progress, started, deadline)
     except BaseException as error:
         if type(error).__name__ != "TrialPruned":
             mlflow.log_text("".join(traceback.format_exception(error)), "error.txt")
@@ -129,7 +140,8 @@ def _train_in_run(config, run_id, epoch_callback, progress, started) -> TrainRes
         raise
 
 
-def _fit(config: RunConfig, run_id: str, epoch_callback, progress: bool, started: float) -> TrainResult:
+def _fit(config: RunConfig, run_id: str, epoch_callback, progress: bool, started: float,
+         deadline: float | None = None) -> TrainResult:
     import mlflow
 
     dataset, data_fp = prepare_dataset(config)
@@ -171,8 +183,11 @@ def _fit(config: RunConfig, run_id: str, epoch_callback, progress: bool, started
         seed = training_seed(config.seed, config.model)
         model, best_epoch, epochs_run = fit_hog_linear(x_train, y_train, n_classes, config.model, seed), 0, 1
     else:  # fit on train + validation, no split is left to select an epoch: all max_epochs run
-        model, best_epoch, epochs_run = _fit_cnn(config, x_train, y_train, None if scored == "test" else x_val,
-                                                 y_val, n_classes, epoch_callback, progress)
+        model, best_epoch, epochs_run, scheduled = _fit_cnn(config, x_train, y_train,
+                                                            None if scored == "test" else x_val, y_val, n_classes,
+                                                            epoch_callback, progress, deadline)
+        if scheduled < config.model.max_epochs:
+            mlflow.set_tag(names.SHORTENED, f"{scheduled} of {config.model.max_epochs} epochs")
     probabilities = model.predict(x_val, batch_size=256, verbose=0)
     predicted = probabilities.argmax(axis=1)
     prefix = names.split_prefix(scored)
@@ -200,7 +215,8 @@ def _fit(config: RunConfig, run_id: str, epoch_callback, progress: bool, started
                        probabilities, [i.relpath for i in scored_items], arrays.cache_hit, time.time() - started)
 
 
-def _fit_cnn(config: RunConfig, x_train, y_train, x_val, y_val, n_classes: int, epoch_callback, progress: bool):
+def _fit_cnn(config: RunConfig, x_train, y_train, x_val, y_val, n_classes: int, epoch_callback, progress: bool,
+             deadline: float | None = None):
     """The CNN with its best validation epoch's weights, that epoch, and how many epochs ran; with no
     validation images (`x_val` None) the last epoch's, after all `max_epochs`."""
     import keras
@@ -213,18 +229,21 @@ def _fit_cnn(config: RunConfig, x_train, y_train, x_val, y_val, n_classes: int, 
     weights = balanced_weights(y_train, n_classes)
     model = build_model(config.preprocess.input_shape, n_classes, model_config)
     steps_per_epoch = -(-len(x_train) // model_config.batch_size)
-    model.compile(optimizer=make_optimizer(model_config, steps_per_epoch), loss=make_loss(model_config, weights))
+    rate = learning_rate(model_config, steps_per_epoch)
+    model.compile(optimizer=make_optimizer(model_config, steps_per_epoch, rate), loss=make_loss(model_config, weights))
     class_weight = ({i: float(w) for i, w in enumerate(weights) if w > 0}
                     if model_config.loss_weighting == "balanced" else None)
     tracker = _EpochTracker(config, x_val, y_val, n_classes, epoch_callback, progress)
+    if deadline is not None:
+        tracker.fit_to(deadline, rate if hasattr(rate, "end_at") else None, steps_per_epoch)
     model.fit(x_train, keras.utils.to_categorical(y_train, n_classes), batch_size=model_config.batch_size,
               epochs=model_config.max_epochs, class_weight=class_weight, callbacks=[tracker], verbose=0, shuffle=True)
     if tracker.error is not None:
         raise tracker.error
     if x_val is None:
-        return model, tracker.epochs_run - 1, tracker.epochs_run
+        return model, tracker.epochs_run - 1, tracker.epochs_run, tracker.scheduled
     model.set_weights(tracker.best_weights)
-    return model, tracker.best_epoch, tracker.epochs_run
+    return model, tracker.best_epoch, tracker.epochs_run, tracker.scheduled
 
 
 def log_datasets(dataset: Dataset, data_fp: str) -> None:
@@ -291,6 +310,10 @@ def _log_pictures(dataset, y_val, predicted, labels, config) -> None:
                                                    Path(directory) / "preprocessing.png")))
 
 
+def _now() -> float:
+    return time.time()  # the deadline's clock (a test runs epochs of a known length on another)
+
+
 class _EpochTracker:
     """Keras callback: per-epoch validation metrics to MLflow, best-epoch weights, early stopping."""
 
@@ -305,6 +328,28 @@ class _EpochTracker:
                 self.best_value, self.best_epoch, self.best_weights = None, -1, None
                 self.epochs_run, self.since_best, self.error = 0, 0, None
                 self.epoch_started = time.time()
+                self.scheduled = config.model.max_epochs  # brought forward by fit_to's deadline
+                self.deadline, self.schedule, self.steps_per_epoch, self.first_epoch_ended = None, None, 1, None
+
+            def fit_to(self, deadline: float, schedule, steps_per_epoch: int) -> None:
+                self.deadline, self.schedule, self.steps_per_epoch = deadline, schedule, steps_per_epoch
+
+            def _reschedule(self) -> None:
+                """The epochs that fit before the deadline at the pace of the epochs after the first (which
+                also traces the graph), between min_epochs and max_epochs; re-read after every epoch, since
+                the pace moves when the other worker's trial changes."""
+                now = _now()
+                if self.epochs_run == 1:
+                    self.first_epoch_ended = now
+                    return
+                pace = (now - self.first_epoch_ended) / (self.epochs_run - 1)
+                fits = self.epochs_run + int(max(0.0, self.deadline - now) // pace)
+                model_config = self.config.model
+                scheduled = min(model_config.max_epochs, max(fits, model_config.min_epochs, self.epochs_run))
+                if scheduled != self.scheduled:
+                    self.scheduled = scheduled
+                    if self.schedule is not None:  # a constant rate has no end to move
+                        self.schedule.end_at(scheduled * self.steps_per_epoch)
 
             def on_epoch_begin(self, epoch, logs=None):
                 self.epoch_started = time.time()
@@ -319,6 +364,10 @@ class _EpochTracker:
                     values.update({names.VAL_LOSS: metrics.cross_entropy(self.y_val, probabilities),
                                    **metrics.classification_metrics(self.y_val, probabilities.argmax(axis=1))})
                 self.epochs_run = epoch + 1
+                if self.deadline is not None:
+                    self._reschedule()
+                    if self.epochs_run >= self.scheduled:
+                        self.model.stop_training = True
                 mlflow.log_metrics(values, step=epoch)
                 if not np.isfinite(values[names.TRAIN_LOSS]):
                     self.error = FloatingPointError(f"training loss is {values[names.TRAIN_LOSS]} at epoch {epoch}")
@@ -326,7 +375,7 @@ class _EpochTracker:
                     return
                 if self.x_val is None:
                     if self.progress:
-                        print(f"  epoch {epoch + 1:>3}/{self.config.model.max_epochs}  train/loss "
+                        print(f"  epoch {epoch + 1:>3}/{self.scheduled}  train/loss "
                               f"{values[names.TRAIN_LOSS]:.4f}  ({time.time() - self.epoch_started:.1f}s)", file=sys.stderr)
                     return
                 value = values[self.config.metric]
@@ -337,7 +386,7 @@ class _EpochTracker:
                 else:
                     self.since_best += 1
                 if self.progress:
-                    print(f"  epoch {epoch + 1:>3}/{self.config.model.max_epochs}  "
+                    print(f"  epoch {epoch + 1:>3}/{self.scheduled}  "
                           + "  ".join(f"{k} {v:.4f}" for k, v in values.items())
                           + f"  ({time.time() - self.epoch_started:.1f}s){' *' if improved else ''}", file=sys.stderr)
                 if self.epoch_callback is not None:

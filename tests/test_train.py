@@ -224,3 +224,41 @@ def test_runs_leave_no_custom_gradients_behind(isolated, synthetic_data):
     train(config, progress=False)
     train(config, progress=False)
     assert custom_gradients() == before
+
+
+def test_a_deadline_shortens_the_cnn_and_its_schedule_still_ends_at_zero(isolated, tmp_path, synthetic_data,
+                                                                          monkeypatch):
+    """Epochs of 100 s (a stand-in clock read once per epoch) and a deadline 550 s after the first epoch:
+    after epoch 2 the pace says 6 epochs fit, so a 12-epoch cosine run stops at 6, tagged, with its
+    learning rate at zero on its last step; without a deadline, all 12 run."""
+    import itertools
+
+    import mlflow
+
+    from camp import names
+    from camp import train as train_module
+
+    clock = itertools.count(0.0, 100.0)
+    monkeypatch.setattr(train_module, "_now", lambda: next(clock))
+    path = tmp_path / "deadline.yaml"
+    path.write_text(TINY.replace("patience: 5}", "patience: 12, min_epochs: 2, lr_schedule: cosine, warmup_epochs: 1}")
+                    % {"epochs": 12})
+    config = fixed_run_config(config_module.load_study_file(path), data_path=str(synthetic_data))
+    learning_rates = []
+    original = train_module._fit_cnn
+
+    def fit_and_read_the_rate(*args, **kwargs):
+        fitted = original(*args, **kwargs)
+        learning_rates.append(float(fitted[0].optimizer.learning_rate))
+        return fitted
+
+    monkeypatch.setattr(train_module, "_fit_cnn", fit_and_read_the_rate)
+    shortened = train(config, progress=False, deadline=550.0)
+    run = client().get_run(shortened.run_id)
+    assert shortened.epochs_run == 6 and run.data.tags[names.SHORTENED] == "6 of 12 epochs"
+    assert learning_rates[-1] == pytest.approx(0.0, abs=1e-9)
+    # epochs 0-5, then the selected epoch's value at step 6
+    assert [step for step, _ in history(shortened.run_id, names.VAL_LOSS)] == list(range(7))
+    mlflow.end_run()
+    whole = train(config, progress=False)
+    assert whole.epochs_run == 12 and names.SHORTENED not in client().get_run(whole.run_id).data.tags
