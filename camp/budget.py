@@ -7,7 +7,7 @@ import datetime
 
 import optuna
 
-from camp.refit import REFIT_OF
+from camp.names import REFIT_OF
 
 
 def expected_seconds(study: optuna.Study, config, current: int | None = None) -> float | None:

@@ -201,9 +201,12 @@ class StudyConfig:
     sampler: SamplerConfig = SamplerConfig()
     pruner: PrunerConfig = PrunerConfig()
     # budget-aware stop: no trial starts when the study's median complete trial of its model family
-    # would not finish before `timeout` (a trial started at 29 of 30 minutes would run long past it), and a
-    # running CNN is shortened to the epochs that fit before it (camp.train's deadline)
+    # would not finish before `timeout` (a trial started at 29 of 30 minutes would run long past it)
     fit_in_timeout: bool = True
+    # a running CNN whose epochs would end after `timeout` is cut to the epochs that fit (camp.train's
+    # deadline), its schedule still decaying to zero. Off by default: on clothing-small a 20-epoch CNN cut to
+    # 14-15 epochs scored val 0.59-0.65 instead of 0.79-0.81 (BENCHMARKS.md), worse than running late
+    shorten_to_timeout: bool = False
     # trials that run first (Optuna's enqueue_trial): each a {preprocess: {...}, model: {...}} of knob
     # values, or {study: NAME, top: N} for the N best complete trials of an earlier study
     warm_start: Optional[list] = None

@@ -72,6 +72,9 @@ SKIPPED_IMAGES = "camp.skipped_images"
 LEAKED_DUPLICATES = "camp.leaked_duplicates"
 # a CNN whose schedule was brought forward to end within study.timeout: "<epochs> of <max_epochs> epochs"
 SHORTENED = "camp.shortened"
+# an Optuna user attribute of a finalist trial (camp.refit): the source trial's number; the budget
+# estimate leaves finalists out, since they train longer than the search's trials
+REFIT_OF = "refit_of"
 MEMBERS = "camp.members"
 MEMBER_TRIALS = "camp.member_trials"
 MEMBER_WEIGHTS = "camp.member_weights"

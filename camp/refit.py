@@ -20,7 +20,7 @@ import optuna
 from camp import names
 
 COMPLETE = optuna.trial.TrialState.COMPLETE
-REFIT_OF = "refit_of"  # user attribute: the source trial's number
+REFIT_OF = names.REFIT_OF  # user attribute: the source trial's number
 REFIT = "refit"  # user attribute: what the finalist changes ({"epochs_factor": f, "size": s})
 EXPECTED = "expected_seconds"  # user attribute: the finalist's own estimate, for fit_in_timeout
 
@@ -105,7 +105,7 @@ def run_phase(args, plan, full_timeout: float | None, storage, parent_run_id: st
     """Train the finalists (`study.finalize.refit`) on this machine's workers in the time left of
     study.timeout; `children` is refilled with this phase's worker processes (an interrupt stops them).
     Returns the pids of workers that died. `run_worker` is the sweep's worker loop (camp.sweep)."""
-    from camp.sweep_summary import finished_count  # here: camp.budget imports this module and stays light
+    from camp.sweep_summary import finished_count  # here: the config helpers above need none of its imports
     from camp.workers import start_workers, wait_workers  # here: as above
 
     finalize_config = plan.study_file.study.finalize

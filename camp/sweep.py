@@ -163,8 +163,8 @@ def make_objective(plan: Plan, parent_run_id: str, started: float | None = None)
                                          f"{max(0.0, left):.0f} s of study.timeout left")
 
         skips.clear()
-        # a trial that started in time also ends in time: its schedule is brought forward to the timeout
-        deadline = started + plan.timeout if plan.timeout and study_config.fit_in_timeout else None
+        # opted in: a trial that started in time also ends in time, its schedule brought forward
+        deadline = started + plan.timeout if plan.timeout and study_config.shorten_to_timeout else None
         # a warm-start trial is the floor the study promises not to go below: it always runs to the end
         protected = "warm_start" in trial.user_attrs or refit.REFIT_OF in trial.user_attrs
 
