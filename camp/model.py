@@ -189,7 +189,10 @@ def _Schedule(peak: float, warmup: int, total: int, shape: str):
 
         def __call__(self, step):
             step = ops.cast(step, "float32")
-            rising = peak * (step + 1.0) / float(max(1, warmup))
+            if shape == "cosine":  # Keras CosineDecay's warm-up, which the measured default recipe trained with
+                rising = peak * 1e-2 + (peak - peak * 1e-2) * step / float(max(1, warmup))
+            else:
+                rising = peak * (step + 1.0) / float(max(1, warmup))
             progress = ops.clip((step - warmup) / ops.maximum(1.0, self.total - warmup), 0.0, 1.0)
             if shape == "cosine":
                 falling = peak * 0.5 * (1.0 + ops.cos(math.pi * progress))
