@@ -119,6 +119,43 @@ def test_make_serve_answers_like_camp_predict(server, photos, capsys):
               f"-> {ARTIFACTS / 'serve_roundtrip.json'}")
 
 
+def test_hostile_paths_get_their_own_error_quickly_and_the_other_items_are_answered(server, photos,
+                                                                                    current_smoke_store, capsys):
+    """Issue 16's served paths, over HTTP: a system file and /dev/zero outside the opted-in folder, a FIFO
+    and a directory inside it. Each gets a per-item error without being read (a read of /dev/zero would
+    not end, a FIFO would block a worker thread), and the photo sent beside them is still labelled."""
+    server, _ = server
+    expected = camp_predict(capsys, photos[:1])
+    fifo, folder = current_smoke_store / "pipe.jpg", current_smoke_store / "folder.jpg"
+    if not fifo.exists():
+        os.mkfifo(fifo)
+    folder.mkdir(exist_ok=True)
+    hostile = {"/etc/passwd": "not base64-encoded", "/dev/zero": "not base64-encoded",
+               "a FIFO": "not a regular file", "a directory": "not a regular file"}
+    values = {"/etc/passwd": "/etc/passwd", "/dev/zero": "/dev/zero", "a FIFO": str(fifo), "a directory": str(folder)}
+    timings = {}
+    for name, value in values.items():
+        started = time.perf_counter()
+        status, answer = http(f"{server}/invocations", {"inputs": {"image": [value, b64(photos[0])]}}, timeout=30)
+        timings[name] = round(time.perf_counter() - started, 3)
+        assert status == 200, f"{name}: HTTP {status}: {str(answer)[:500]}"
+        bad, good = answer["predictions"]
+        assert bad["label"] == "" and hostile[name] in bad["error"], (name, bad["error"])
+        assert good["error"] == "" and good["label"] == expected[0]["label"], (name, good)
+    # all four in one request with the photo between them
+    status, answer = http(f"{server}/invocations",
+                          {"inputs": {"image": [*list(values.values())[:2], b64(photos[0]), *list(values.values())[2:]]}},
+                          timeout=30)
+    assert status == 200
+    rows = answer["predictions"]
+    assert [row["label"] == "" for row in rows] == [True, True, False, True, True]
+    assert rows[2]["label"] == expected[0]["label"]
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "serve_hostile_paths.json").write_text(json.dumps({"request_seconds": timings}, indent=2) + "\n")
+    with capsys.disabled():
+        print(f"\nserve, hostile paths beside one photo: seconds per request {timings}")
+
+
 def readme_blocks(language: str) -> list[str]:
     return re.findall(rf"```{language}\n(.*?)```", README.read_text(), flags=re.S)
 
