@@ -82,3 +82,56 @@ def test_a_loss_metric_counts_lower_as_better():
 def test_bad_promotion_settings_are_refused_by_name(key, value):
     with pytest.raises(ValueError, match=f"promotion.{key}"):
         PromotionConfig(**{key: value})
+
+
+class _Registry:
+    """A stand-in for MLflow's registry: one champion (v1) with the given data fingerprint."""
+
+    def __init__(self, fingerprint: str):
+        from types import SimpleNamespace
+
+        self.champion = SimpleNamespace(version="1", tags={"camp.data_fingerprint": fingerprint, "camp.run_id": "r1"})
+        self.alias = "1"
+
+    def __call__(self):  # mlflow.MlflowClient()
+        return self
+
+    def get_model_version_by_alias(self, name, alias):
+        return self.champion
+
+    def set_model_version_tag(self, *args):
+        pass
+
+    def set_registered_model_alias(self, name, alias, version):
+        self.alias = version
+
+
+@pytest.mark.parametrize("champion_fingerprint, promoted", [("fp-new", False), ("fp-old", True)])
+def test_the_champion_is_rescored_on_the_candidates_data_when_their_fingerprints_differ(
+        champion_fingerprint, promoted, monkeypatch):
+    """Issue 16 (3): the champion's logged predictions are reused only on the data they were made on. Its
+    logged ones here are perfect (on another dataset of the same file names); on the candidate's data it
+    is poor. A gate that used the stale predictions would keep it; the rescored ones let the candidate in."""
+    from types import SimpleNamespace
+
+    import mlflow
+
+    from camp import promotion
+
+    y = _labels()
+    relpaths = [f"validation/x/{i}.jpg" for i in range(len(y))]
+    perfect = np.eye(5)[y] * 0.9 + 0.02
+    candidate = {"relpaths": relpaths, "y_true": y.tolist(), "probabilities": _model(y, 0.9).tolist()}
+    stale = {"relpaths": relpaths, "y_true": y.tolist(), "probabilities": perfect.tolist()}
+    rescored = {"relpaths": relpaths, "y_true": y.tolist(), "probabilities": _model(y, 0.3, seed=5).tolist()}
+    registry, rescored_uris = _Registry(champion_fingerprint), []
+    monkeypatch.setattr(mlflow, "MlflowClient", registry)
+    monkeypatch.setattr(mlflow, "register_model", lambda uri, name, tags: SimpleNamespace(version="2"))
+    monkeypatch.setattr(promotion, "evaluate_version", lambda *args: None)
+    monkeypatch.setattr(promotion, "run_predictions", lambda run_id, split: stale)
+    monkeypatch.setattr(promotion, "validation_outputs", lambda uri, config, split: rescored_uris.append(uri) or rescored)
+    config = SimpleNamespace(metric="val/macro_f1", direction="maximize")
+    _, moved = promotion.register_and_promote("runs:/r2/model", "r2", 0.8, config, "fp-new", log=lambda *_: None,
+                                              predictions=candidate, rule=RULE)
+    assert moved is promoted and registry.alias == ("2" if promoted else "1")
+    assert rescored_uris == ([] if champion_fingerprint == "fp-new" else ["models:/camp-classifier@champion"])
