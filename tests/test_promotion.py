@@ -3,9 +3,12 @@ champion on the same validation images. Pure NumPy/SciPy: no model is trained he
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
+from camp import names
 from camp.config import PromotionConfig
 from camp.promotion import gate
 
@@ -88,9 +91,7 @@ class _Registry:
     """A stand-in for MLflow's registry: one champion (v1) with the given data fingerprint."""
 
     def __init__(self, fingerprint: str):
-        from types import SimpleNamespace
-
-        self.champion = SimpleNamespace(version="1", tags={"camp.data_fingerprint": fingerprint, "camp.run_id": "r1"})
+        self.champion = SimpleNamespace(version="1", tags={names.DATA_FINGERPRINT: fingerprint, names.RUN_ID: "r1"})
         self.alias = "1"
 
     def __call__(self):  # mlflow.MlflowClient()
@@ -112,8 +113,6 @@ def test_the_champion_is_rescored_on_the_candidates_data_when_their_fingerprints
     """Issue 16 (3): the champion's logged predictions are reused only on the data they were made on. Its
     logged ones here are perfect (on another dataset of the same file names); on the candidate's data it
     is poor. A gate that used the stale predictions would keep it; the rescored ones let the candidate in."""
-    from types import SimpleNamespace
-
     import mlflow
 
     from camp import promotion
