@@ -147,6 +147,8 @@ def build_plan(config: str, *, name: str, n_trials: int, timeout: float | None =
     model = dict(study_file.model)
     if max_epochs is not None:
         model["max_epochs"] = _cap_epochs(model.get("max_epochs", ModelConfig().max_epochs), max_epochs)
+        # no early stop before min_epochs: capped with max_epochs, which it may not exceed
+        model["min_epochs"] = _cap_epochs(model.get("min_epochs", ModelConfig().min_epochs), max_epochs)
     study_file = dataclasses.replace(study_file, study=study, data=data, model=model)
     return plan_for(study_file, n_trials, timeout, storage_url, data_path)
 
