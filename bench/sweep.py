@@ -202,8 +202,8 @@ def install_no_cache() -> None:
     train.load_arrays = load_arrays
     make_objective = sweep.make_objective
 
-    def make_uncached_objective(plan, parent_run_id):
-        objective = make_objective(plan, parent_run_id)
+    def make_uncached_objective(plan, parent_run_id, *args, **kwargs):
+        objective = make_objective(plan, parent_run_id, *args, **kwargs)
 
         def uncached(trial):
             image_io._MEMORY.clear()
