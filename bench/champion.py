@@ -1,6 +1,7 @@
 """The registered champion and its study's trials on validation and test, as one JSON object: what the
 search issue's "done when" reads (champion test macro-F1, per-label test recall, the champion against
-the warm-start trial and the best HOG + linear trial of the same study).
+the warm-start trial and the best HOG + linear trial of the same study), and the finalize issue's
+validation-to-test drop, from the in-sample validation score and from finalize's held-out estimate.
 
     MLFLOW_TRACKING_URI=sqlite:///mlruns/mlflow.db .venv/bin/python bench/champion.py [--study default]
 
@@ -99,6 +100,13 @@ def main() -> int:
             champion_test["y_true"], champion_test["y_pred"], predictions[best_member]["y_pred"])}
     result["champion_val_to_test_drop"] = round(result["champion"]["validation"]["macro_f1"]
                                                 - result["champion"]["test"]["macro_f1"], 4)
+    # finalize's held-out estimate (the choice repeated on validation halves it did not choose on): the
+    # validation figure that did not pick the champion, beside the in-sample one above
+    version_tags = mlflow.MlflowClient().get_model_version(champion.name, champion.version).tags or {}
+    if names.HELDOUT_VALUE in version_tags:
+        heldout = float(version_tags[names.HELDOUT_VALUE])
+        result["champion_heldout_validation"] = {"macro_f1": heldout, "se": float(version_tags.get(names.HELDOUT_SE, "nan"))}
+        result["champion_heldout_to_test_drop"] = round(heldout - result["champion"]["test"]["macro_f1"], 4)
     print(json.dumps(result))
     return 0
 

@@ -142,8 +142,15 @@ class FinalizeConfig:
     # train + validation for the epochs their runs selected (camp.refit_full), and those are registered:
     # test is then their only held-out score, and promotion compares on test
     train_on_validation: bool = False
+    # heldout_splits: the whole choice above is repeated on random halves of the validation images and scored
+    # on the other halves, this many times: a validation figure for the registered model that did not choose
+    # it (the version's camp.heldout_value); 0 skips it
+    heldout_splits: int = 50
 
     def __post_init__(self):
+        if not 0 <= self.heldout_splits <= 1000:
+            raise ValueError(f"finalize.heldout_splits must be in [0, 1000] (0: no held-out estimate), "
+                             f"got {self.heldout_splits}")
         if not 0 <= self.refit <= 10:
             raise ValueError(f"finalize.refit must be in [0, 10] (finalists to train), got {self.refit}")
         if not 1.0 <= self.epochs_factor <= 10.0:

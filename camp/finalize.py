@@ -56,9 +56,19 @@ def finalize(study: optuna.Study, plan, summary: dict, storage, parent_run_id: s
     study.timeout, `workers` at a time (camp.refit_full). The sweep's parent run then names the version it
     registered and the promotion verdict."""
     _register_result(study, plan, summary, storage, parent_run_id, time_left, workers)
+    client = mlflow.MlflowClient()
     if summary.get("registered_version"):
-        mlflow.MlflowClient().set_tag(parent_run_id, names.REGISTERED_VERSION, str(summary["registered_version"]))
-        mlflow.MlflowClient().set_tag(parent_run_id, names.PROMOTION, str(summary.get("promotion", ""))[:4000])
+        client.set_tag(parent_run_id, names.REGISTERED_VERSION, str(summary["registered_version"]))
+        client.set_tag(parent_run_id, names.PROMOTION, str(summary.get("promotion", ""))[:4000])
+    heldout = summary.get("ensemble", {}).get("heldout_value")
+    if heldout is not None:
+        estimate = {names.HELDOUT_VALUE: f"{heldout:.4f}", names.HELDOUT_SE: f"{summary['ensemble']['heldout_se']:.4f}"}
+        for key, text in estimate.items():
+            client.set_tag(parent_run_id, key, text)
+            if summary.get("registered_version"):
+                client.set_model_version_tag(registry.MODEL_NAME, str(summary["registered_version"]), key, text)
+        if summary["ensemble"].get("registered") and summary.get("best_run_id"):  # the ensemble's own run
+            client.log_metric(summary["best_run_id"], names.heldout(plan.study_file.study.metric), heldout)
 
 
 def _register_result(study: optuna.Study, plan, summary: dict, storage, parent_run_id: str, time_left, workers) -> None:
@@ -72,21 +82,19 @@ def _register_result(study: optuna.Study, plan, summary: dict, storage, parent_r
     metric = plan.study_file.study.metric
     y = np.asarray(pool[0][1]["y_true"])
     options = tta_options(pool, config.tta)
-    method = config.ensemble if config.ensemble != "none" else "top_k"
-    members_cap = config.max_members if config.ensemble != "none" else 1
-    selections = {tta: ensemble.select(y, probabilities, metric, maximize, method, members_cap, config.rounds)
-                  for tta, probabilities in options.items()}
-    tta, selection = _choose(selections, config, study.direction)
+    tta, selection, use_ensemble, selections = choose(y, options, config, metric, study.direction)
     plain_best = selections["none"].best_single_value
-    use_ensemble = _uses_ensemble(selection, config, study.direction)
-    if not use_ensemble:  # the best single candidate under the chosen augmentation
-        selection = ensemble.Selection([selection.best_single], [1.0], selection.best_single_value,
-                                       selection.best_single, selection.best_single_value)
     members = [pool[i][0] for i in selection.members]
     gain = (selection.value - plain_best) * names.gain_sign(study.direction)
     summary["ensemble"] = {"method": config.ensemble, "tta": tta, "members": [t.number for t in members],
                            "weights": [round(w, 3) for w in selection.weights], "value": round(selection.value, 4),
                            "best_single_value": round(plain_best, 4), "gain": round(gain, 4)}
+    if config.heldout_splits:
+        heldout, error = heldout_estimate(y, options, config, metric, study.direction)
+        summary["ensemble"]["heldout_value"], summary["ensemble"]["heldout_se"] = round(heldout, 4), round(error, 4)
+        print(f"finalize: {metric} {selection.value:.4f} is scored on the images it was chosen on; chosen on half of "
+              f"them and scored on the other half ({config.heldout_splits} splits) the same procedure scores "
+              f"{heldout:.4f} ± {error:.4f}: expect about that on new photos")
     if "flip" in selections:
         summary["ensemble"]["value_without_tta"] = round(selections["none"].value, 4)
         summary["ensemble"]["value_with_flip"] = round(selections["flip"].value, 4)
@@ -127,6 +135,36 @@ def tta_options(pool, tta: str) -> dict[str, list[np.ndarray]]:
         return options
     options["flip"] = [np.asarray(p["probabilities_flip"], dtype=np.float64) for _, p in pool]
     return options
+
+
+def choose(y: np.ndarray, options: dict[str, list[np.ndarray]], config, metric: str, direction):
+    """finalize's whole choice on validation labels `y` and candidates' probabilities per augmentation
+    (`tta_options`): an ensemble selection per augmentation, the augmentation (`_choose`), and the ensemble or
+    its best single candidate (`_uses_ensemble`). Returns (tta, the registered selection, whether it is an
+    ensemble, every augmentation's selection)."""
+    maximize = names.maximizing(direction)
+    method = config.ensemble if config.ensemble != "none" else "top_k"
+    members_cap = config.max_members if config.ensemble != "none" else 1
+    selections = {tta: ensemble.select(y, probabilities, metric, maximize, method, members_cap, config.rounds)
+                  for tta, probabilities in options.items()}
+    tta, selection = _choose(selections, config, direction)
+    use_ensemble = _uses_ensemble(selection, config, direction)
+    if not use_ensemble:  # the best single candidate under the chosen augmentation
+        selection = ensemble.Selection([selection.best_single], [1.0], selection.best_single_value,
+                                       selection.best_single, selection.best_single_value)
+    return tta, selection, use_ensemble, selections
+
+
+def heldout_estimate(y: np.ndarray, options: dict[str, list[np.ndarray]], config, metric: str,
+                     direction) -> tuple[float, float]:
+    """`choose` as a procedure, scored on validation images it did not choose on (split halves,
+    `config.heldout_splits` splits: camp.ensemble.split_half_estimate): (mean, standard error)."""
+    def procedure(indices):
+        tta, selection, _, _ = choose(y[indices], {name: [p[indices] for p in candidates]
+                                                   for name, candidates in options.items()},
+                                      config, metric, direction)
+        return lambda other: ensemble.average([options[tta][m][other] for m in selection.members], selection.weights)
+    return ensemble.split_half_estimate(y, procedure, metric, config.heldout_splits)
 
 
 def _uses_ensemble(selection: ensemble.Selection, config, direction) -> bool:

@@ -97,6 +97,15 @@ PROMOTED_AT = "camp.promoted_at"
 PROMOTION = "camp.promotion"
 REGISTERED_VERSION = "camp.registered_version"  # on a sweep's parent run
 COMPARED_WITH = "camp.compared_with"
+# finalize's choice scored on validation images it did not choose on (camp.finalize.heldout_estimate): on the
+# registered version and the sweep's parent run; the ensemble run logs it as the metric `heldout(metric)`
+HELDOUT_VALUE = "camp.heldout_value"
+HELDOUT_SE = "camp.heldout_se"
+
+
+def heldout(metric: str) -> str:
+    """The metric name of `metric` as finalize's held-out estimate: `val/macro_f1_heldout`."""
+    return f"{metric}_heldout"
 GAIN_VS_CHAMPION = "camp.gain_vs_champion"
 GAIN_INTERVAL = "camp.gain_interval"
 FLOOR_GAIN = "camp.floor_gain"

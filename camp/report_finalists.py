@@ -90,5 +90,18 @@ def finalists_blocks(context: Context) -> list:
         validation, test = numbers["champion"]["validation"]["macro_f1"], numbers["champion"]["test"]["macro_f1"]
         blocks.append(Text(f"Selection optimism: the champion was chosen on validation, where it scores {validation:.3f}; "
                            f"on test, which chose nothing, it scores {test:.3f} ({test - validation:+.3f}). Test is the "
-                           "fairer estimate of what to expect on new photos."))
+                           "fairer estimate of what to expect on new photos." + _heldout_sentence(context, test)))
     return blocks
+
+
+def _heldout_sentence(context: Context, test: float) -> str:
+    """The version's held-out estimate (finalize's choice repeated on validation halves it did not choose
+    on), where the sweep logged one."""
+    version = mlflow.MlflowClient().get_model_version(context.champion.name, context.champion.version)
+    heldout = (version.tags or {}).get(names.HELDOUT_VALUE)
+    if heldout is None:
+        return ""
+    context.numbers["finalists"]["champion"]["heldout_validation"] = float(heldout)
+    return (f" Chosen on half of the validation images and scored on the other half, the same choice scored "
+            f"{float(heldout):.3f} (± {float(version.tags.get(names.HELDOUT_SE, 'nan')):.3f}), "
+            f"{test - float(heldout):+.3f} from test: the validation figure that did not pick the champion.")

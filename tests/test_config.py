@@ -237,6 +237,7 @@ def test_yaml_syntax_error_in_a_study_file_shows_the_line_through_the_cli(isolat
     ("study: {name: d, sampler: {seed: 4294967296}}\n", "sampler.seed", "[0, 2**32)"),
     ("study: {name: d, pruner: {n_warmup_steps: -1}}\n", "pruner.n_warmup_steps", ">= 0"),
     ("study: {name: d, finalize: {tta: mirror}}\n", "finalize.tta", "one of ('none', 'flip', 'auto')"),
+    ("study: {name: d, finalize: {heldout_splits: -1}}\n", "finalize.heldout_splits", "[0, 1000]"),
 ])
 def test_silently_accepted_mistakes_are_refused_by_name_before_any_study_or_run(isolated, synthetic_data, capsys,
                                                                                  text, where, message):

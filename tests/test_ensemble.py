@@ -67,3 +67,57 @@ def test_bad_candidates_are_refused_and_average_keeps_unreadable_rows_nan():
     b = np.array([[0.6, 0.4], [0.5, 0.5]])
     combined = average([a, b], [3, 1])
     assert np.allclose(combined[0], [0.3, 0.7]) and np.isnan(combined[1]).all()
+
+
+def test_the_numpy_macro_f1_is_scikit_learns():
+    from sklearn.metrics import f1_score
+
+    from camp.ensemble import _macro_f1
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):  # labels missing from y, from the predictions, or from both
+        classes = int(rng.integers(1, 6))
+        y = rng.integers(0, classes, int(rng.integers(1, 40)))
+        predicted = rng.integers(0, classes + 1, len(y))
+        assert _macro_f1(y, predicted) == pytest.approx(f1_score(y, predicted, average="macro", zero_division=0))
+
+
+def _chooser(y, candidates):
+    """Caruana on the given images, as finalize would choose: a procedure for split_half_estimate."""
+    def procedure(indices):
+        selection = select(y[indices], [c[indices] for c in candidates], "val/macro_f1", True, "caruana", 5, 20)
+        return lambda other: average([candidates[m][other] for m in selection.members], selection.weights)
+    return procedure
+
+
+def test_the_split_half_estimate_is_not_fooled_by_selecting_among_noise():
+    from camp.ensemble import split_half_estimate
+
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 5, 300)
+    candidates = [rng.dirichlet(np.ones(5), len(y)) for _ in range(12)]  # no candidate knows anything
+    in_sample = select(y, candidates, "val/macro_f1", True, "caruana", 5, 20).value
+    heldout, error = split_half_estimate(y, _chooser(y, candidates), "val/macro_f1", splits=10)
+    assert abs(heldout - 0.2) < 0.03 and error < 0.01  # chance, for 5 balanced labels
+    assert in_sample > heldout + 0.04  # choosing and scoring on the same images flatters the choice
+
+
+def test_the_split_half_estimate_of_a_real_signal_is_near_its_score_and_halves_keep_every_label():
+    from camp.ensemble import split_half_estimate
+
+    y = np.array([0] * 6 + [1] * 40 + [2] * 7)
+    good = _one_hot(y)
+    good[::5] = _one_hot((y[::5] + 1) % 3)  # wrong on every fifth image
+    seen = []
+
+    def procedure(indices):
+        seen.append(indices)
+        return _chooser(y, [good, _one_hot(np.zeros_like(y))])(indices)
+    heldout, _ = split_half_estimate(y, procedure, "val/macro_f1", splits=5, seed=3)
+    assert len(seen) == 10
+    for indices in seen:  # each label split evenly between the halves
+        counts = np.bincount(y[indices], minlength=3)
+        assert all(abs(2 * count - total) <= 1 for count, total in zip(counts, np.bincount(y)))
+    assert heldout == pytest.approx(score(y, good, "val/macro_f1"), abs=0.1)
+    with pytest.raises(ValueError, match="splits >= 1"):
+        split_half_estimate(y, procedure, "val/macro_f1", splits=0)

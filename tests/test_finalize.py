@@ -61,6 +61,11 @@ def test_warm_start_runs_first_and_an_ensemble_is_served_as_one_model(fin_sweep,
     from camp.sweep import plan_for
 
     directory, path, study = fin_sweep
+    # the sweep's registered version and parent run carry finalize's held-out estimate of its choice
+    sweep_run = next(run for run in mlflow.search_runs(output_format="list") if run.data.tags.get("camp.role") == "sweep")
+    first = MlflowClient().get_model_version("camp-classifier", "1")
+    assert 0.0 <= float(first.tags["camp.heldout_value"]) <= 1.0 and float(first.tags["camp.heldout_se"]) >= 0.0
+    assert sweep_run.data.tags["camp.heldout_value"] == first.tags["camp.heldout_value"]
     trials = sorted(study.trials, key=lambda t: t.number)
     assert trials[0].params["model.family"] == "hog_linear" and trials[0].params["model.hog_cell"] == 4
     assert trials[0].user_attrs["warm_start"] == "warm_start[0]"
@@ -229,3 +234,19 @@ def test_tta_options_need_every_candidate_to_have_mirrored_predictions(capsys):
     old = {"probabilities": [[0.9, 0.1]]}
     assert set(finalize.tta_options([(Trial(0), with_flip), (Trial(3), old)], "flip")) == {"none"}
     assert "[3]" in capsys.readouterr().out
+
+
+def test_the_held_out_estimate_repeats_the_whole_choice_on_images_it_did_not_choose_on():
+    """Augmentation, members and the ensemble-or-single rule are all chosen again on each half: among
+    candidates that know nothing, the choice's own validation value flatters it and the estimate does not."""
+    from camp import finalize
+    from camp.config import FinalizeConfig
+
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 5, 240)
+    options = {tta: [rng.dirichlet(np.ones(5), len(y)) for _ in range(10)] for tta in ("none", "flip")}
+    config = FinalizeConfig(ensemble="caruana", max_members=5, rounds=20, tta="auto", heldout_splits=10)
+    _, selection, _, _ = finalize.choose(y, options, config, "val/macro_f1", "maximize")
+    heldout, error = finalize.heldout_estimate(y, options, config, "val/macro_f1", "maximize")
+    assert abs(heldout - 0.2) < 0.04 and error < 0.01
+    assert selection.value > heldout + 0.05
