@@ -205,12 +205,17 @@ class CampClassifier(mlflow.pyfunc.PythonModel):
 
     def _probabilities(self, sources, errors) -> tuple[np.ndarray, list]:
         """Probabilities for decodable sources (`_REFUSED`: already an error); an ensemble averages its
-        members', decoding and preprocessing each image once per distinct preprocessing."""
+        members', decoding each image once per decode size and preprocessing it once per distinct
+        preprocessing (members at 48 and 64 px share one decode)."""
+        decoded_by_reduction: dict = {}
         inputs_by_preprocess: dict = {}
 
         def inputs(preprocess):
             if preprocess not in inputs_by_preprocess:
-                inputs_by_preprocess[preprocess] = _model_inputs(sources, preprocess)
+                reduction = preprocess.decode_reduction
+                if reduction not in decoded_by_reduction:
+                    decoded_by_reduction[reduction] = _decoded(sources, reduction)
+                inputs_by_preprocess[preprocess] = _model_inputs(decoded_by_reduction[reduction], preprocess)
             return inputs_by_preprocess[preprocess]
 
         members, weights = (self.members, self.weights) if self.members else ([self], [1.0])
@@ -237,22 +242,45 @@ class CampClassifier(mlflow.pyfunc.PythonModel):
         return frame
 
 
-def _model_inputs(sources, preprocess: PreprocessConfig) -> tuple[np.ndarray | None, list[int], list]:
-    """Decoded and preprocessed images for the readable sources: (N, H, W, C) inputs, their rows in
-    `sources`, and (index, error) for the ones that could not be read."""
+def _threaded(function, indices: list[int]) -> list:
+    """`function` over `indices`, on every core for a batch (decoding and OpenCV release the GIL); one item
+    runs inline, with no pool to start, for latency."""
+    if len(indices) > 1:
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            return list(pool.map(function, indices))
+    return [function(index) for index in indices]
+
+
+def _decoded(sources, reduction: int) -> list:
+    """Each source decoded at 1/`reduction` size: (image, None), (None, error) when it cannot be read, or
+    None for a `_REFUSED` source."""
     def one(index: int):
         try:
-            decoded = decode_any(sources[index], preprocess.decode_reduction, where=f"item {index}")
-            return preprocess_image(decoded, preprocess), None
+            return decode_any(sources[index], reduction, where=f"item {index}"), None
         except UnreadableImage as error:
             return None, str(error)
 
     wanted = [index for index, source in enumerate(sources) if source is not _REFUSED]
-    if len(wanted) > 1:  # decoding and OpenCV release the GIL: a batch uses every core
-        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-            results = list(pool.map(one, wanted))
-    else:  # one image: no pool to start, for latency
-        results = [one(index) for index in wanted]
+    out: list = [None] * len(sources)
+    for index, result in zip(wanted, _threaded(one, wanted)):
+        out[index] = result
+    return out
+
+
+def _model_inputs(decoded: list, preprocess: PreprocessConfig) -> tuple[np.ndarray | None, list[int], list]:
+    """Preprocessed model inputs for the decoded images (`_decoded`): (N, H, W, C) inputs, their rows in
+    the request, and (index, error) for the ones that could not be read or preprocessed."""
+    def one(index: int):
+        image, error = decoded[index]
+        if error is not None:
+            return None, error
+        try:
+            return preprocess_image(image, preprocess), None
+        except UnreadableImage as problem:
+            return None, str(problem)
+
+    wanted = [index for index, result in enumerate(decoded) if result is not None]
+    results = _threaded(one, wanted)
     inputs = [image for image, _ in results if image is not None]
     rows = [index for index, (image, _) in zip(wanted, results) if image is not None]
     errors = [(index, message) for index, (_, message) in zip(wanted, results) if message is not None]

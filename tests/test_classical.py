@@ -37,6 +37,26 @@ def test_hog_features_of_a_batch_are_the_same_on_threads_as_in_one(monkeypatch):
     assert np.array_equal(hog_features(batch, cell=8, orientations=9), serial)
 
 
+@pytest.mark.parametrize("shape, cell, orientations", [((40, 64, 64, 1), 8, 9), ((40, 64, 64, 1), 6, 12),
+                                                       ((33, 48, 48, 3), 6, 9), ((5, 50, 37, 1), 8, 12)])
+def test_batched_hog_features_are_scikit_images_hog_exactly(shape, cell, orientations, monkeypatch):
+    """Models trained on the per-image features serve with the batched ones, and back: they must agree
+    bit for bit, with sizes that are no multiple of the cell and on threads (>= 32 images)."""
+    import sys
+
+    from skimage.feature import hog
+
+    from camp.classical import _gray
+
+    monkeypatch.setenv("CAMP_THREADS", "2")
+    x = np.random.default_rng(sum(shape)).integers(0, 256, shape, dtype=np.uint8)
+    reference = np.asarray([hog(gray, orientations=orientations, pixels_per_cell=(cell, cell), cells_per_block=(2, 2),
+                                block_norm="L2-Hys", feature_vector=True) for gray in _gray(x)], dtype=np.float32)
+    np.testing.assert_array_equal(hog_features(x, cell, orientations), reference)
+    monkeypatch.setitem(sys.modules, "skimage.feature._hoghistogram", None)  # a scikit-image without it
+    np.testing.assert_array_equal(hog_features(x, cell, orientations), reference)
+
+
 def test_hog_linear_learns_orientation_and_round_trips(tmp_path):
     rng = np.random.default_rng(1)
     x = np.concatenate([_stripes(20, rng, True), _stripes(20, rng, False)])

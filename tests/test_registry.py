@@ -6,6 +6,7 @@ through the registered MLflow pyfunc)."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import os
 from pathlib import Path
 
@@ -203,11 +204,22 @@ def test_an_ensemble_decodes_each_image_once_and_mirrors_only_with_flip_tta(bund
     served, errors = model.probabilities(images)
     assert not errors and len(decoded) == len(images)  # not once per member
     single = CampClassifier().load_bundle(bundle)
-    x, rows, _ = registry._model_inputs(images, single.preprocess)
+    x, rows, _ = registry._model_inputs(registry._decoded(images, single.preprocess.decode_reduction),
+                                        single.preprocess)
     assert rows == [0, 1, 2]
     np.testing.assert_allclose(served, predict_probabilities(single.model, x, "flip"), atol=1e-5)
     mirrored = predict_probabilities(single.model, np.ascontiguousarray(x[:, :, ::-1]))
     np.testing.assert_allclose(served, (predict_probabilities(single.model, x) + mirrored) / 2, atol=1e-5)
+    # members that preprocess differently (another crop, same decode size) still share one decode per image
+    model.members[1].preprocess = dataclasses.replace(single.preprocess, crop_top=0.0)
+    decoded.clear()
+    served, errors = model.probabilities(images)
+    assert not errors and len(decoded) == len(images)
+    cropped = registry._model_inputs(registry._decoded(images, single.preprocess.decode_reduction),
+                                     model.members[1].preprocess)[0]
+    assert np.abs(cropped.astype(int) - x).max() > 0  # the crop did change the second member's input
+    np.testing.assert_allclose(served, (predict_probabilities(single.model, x, "flip")
+                                        + predict_probabilities(single.model, cropped, "flip")) / 2, atol=1e-5)
     spec["tta"] = "rotate"
     (ensemble_bundle / "ensemble.json").write_text(json.dumps(spec))
     with pytest.raises(ValueError, match="tta must be one of"):
