@@ -20,8 +20,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -65,18 +63,21 @@ def main() -> int:
     for size, config in configs.items():
         rates[f"preprocess {size}px"] = rate(lambda config=config: _model_inputs(decoded, config), len(paths), args.repeats)
         inputs[size] = _model_inputs(decoded, config)[0]
+    x = inputs[64]
     for cell, orientations in ((8, 9), (6, 12)):
-        x = inputs[64]
+        knobs = (cell, orientations)
         rates[f"hog 64px cell {cell} x{orientations}, batched"] = rate(
-            lambda: classical.hog_features(x, cell, orientations), len(x), args.repeats)
+            lambda knobs=knobs: classical.hog_features(x, *knobs), len(x), args.repeats)
         rates[f"hog 64px cell {cell} x{orientations}, skimage per image"] = rate(
-            lambda: classical._hog_features_per_image(x, cell, orientations), len(x), args.repeats)
-    for size, x in inputs.items():
-        model = build_model(x.shape[1:], 5, ModelConfig(block="plain", conv_blocks=4, filters=32, dense_units=128,
-                                                        dropout=0.3))
-        rates[f"cnn {size}px predict_on_batch"] = rate(lambda: model.predict_on_batch(x), len(x), args.repeats)
-        compiled = tf.function(lambda batch: model(batch, training=False), jit_compile=True)
-        rates[f"cnn {size}px xla"] = rate(lambda: compiled(tf.constant(x)).numpy(), len(x), args.repeats)
+            lambda knobs=knobs: classical._hog_features_per_image(x, *knobs), len(x), args.repeats)
+    for size, batch in inputs.items():
+        model = build_model(batch.shape[1:], 5, ModelConfig(block="plain", conv_blocks=4, filters=32, dense_units=128,
+                                                            dropout=0.3))
+        compiled = tf.function(lambda images, model=model: model(images, training=False), jit_compile=True)
+        rates[f"cnn {size}px predict_on_batch"] = rate(lambda model=model, batch=batch: model.predict_on_batch(batch),
+                                                       len(batch), args.repeats)
+        rates[f"cnn {size}px xla"] = rate(lambda compiled=compiled, batch=batch: compiled(tf.constant(batch)).numpy(),
+                                          len(batch), args.repeats)
     print(json.dumps(result, indent=2))
     return 0
 
