@@ -102,10 +102,10 @@ def main() -> int:
                                                 - result["champion"]["test"]["macro_f1"], 4)
     # finalize's held-out estimate (the choice repeated on validation halves it did not choose on): the
     # validation figure that did not pick the champion, beside the in-sample one above
-    version_tags = mlflow.MlflowClient().get_model_version(champion.name, champion.version).tags or {}
-    if names.HELDOUT_VALUE in version_tags:
-        heldout = float(version_tags[names.HELDOUT_VALUE])
-        result["champion_heldout_validation"] = {"macro_f1": heldout, "se": float(version_tags.get(names.HELDOUT_SE, "nan"))}
+    if names.HELDOUT_VALUE in champion.version_tags:
+        heldout = float(champion.version_tags[names.HELDOUT_VALUE])
+        result["champion_heldout_validation"] = {"macro_f1": heldout,
+                                                 "se": float(champion.version_tags.get(names.HELDOUT_SE, "nan"))}
         result["champion_heldout_to_test_drop"] = round(heldout - result["champion"]["test"]["macro_f1"], 4)
     print(json.dumps(result))
     return 0

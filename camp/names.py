@@ -101,11 +101,11 @@ COMPARED_WITH = "camp.compared_with"
 # registered version and the sweep's parent run; the ensemble run logs it as the metric `heldout(metric)`
 HELDOUT_VALUE = "camp.heldout_value"
 HELDOUT_SE = "camp.heldout_se"
+GAIN_VS_CHAMPION = "camp.gain_vs_champion"
+GAIN_INTERVAL = "camp.gain_interval"
+FLOOR_GAIN = "camp.floor_gain"
 
 
 def heldout(metric: str) -> str:
     """The metric name of `metric` as finalize's held-out estimate: `val/macro_f1_heldout`."""
     return f"{metric}_heldout"
-GAIN_VS_CHAMPION = "camp.gain_vs_champion"
-GAIN_INTERVAL = "camp.gain_interval"
-FLOOR_GAIN = "camp.floor_gain"

@@ -32,6 +32,7 @@ class Champion:
     config: object  # camp.train.RunConfig
     run: object  # mlflow Run
     study: str | None
+    version_tags: dict = dataclasses.field(default_factory=dict)  # the registered version's (camp.heldout_value, ...)
 
     @property
     def uri(self) -> str:
@@ -56,7 +57,8 @@ def load_champion(model_uri: str, data_path: str | None = None) -> Champion:
     if data_path:
         config = dataclasses.replace(config, data_path=data_path)
     run = client.get_run(run_id)
-    return Champion(name, str(version.version), run_id, config, run, run.data.tags.get(names.STUDY))
+    return Champion(name, str(version.version), run_id, config, run, run.data.tags.get(names.STUDY),
+                    dict(version.tags or {}))
 
 
 def predict_items(predict, items, labels, split: str) -> pd.DataFrame:

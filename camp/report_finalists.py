@@ -97,11 +97,11 @@ def finalists_blocks(context: Context) -> list:
 def _heldout_sentence(context: Context, test: float) -> str:
     """The version's held-out estimate (finalize's choice repeated on validation halves it did not choose
     on), where the sweep logged one."""
-    version = mlflow.MlflowClient().get_model_version(context.champion.name, context.champion.version)
-    heldout = (version.tags or {}).get(names.HELDOUT_VALUE)
+    tags = context.champion.version_tags
+    heldout = tags.get(names.HELDOUT_VALUE)
     if heldout is None:
         return ""
     context.numbers["finalists"]["champion"]["heldout_validation"] = float(heldout)
     return (f" Chosen on half of the validation images and scored on the other half, the same choice scored "
-            f"{float(heldout):.3f} (± {float(version.tags.get(names.HELDOUT_SE, 'nan')):.3f}), "
+            f"{float(heldout):.3f} (± {float(tags.get(names.HELDOUT_SE, 'nan')):.3f}), "
             f"{test - float(heldout):+.3f} from test: the validation figure that did not pick the champion.")

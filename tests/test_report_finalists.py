@@ -32,18 +32,15 @@ def test_a_chance_level_model_is_flagged_at_the_top():
     assert numbers["chance"]["ci95"][0] <= 0
 
 
-def test_the_held_out_estimate_is_stated_beside_test_where_the_sweep_logged_one(monkeypatch):
+def test_the_held_out_estimate_is_stated_beside_test_where_the_sweep_logged_one():
     from types import SimpleNamespace
 
     from camp import report_finalists
 
-    version = SimpleNamespace(tags={"camp.heldout_value": "0.8100", "camp.heldout_se": "0.0040"})
-    client = SimpleNamespace(get_model_version=lambda name, number: version)
-    monkeypatch.setattr(report_finalists.mlflow, "MlflowClient", lambda: client)
-    context = SimpleNamespace(champion=SimpleNamespace(name="camp-classifier", version="3"),
-                              numbers={"finalists": {"champion": {}}})
+    champion = SimpleNamespace(version_tags={"camp.heldout_value": "0.8100", "camp.heldout_se": "0.0040"})
+    context = SimpleNamespace(champion=champion, numbers={"finalists": {"champion": {}}})
     sentence = report_finalists._heldout_sentence(context, 0.83)
     assert "0.810 (± 0.004)" in sentence and "+0.020 from test" in sentence
     assert context.numbers["finalists"]["champion"]["heldout_validation"] == 0.81
-    version.tags = {}  # a version registered before camp logged the estimate
+    champion.version_tags = {}  # a version registered before camp logged the estimate
     assert report_finalists._heldout_sentence(context, 0.83) == ""
