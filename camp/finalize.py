@@ -241,7 +241,7 @@ def _log_and_register(study, plan, summary, parent_run_id, members, selection, y
                            "y_pred": predicted.tolist(), "probabilities": combined.round(6).tolist()}
             mlflow.log_dict(predictions, names.PREDICTIONS[split])
             mlflow.log_artifacts(str(bundle), "bundle")
-            info = registry.log_pyfunc(bundle, run_config.first_validation_path(meta))
+            info = registry.log_pyfunc(bundle, run_config.first_validation_path(meta), run_config.validation_paths(meta))
         members_tags = {key: tags[key] for key in (names.MEMBERS, names.MEMBER_TRIALS, names.MEMBER_WEIGHTS, names.TTA,
                                                    names.FIT_ON) if key in tags}
         value = selection.value if split == "validation" else values[names.on_split(config.metric, split)]

@@ -79,6 +79,10 @@ MEMBERS = "camp.members"
 MEMBER_TRIALS = "camp.member_trials"
 MEMBER_WEIGHTS = "camp.member_weights"
 TTA = "camp.tta"  # test-time augmentation of a registered model: none | flip
+# how a logged pyfunc serves its CNNs (camp.quantize): int8 | float, and the share of validation images
+# whose served label the int8 weights keep
+SERVING = "camp.serving"
+SERVING_AGREEMENT = "camp.serving_agreement"
 FINALIST_OF = "camp.finalist_of"  # a finalist trial's run: the trial whose config it trains again, longer
 # what a run, or a registered version's members, was fit on: train (absent) or train+validation
 # (study.finalize.train_on_validation); validation then scores nothing and test is the held-out score

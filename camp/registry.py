@@ -31,11 +31,11 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from camp import classical, ensemble
+from camp import classical, ensemble, names, quantize
 from camp.images import UnreadableImage, decode_any, decode_path, encoded_size
 from camp.model import TTAS, predict_probabilities
 from camp.preprocess import PreprocessConfig, preprocess_image
-from camp.run_config import first_validation_path
+from camp.run_config import first_validation_path, validation_paths
 
 MODEL_NAME = "camp-classifier"
 CHAMPION = "champion"
@@ -155,11 +155,12 @@ class CampClassifier(mlflow.pyfunc.PythonModel):
         self.labels = list(meta["labels"])
         self.preprocess = PreprocessConfig(**meta["preprocess"])
         if (bundle / "model.keras").is_file():
-            import keras
+            self.model = quantize.load(bundle)  # int8 weights where registration kept them (camp.quantize)
+            if self.model is None:
+                import keras
 
-            self.model = keras.models.load_model(bundle / "model.keras", compile=False)
+                self.model = keras.models.load_model(bundle / "model.keras", compile=False)
         else:
-
             self.model = classical.load(bundle)
         return self
 
@@ -312,10 +313,17 @@ def example_input(image_path: str | Path) -> pd.DataFrame:
     return pd.DataFrame({"image": [base64.b64encode(encoded.tobytes()).decode("ascii")]})
 
 
-def log_pyfunc(bundle_dir: str | Path, x_example: str | Path):
-    """Log the bundle as a pyfunc model in the active run; returns MLflow's ModelInfo."""
+def log_pyfunc(bundle_dir: str | Path, x_example: str | Path, validation: list[str] | None = None):
+    """Log the bundle as a pyfunc model in the active run; returns MLflow's ModelInfo. Given the paths of
+    its `validation` images, its CNNs are served with int8 weights where that keeps their labels
+    (camp.quantize), and the run is tagged with what was decided."""
     from mlflow.models import infer_signature
 
+    if validation is not None:
+        decision = quantize.quantize_bundle(Path(bundle_dir), validation, CampClassifier().load_bundle)
+        mlflow.set_tags({names.SERVING: decision["serving"], **({names.SERVING_AGREEMENT: decision["agreement"]}
+                                                                 if "agreement" in decision else {})})
+        print(f"serving: {json.dumps(decision)}")
     example = example_input(x_example)
     output = CampClassifier().load_bundle(bundle_dir).predict_images(list(example["image"]))
     return mlflow.pyfunc.log_model(
@@ -340,4 +348,4 @@ def log_pyfunc_for_run(run_id: str):
         meta = json.loads((Path(bundle) / "camp.json").read_text())
         example = first_validation_path(meta)
         with mlflow.start_run(run_id=run_id):
-            return log_pyfunc(bundle, example)
+            return log_pyfunc(bundle, example, validation_paths(meta))

@@ -96,6 +96,12 @@ def run_config_from_meta(meta: dict) -> RunConfig:
                      direction=raw["direction"], data_path=raw.get("data_path"))
 
 
+def validation_paths(meta: dict) -> list[str]:
+    """The paths of the run's validation images (readable or not: a reader reports its own errors)."""
+    dataset, _ = prepare_dataset(run_config_from_meta(meta))
+    return [item.path for item in dataset.split("validation")]
+
+
 def first_validation_path(meta: dict) -> str:
     """The first readable validation image of the run's dataset, for the model's input example."""
     dataset, _ = prepare_dataset(run_config_from_meta(meta))

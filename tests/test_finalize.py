@@ -4,13 +4,14 @@ that would not fit in the study's timeout."""
 
 from __future__ import annotations
 
+import os
 import textwrap
 
 import numpy as np
 import optuna
 import pytest
 
-from camp import cli
+from camp import cli, quantize
 
 STUDY = """
 study:
@@ -89,7 +90,13 @@ def test_warm_start_runs_first_and_an_ensemble_is_served_as_one_model(fin_sweep,
     # the served ensemble is the weighted mean of its members, each through its own bundle
     paths = [str(synthetic_data / relpath) for relpath in pool[0][1]["relpaths"]][:6]
     encoded = [__import__("base64").b64encode(open(path, "rb").read()).decode("ascii") for path in paths]
-    served = mlflow.pyfunc.load_model(f"models:/camp-classifier/{version.version}").predict(pd.DataFrame({"image": encoded}))
+    uri = f"models:/camp-classifier/{version.version}"
+    quantized = mlflow.pyfunc.load_model(uri).predict(pd.DataFrame({"image": encoded}))
+    os.environ[quantize.FLOAT_ENV] = "1"  # the float weights, to compare with the members' own to the digit
+    try:
+        served = mlflow.pyfunc.load_model(uri).predict(pd.DataFrame({"image": encoded}))
+    finally:
+        del os.environ[quantize.FLOAT_ENV]
     members = []
     for index in selection.members:
         bundle = mlflow.artifacts.download_artifacts(run_id=pool[index][0].user_attrs["mlflow_run_id"],
@@ -99,6 +106,9 @@ def test_warm_start_runs_first_and_an_ensemble_is_served_as_one_model(fin_sweep,
     labels = pool[0][1]["labels"]
     np.testing.assert_allclose(served[[f"p_{label}" for label in labels]].to_numpy(float), expected, atol=1e-5)
     assert list(served["label"]) == [labels[i] for i in expected.argmax(axis=1)]
+    # as registered, its CNN member serves int8 weights: close to the float ensemble, not equal to it
+    assert run.data.tags["camp.serving"] == "int8" and float(run.data.tags["camp.serving_agreement"]) >= 0.99
+    np.testing.assert_allclose(quantized[[f"p_{label}" for label in labels]].to_numpy(float), expected, atol=0.02)
 
 
 def test_with_seed_sets_the_training_and_sampler_seeds(tmp_path):
