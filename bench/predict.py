@@ -1,7 +1,8 @@
 """The served model through `mlflow.pyfunc`: load time in a fresh process, single-image latency
 (p50/p95) and batch throughput (prints JSON); beside it, measured in the same process, the same model
-without and with flip test-time augmentation and an ensemble's heaviest member alone. Needs a
-registered model (run `make sweep` first).
+without and with flip test-time augmentation, with its CNNs' float weights where it serves int8 ones
+(camp.quantize, $CAMP_SERVE_FLOAT), and an ensemble's heaviest member alone. Needs a registered model
+(run `make sweep` first).
 
     .venv/bin/python bench/predict.py [--model models:/camp-classifier@champion] [--data data/clothing-small]
 
@@ -51,7 +52,7 @@ def main() -> None:
     import mlflow
     import pandas as pd
 
-    from camp import data
+    from camp import data, quantize
     from camp.registry import CampClassifier
 
     if args.code == "checkout":
@@ -113,6 +114,18 @@ def main() -> None:
     # side by side, in this process: the same model without and with flip, and its heaviest member alone
     result["variants"] = {f"tta {tta}": measure(with_tta(tta, lambda frame: inner.predict(None, frame)))
                           for tta in ("none", "flip")}
+    model_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=args.model))
+    if any((folder / quantize.QUANTIZED_FILE).is_file() for folder in quantize.cnn_bundles(model_dir / "artifacts" / "bundle")):
+        os.environ[quantize.FLOAT_ENV] = "1"
+        try:
+            float_weights = CampClassifier().load_bundle(model_dir / "artifacts" / "bundle")
+        finally:
+            del os.environ[quantize.FLOAT_ENV]
+        result["variants"]["float weights (the Keras models), registered tta"] = measure(
+            lambda frame: float_weights.predict(None, frame))
+        as_served, as_float = inner.predict(None, pd.DataFrame({"image": paths})), float_weights.predict(None, pd.DataFrame({"image": paths}))
+        result["int8_vs_float_label_agreement_on_validation"] = round(float((as_served["label"] == as_float["label"]).mean()), 4)
+    result["serving"] = "int8" if any(type(m.model).__name__ == "QuantizedModel" for m in members) else "float"
     if inner.members:
         heaviest = inner.members[int(np.argmax(inner.weights))]
         result["variants"]["heaviest member, tta none"] = measure(

@@ -1,8 +1,9 @@
 """Where a served batch's time goes, stage by stage, on this machine (prints one JSON object): decoding real
 photos, preprocessing them at 64 and 48 px, HOG features (camp's batched ones and scikit-image's per-image
 `hog`, on the same inputs), and the forward pass of camp's default CNN (the warm-start architecture, untrained
-weights: speed does not depend on them) at 64 and 48 px, as `predict_on_batch` and under XLA
-(`tf.function(jit_compile=True)`). Every figure is images per second, the median of `--repeats` calls.
+weights: speed does not depend on them) at 64 and 48 px, as `predict_on_batch`, under XLA
+(`tf.function(jit_compile=True)`), and with int8 weights as camp serves them (`camp.quantize`). Every figure
+is images per second, the median of `--repeats` calls.
 
     .venv/bin/python bench/serving_parts.py [--data data/clothing-small] [--batch 256]
 
@@ -42,7 +43,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
 
-    from camp import classical, data
+    from camp import classical, data, quantize
     from camp.model import ModelConfig, build_model
     from camp.preprocess import PreprocessConfig
     from camp.registry import _decoded, _model_inputs
@@ -78,6 +79,9 @@ def main() -> int:
                                                        len(batch), args.repeats)
         rates[f"cnn {size}px xla"] = rate(lambda compiled=compiled, batch=batch: compiled(tf.constant(batch)).numpy(),
                                           len(batch), args.repeats)
+        served = quantize.QuantizedModel(quantize.convert(model))
+        rates[f"cnn {size}px int8 weights (camp.quantize)"] = rate(
+            lambda served=served, batch=batch: served.predict_on_batch(batch), len(batch), args.repeats)
     print(json.dumps(result, indent=2))
     return 0
 

@@ -6,11 +6,8 @@ Input: a pandas DataFrame with one column `image` holding, per row, the image's 
 arrays call `model.unwrap_python_model().predict_images(list_of_arrays)`, for files on this machine
 `model.unwrap_python_model().predict_files(paths)` (camp predict, the report).
 
-File paths in the input are refused by default, with one error whatever the path (a client learns
-nothing about the server's files). An operator who wants clients to name server-side files sets
-$CAMP_SERVE_PATHS to the folders allowed (os.pathsep-separated): then a path inside one of them that
-is a regular file of at most $CAMP_SERVE_MAX_BYTES (32 MiB) is read. A request's images may hold at
-most `MAX_REQUEST_PIXELS` in all (each one at most `camp.images.MAX_PIXELS`), counted before decoding.
+What a client may send is vetted first (camp.serving_input): file paths are refused unless the operator
+names allowed folders in $CAMP_SERVE_PATHS, and a request has a pixel budget.
 Output: one row per input: `label`, `p_<label>` per class, and `error` (empty when the item was
 read; otherwise the label is empty, the probabilities NaN, and `error` says what was wrong).
 A bad item never fails the batch and never gets a label: unreadable, corrupt or oversized images
@@ -20,7 +17,6 @@ and arrays of the wrong dtype or shape each get an `error` naming the item and w
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import os
 import tempfile
@@ -31,8 +27,8 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from camp import classical, ensemble, names, quantize
-from camp.images import UnreadableImage, decode_any, decode_path, encoded_size
+from camp import classical, ensemble, names, quantize, serving_input
+from camp.images import UnreadableImage, decode_any, decode_path
 from camp.model import TTAS, predict_probabilities
 from camp.preprocess import PreprocessConfig, preprocess_image
 from camp.run_config import first_validation_path, validation_paths
@@ -40,89 +36,6 @@ from camp.run_config import first_validation_path, validation_paths
 MODEL_NAME = "camp-classifier"
 CHAMPION = "champion"
 PACKAGE_DIR = Path(__file__).resolve().parent
-
-
-def _to_values(model_input) -> list:
-    if isinstance(model_input, pd.DataFrame):
-        column = "image" if "image" in model_input.columns else model_input.columns[0]
-        return list(model_input[column])
-    if isinstance(model_input, np.ndarray) and model_input.dtype.kind in "biufc" and model_input.ndim >= 2:
-        # (N, H, W, C) is a batch, (H, W, C) or (H, W) one image, whatever the dtype: each is then
-        # checked on its own, so a float or oddly shaped array gets one error row naming the expected shape
-        return list(model_input) if model_input.ndim >= 4 else [model_input]
-    if isinstance(model_input, (list, tuple, pd.Series, np.ndarray)):
-        return list(model_input)
-    return [model_input]
-
-
-PATHS_ENV = "CAMP_SERVE_PATHS"
-_REFUSED = object()  # a source already answered with an error (None is a value a client may send)
-MAX_BYTES_ENV = "CAMP_SERVE_MAX_BYTES"
-MAX_FILE_BYTES = 32 * 2 ** 20
-MAX_REQUEST_PIXELS = 200_000_000  # ~25 photos at the per-image cap; a batch of bombs stops here
-
-
-def allowed_roots() -> list[Path]:
-    """The folders $CAMP_SERVE_PATHS allows clients to name files in (none: paths are refused)."""
-    return [Path(part).resolve() for part in os.environ.get(PATHS_ENV, "").split(os.pathsep) if part.strip()]
-
-
-def _refused(index: int) -> UnreadableImage:
-    return UnreadableImage(f"item {index}: not base64-encoded image bytes (file paths are not read by the served "
-                           f"model unless the server sets ${PATHS_ENV} to the folders that hold them)")
-
-
-def _allowed_path(value: str, index: int, roots: list[Path]):
-    """A path inside an allowed root, if it is a regular file within the size cap; else an error that
-    does not tell whether anything exists outside the roots."""
-    import stat
-
-    path = Path(value).expanduser()
-    resolved = path.resolve() if path.is_absolute() else (Path.cwd() / path).resolve()
-    if not any(resolved.is_relative_to(root) for root in roots):
-        raise _refused(index)
-    try:
-        status = os.stat(resolved)
-    except OSError as error:
-        raise UnreadableImage(f"{value}: cannot read ({error.strerror or error}); check that the file exists and "
-                              "that this user may read it") from None
-    if not stat.S_ISREG(status.st_mode):
-        raise UnreadableImage(f"{value}: not a regular file")
-    limit = int(os.environ.get(MAX_BYTES_ENV) or MAX_FILE_BYTES)
-    if status.st_size > limit:
-        raise UnreadableImage(f"{value}: {status.st_size} bytes, over the served model's limit of {limit} "
-                              f"(${MAX_BYTES_ENV})")
-    return str(resolved) if not path.is_absolute() else value
-
-
-def _as_image_source(value, index: int = 0, roots: list[Path] | None = None):
-    """What a client sent -> bytes, an array, or (only inside $CAMP_SERVE_PATHS) a vetted path."""
-    if isinstance(value, Path):
-        value = str(value)
-    if isinstance(value, str):
-        roots = allowed_roots() if roots is None else roots
-        try:
-            decoded = base64.b64decode(value, validate=True)
-        except (binascii.Error, ValueError):
-            decoded = None
-        # with allowed roots, a string that is not base64 is a path; so is a short one ("abcd" decodes too)
-        if roots and len(value) < 4096 and (decoded is None or len(value) <= 64):
-            return _allowed_path(value, index, roots)
-        if decoded is None:
-            raise _refused(index)
-        return decoded
-    return value
-
-
-def _pixels(source) -> int:
-    """Pixels an item will decode to, read from its header before decoding (0 when unknown)."""
-
-    if isinstance(source, np.ndarray):
-        return int(np.prod(source.shape[:2])) if source.ndim >= 2 else 0
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        size = encoded_size(bytes(source))
-        return size[0] * size[1] if size else 0
-    return 0
 
 
 class CampClassifier(mlflow.pyfunc.PythonModel):
@@ -169,7 +82,7 @@ class CampClassifier(mlflow.pyfunc.PythonModel):
         scoring server writes as JSON `null` (NaN would be written as a bare `NaN`, which is not JSON).
         The DataFrame hint is one MLflow infers no schema from (camp logs its signature itself); without a
         hint MLflow warns at every import that one should be added."""
-        frame = self.predict_images(_to_values(model_input))
+        frame = self.predict_images(serving_input.to_values(model_input))
         columns = [f"p_{label}" for label in self.labels]
         frame[columns] = frame[columns].astype(object).where(frame[columns].notna(), None)
         return frame
@@ -181,32 +94,15 @@ class CampClassifier(mlflow.pyfunc.PythonModel):
     def probabilities(self, values) -> tuple[np.ndarray, list]:
         """(len(values), classes) probabilities, NaN rows for unreadable items, and (index, error) pairs;
         values as a client sends them (bytes, base64, arrays; paths only under $CAMP_SERVE_PATHS)."""
-        sources, errors = self._sources(values)
+        sources, errors = serving_input.vet(values)
         return self._probabilities(sources, errors)
 
     def predict_images(self, values) -> pd.DataFrame:
         return self._frame(*self.probabilities(values))
 
-    def _sources(self, values) -> tuple[list, list]:
-        """Client values -> decodable sources (`_REFUSED` where refused) and errors, within the request's
-        pixel budget."""
-        roots, sources, errors, pixels = allowed_roots(), [], [], 0
-        for index, value in enumerate(values):
-            try:
-                source = _as_image_source(value, index, roots)
-                pixels += _pixels(source)
-                if pixels > MAX_REQUEST_PIXELS:
-                    raise UnreadableImage(f"item {index}: the request's images exceed {MAX_REQUEST_PIXELS / 1e6:.0f} "
-                                          "megapixels in all; send fewer or smaller images per request")
-                sources.append(source)
-            except UnreadableImage as error:
-                sources.append(_REFUSED)
-                errors.append((index, str(error)))
-        return sources, errors
-
     def _probabilities(self, sources, errors) -> tuple[np.ndarray, list]:
-        """Probabilities for decodable sources (`_REFUSED`: already an error); an ensemble averages its
-        members', decoding each image once per decode size and preprocessing it once per distinct
+        """Probabilities for decodable sources (`serving_input.REFUSED`: already an error); an ensemble
+        averages its members', decoding each image once per decode size and preprocessing it once per distinct
         preprocessing (members at 48 and 64 px share one decode)."""
         decoded_by_reduction: dict = {}
         inputs_by_preprocess: dict = {}
@@ -254,14 +150,14 @@ def _threaded(function, indices: list[int]) -> list:
 
 def _decoded(sources, reduction: int) -> list:
     """Each source decoded at 1/`reduction` size: (image, None), (None, error) when it cannot be read, or
-    None for a `_REFUSED` source."""
+    None for a `serving_input.REFUSED` source."""
     def one(index: int):
         try:
             return decode_any(sources[index], reduction, where=f"item {index}"), None
         except UnreadableImage as error:
             return None, str(error)
 
-    wanted = [index for index, source in enumerate(sources) if source is not _REFUSED]
+    wanted = [index for index, source in enumerate(sources) if source is not serving_input.REFUSED]
     out: list = [None] * len(sources)
     for index, result in zip(wanted, _threaded(one, wanted)):
         out[index] = result

@@ -81,6 +81,7 @@ def finalists_blocks(context: Context) -> list:
     header = ["model"] + [f"{split} {what}" for split in splits for what in ("macro-F1", "95% low", "95% high")]
     blocks = [Heading("The champion and what it is made of", level=3),
               Table(header, rows, anchor="finalists")]
+    blocks += _serving_blocks(tags)
     if tags.get(names.FIT_ON) == names.TRAIN_AND_VALIDATION and "test" in numbers["champion"]:
         blocks.append(Text(
             "The champion's members were chosen on validation and then retrained on train + validation "
@@ -105,3 +106,13 @@ def _heldout_sentence(context: Context, test: float) -> str:
     return (f" Chosen on half of the validation images and scored on the other half, the same choice scored "
             f"{float(heldout):.3f} (± {float(tags.get(names.HELDOUT_SE, 'nan')):.3f}), "
             f"{test - float(heldout):+.3f} from test: the validation figure that did not pick the champion.")
+
+
+def _serving_blocks(tags: dict) -> list:
+    """A sentence where the champion serves int8 weights (camp.quantize): its rows are the served model's."""
+    if tags.get(names.SERVING) != "int8":
+        return []
+    return [Text("The champion serves its CNNs with 8-bit weights (camp.quantize), as scored here; its members' rows "
+                 "are their float models. On the validation images the served labels agree with the float model's on "
+                 f"{float(tags.get(names.SERVING_AGREEMENT, 'nan')):.1%} of them (registration keeps int8 weights only "
+                 "from 99%).")]

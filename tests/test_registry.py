@@ -1,79 +1,21 @@
-"""camp.registry's served model: client-named paths refused by default (one error whatever the path),
-read only inside $CAMP_SERVE_PATHS (regular files, size cap), and a per-request pixel budget; a batch of
-awkward files or wrong arrays gets one row per item, each bad one with its own error (in process and
-through the registered MLflow pyfunc)."""
+"""camp.registry's served model: a batch of awkward files or wrong arrays gets one row per item, each bad
+one with its own error (in process and through the registered MLflow pyfunc); an ensemble decodes once per
+size and averages its members. What a client may send is tested in tests/test_serving_input.py."""
 
 from __future__ import annotations
 
 import base64
 import dataclasses
-import os
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
 from camp import registry
-from camp.images import UnreadableImage
 from camp.preprocess import PreprocessConfig
 from tests.fixtures.bad_files import CASES, SKIPPED, deny_reading
 
 LABELS = ["cap_and_hat", "outerwear", "tops", "bottoms", "shoes"]
-
-
-def _jpeg(path, side=40):
-    ok, encoded = cv2.imencode(".jpg", np.full((side, side, 3), 128, np.uint8))
-    path.write_bytes(encoded.tobytes())
-    return path
-
-
-@pytest.mark.parametrize("value", ["/etc/passwd", "../../etc/passwd", "/proc/self/environ", "/dev/zero",
-                                   "/no/such/file.jpg", "photo.jpg"])
-def test_paths_are_refused_by_default_with_one_message(value, monkeypatch):
-    monkeypatch.delenv(registry.PATHS_ENV, raising=False)
-    with pytest.raises(UnreadableImage) as error:
-        registry._as_image_source(value, 3)
-    assert str(error.value) == str(registry._refused(3))  # nothing tells whether the file exists
-
-
-def test_a_path_that_happens_to_be_base64_is_decoded_not_read(monkeypatch):
-    monkeypatch.delenv(registry.PATHS_ENV, raising=False)
-    assert registry._as_image_source("/etc", 0) == base64.b64decode("/etc")  # bytes, then "not a readable image"
-
-
-def test_inside_the_allowed_folders_only_regular_files_under_the_cap_are_read(tmp_path, monkeypatch):
-    allowed = tmp_path / "allowed"
-    allowed.mkdir()
-    good = _jpeg(allowed / "a.jpg")
-    outside = _jpeg(tmp_path / "outside.jpg")
-    (allowed / "link.jpg").symlink_to(outside)
-    os.mkfifo(allowed / "pipe.jpg")
-    roots = [allowed.resolve()]
-    assert registry._as_image_source(str(good), 0, roots) == str(good)
-    for sneaky in (str(outside), str(allowed / ".." / "outside.jpg"), str(allowed / "link.jpg")):
-        with pytest.raises(UnreadableImage, match="not base64-encoded"):
-            registry._as_image_source(sneaky, 0, roots)
-    with pytest.raises(UnreadableImage, match="not a regular file"):
-        registry._as_image_source(str(allowed / "pipe.jpg"), 0, roots)  # a FIFO would block the reader
-    with pytest.raises(UnreadableImage, match="No such file"):
-        registry._as_image_source(str(allowed / "missing.jpg"), 0, roots)
-    monkeypatch.setenv(registry.MAX_BYTES_ENV, "10")
-    with pytest.raises(UnreadableImage, match="over the served model's limit of 10"):
-        registry._as_image_source(str(good), 0, roots)
-
-
-def test_base64_is_decoded_and_the_request_pixel_budget_is_counted_before_decoding(tmp_path, monkeypatch):
-    data = _jpeg(tmp_path / "a.jpg", side=100).read_bytes()
-    encoded = base64.b64encode(data).decode("ascii")
-    assert registry._as_image_source(encoded, 0, []) == data
-    assert registry._pixels(data) == 100 * 100 and registry._pixels(np.zeros((5, 7, 3), np.uint8)) == 35
-    monkeypatch.setattr(registry, "MAX_REQUEST_PIXELS", 25_000)
-    classifier = registry.CampClassifier()
-    sources, errors = classifier._sources([encoded, encoded, encoded])
-    assert sources[0] == data and sources[1] == data and sources[2] is registry._REFUSED
-    assert errors == [(2, "item 2: the request's images exceed 0 megapixels in all; send fewer or smaller "
-                          "images per request")]
 
 
 # -- the served model --------------------------------------------------------------------------------------
