@@ -85,6 +85,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from camp import names  # noqa: E402 - after the path: the bench runs from a checkout
+from camp.sweep_summary import trial_counts  # noqa: E402 - after the path, as above
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -321,9 +322,7 @@ def summarise_arm(study, started: float, budget: float | None, target: float, di
             if reached_at is None and not names.better(target, best, direction):
                 reached_at = elapsed
     within = reached_at is not None and (budget is None or reached_at <= budget)
-    states = [t.state for t in study.get_trials(deepcopy=False)]
-    return {"complete": states.count(TrialState.COMPLETE), "pruned": states.count(TrialState.PRUNED),
-            "failed": states.count(TrialState.FAIL), "best_value": None if best is None else round(best, 4),
+    return {**trial_counts(study.get_trials(deepcopy=False)), "best_value": None if best is None else round(best, 4),
             "time_to_target_s": reached_at if within else None,
             "reached_after_budget_s": reached_at if reached_at is not None and not within else None,
             "trial_seconds_median": _median_seconds(finished), "best_so_far": best_curve, "timeline": timeline}
@@ -524,7 +523,7 @@ def main() -> int:
     results["arms"] = {arm: {"time_to_target_s": [r["time_to_target_s"] for r in runs],
                              "best_value": [r["best_value"] for r in runs],
                              "complete": sum(r["complete"] for r in runs), "pruned": sum(r["pruned"] for r in runs),
-                             "failed": sum(r["failed"] for r in runs),
+                             "skipped": sum(r["skipped"] for r in runs), "failed": sum(r["failed"] for r in runs),
                              "array_cache_hits": sum(r["array_cache"]["hit"] for r in runs)}
                        for arm, runs in by_arm.items()}
     if set(by_arm) == set(ARMS):

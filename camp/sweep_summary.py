@@ -23,6 +23,15 @@ FINISHED = (STATE.COMPLETE, STATE.PRUNED)
 ADVISORY_LOCK_KEY = int(hashlib.sha1(b"camp-champion").hexdigest()[:15], 16)
 
 
+def trial_counts(trials) -> dict[str, int]:
+    """Complete, pruned (stopped by the pruner), skipped (never started: they would not fit the time left;
+    Optuna records them as pruned) and failed trials."""
+    skipped = sum("skipped" in t.user_attrs for t in trials)
+    return {"complete": sum(t.state == STATE.COMPLETE for t in trials),
+            "pruned": sum(t.state == STATE.PRUNED for t in trials) - skipped, "skipped": skipped,
+            "failed": sum(t.state == STATE.FAIL for t in trials)}
+
+
 def summarise(study: optuna.Study, plan, before: int, seconds: float) -> dict:
     """Counts, best values (overall and per preprocessing mode), cache hit rate; logged to the active run."""
     import mlflow
@@ -30,9 +39,7 @@ def summarise(study: optuna.Study, plan, before: int, seconds: float) -> dict:
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == STATE.COMPLETE]
     summary = {"study": study.study_name, "metric": plan.study_file.study.metric, "wall_seconds": round(seconds, 1),
-               "trials_total": len(trials), "trials_this_run": len(trials) - before,
-               "complete": len(complete), "pruned": sum(t.state == STATE.PRUNED for t in trials),
-               "failed": sum(t.state == STATE.FAIL for t in trials)}
+               "trials_total": len(trials), "trials_this_run": len(trials) - before, **trial_counts(trials)}
     hits = [t.user_attrs["cache_hit"] for t in complete if "cache_hit" in t.user_attrs]
     summary["cache_hit_rate"] = round(sum(hits) / len(hits), 3) if hits else None
     by_mode: dict = {}
@@ -47,8 +54,7 @@ def summarise(study: optuna.Study, plan, before: int, seconds: float) -> dict:
         summary.update({"best_value": round(best.value, 4), "best_trial": best.number,
                         "best_run_id": best.user_attrs.get("mlflow_run_id"), "best_params": best.params})
         mlflow.log_metric(f"best/{plan.study_file.study.metric}", best.value)
-    mlflow.log_metrics({"trials/complete": summary["complete"], "trials/pruned": summary["pruned"],
-                        "trials/failed": summary["failed"]})
+    mlflow.log_metrics({f"trials/{state}": summary[state] for state in ("complete", "pruned", "skipped", "failed")})
     if summary["cache_hit_rate"] is not None:
         mlflow.log_metric("cache/hit_rate", summary["cache_hit_rate"])
     with tempfile.TemporaryDirectory() as directory:
@@ -185,9 +191,8 @@ class Progress:
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         trials = study.get_trials(deepcopy=False)
         done = finished_count(trials)
-        skipped = sum("skipped" in t.user_attrs for t in trials)
-        pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in trials) - skipped
-        failed = sum(t.state == optuna.trial.TrialState.FAIL for t in trials)
+        counts = trial_counts(trials)
+        skipped, pruned, failed = counts["skipped"], counts["pruned"], counts["failed"]
         elapsed = time.time() - self.started
         best = _best(study)
         per_trial = elapsed / max(1, trial.number + 1)

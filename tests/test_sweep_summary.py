@@ -70,3 +70,17 @@ def test_time_left_is_never_less_than_a_running_trial_needs(capsys, monkeypatch)
     assert budget.running_seconds_left(study) is None
     Progress(plan, workers=2)(study, study.trials[1])
     assert "~28.0 min left" in capsys.readouterr().out
+
+
+def test_skipped_trials_are_counted_apart_from_pruned_ones():
+    import optuna
+
+    from camp.sweep_summary import trial_counts
+
+    state = optuna.trial.TrialState
+    trials = [optuna.trial.create_trial(state=state.COMPLETE, value=0.5),
+              optuna.trial.create_trial(state=state.PRUNED),
+              optuna.trial.create_trial(state=state.PRUNED, user_attrs={"skipped": "expected 900 s > 60 s left"}),
+              optuna.trial.create_trial(state=state.PRUNED, user_attrs={"skipped": "expected 900 s > 30 s left"}),
+              optuna.trial.create_trial(state=state.FAIL)]
+    assert trial_counts(trials) == {"complete": 1, "pruned": 1, "skipped": 2, "failed": 1}
