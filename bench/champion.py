@@ -1,7 +1,8 @@
 """The registered champion and its study's trials on validation and test, as one JSON object: what the
 search issue's "done when" reads (champion test macro-F1, per-label test recall, the champion against
-the warm-start trial and the best HOG + linear trial of the same study), and the finalize issue's
-validation-to-test drop, from the in-sample validation score and from finalize's held-out estimate.
+the warm-start trial and the best HOG + linear trial of the same study), the finalize issue's
+validation-to-test drop, from the in-sample validation score and from finalize's held-out estimate, and,
+where the champion serves int8 weights, the same model with its float weights.
 
     MLFLOW_TRACKING_URI=sqlite:///mlruns/mlflow.db .venv/bin/python bench/champion.py [--study default]
 
@@ -73,6 +74,23 @@ def main() -> int:
               "champion": {split: scores(model.unwrap_python_model().predict_files, dataset, split,
                                          champion_test if split == "test" else None)
                            for split in ("validation", "test")}}
+    # the served model's CNNs may carry int8 weights (camp.quantize): the same model with its float weights,
+    # side by side, says what quantizing cost
+    result["serving"] = {"weights": champion.run.data.tags.get(names.SERVING, "float"),
+                         "validation_agreement": champion.run.data.tags.get(names.SERVING_AGREEMENT)}
+    if result["serving"]["weights"] == "int8":
+        import os
+
+        from camp import quantize
+
+        served = Path(mlflow.artifacts.download_artifacts(artifact_uri=champion.uri)) / "artifacts" / "bundle"
+        os.environ[quantize.FLOAT_ENV] = "1"
+        try:
+            float_weights = CampClassifier().load_bundle(served)
+        finally:
+            del os.environ[quantize.FLOAT_ENV]
+        result["champion_float_weights"] = {split: scores(float_weights.predict_files, dataset, split)
+                                            for split in ("validation", "test")}
     study_name = args.study or champion.study
     study = optuna.load_study(study_name=study_name, storage=make_storage(args.storage))
     trials, predictions = {}, {}
