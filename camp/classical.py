@@ -8,8 +8,11 @@ model, the report and ensembles use either family through the same code.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
+import threading
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -88,6 +91,29 @@ def _hog_features_per_image(x: np.ndarray, cell: int, orientations: int) -> np.n
     return np.asarray(_on_threads(one, _gray(x)), dtype=np.float32)
 
 
+class FeatureMemo:
+    """HOG features of the last `size` batches, keyed by the batch's content and the HOG knobs. A served
+    ensemble gives one to all its HOG members: those that share their preprocessing and HOG shape (TPE
+    often proposes one shape with several C) then compute the features once per request, not once each."""
+
+    def __init__(self, size: int = 2):
+        self.size, self._entries, self._lock = size, OrderedDict(), threading.Lock()
+
+    def features(self, x: np.ndarray, cell: int, orientations: int) -> np.ndarray:
+        x = np.ascontiguousarray(x)
+        key = (x.shape, x.dtype.str, cell, orientations, hashlib.blake2b(x.data, digest_size=16).digest())
+        with self._lock:
+            if key in self._entries:
+                self._entries.move_to_end(key)
+                return self._entries[key]
+        value = hog_features(x, cell, orientations)
+        with self._lock:
+            self._entries[key] = value
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+        return value
+
+
 class HogLinear:
     """HOG features -> standardised -> logistic regression; `predict` returns class probabilities."""
 
@@ -110,10 +136,15 @@ class HogLinear:
         """Probabilities (N, n_classes), columns in label order even if a class was absent in training."""
         if self.pipeline is None:
             raise ValueError("HogLinear.predict before fit")
-        known = self.pipeline.predict_proba(hog_features(x, self.cell, self.orientations))
+        memo = getattr(self, "memo", None)  # set by a served ensemble (FeatureMemo); never saved
+        features = (memo.features if memo is not None else hog_features)(x, self.cell, self.orientations)
+        known = self.pipeline.predict_proba(features)
         probabilities = np.zeros((len(x), self.n_classes), np.float32)
         probabilities[:, self.pipeline.classes_] = known
         return probabilities
+
+    def __getstate__(self) -> dict:
+        return {key: value for key, value in self.__dict__.items() if key != "memo"}
 
     def save(self, directory: Path) -> None:
         (Path(directory) / MODEL_FILE).write_bytes(pickle.dumps(self))

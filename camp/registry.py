@@ -58,8 +58,11 @@ class CampClassifier(mlflow.pyfunc.PythonModel):
             self.tta = spec.get("tta", "none")  # bundles from before test-time augmentation have none
             if self.tta not in TTAS:
                 raise ValueError(f"{bundle / 'ensemble.json'}: tta must be one of {TTAS}, got {self.tta!r}")
+            memo = classical.FeatureMemo()  # members with one HOG shape share their features per request
             for member in self.members:
                 member.tta = self.tta
+                if isinstance(member.model, classical.HogLinear):
+                    member.model.memo = memo
             self.preprocess = self.members[0].preprocess
             return self
 

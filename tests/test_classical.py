@@ -71,6 +71,30 @@ def test_hog_linear_learns_orientation_and_round_trips(tmp_path):
         HogLinear(8, 9, 1.0, 3, False, 0).predict(x)
 
 
+def test_members_sharing_a_feature_memo_compute_each_batchs_features_once(tmp_path, monkeypatch):
+    from camp import classical
+
+    rng = np.random.default_rng(2)
+    x = np.concatenate([_stripes(20, rng, True), _stripes(20, rng, False)])
+    y = np.array([0] * 20 + [2] * 20)
+    first, second = (HogLinear(8, 9, c, 3, True, 0).fit(x, y) for c in (1.0, 0.1))
+    other_shape = HogLinear(16, 6, 1.0, 3, True, 0).fit(x, y)
+    expected = [model.predict(x) for model in (first, second, other_shape)]
+    calls = []
+    real = classical.hog_features
+    monkeypatch.setattr(classical, "hog_features", lambda *args: calls.append(args[1:]) or real(*args))
+    memo = classical.FeatureMemo()
+    for model in (first, second, other_shape):
+        model.memo = memo
+    for model, wanted in zip((first, second, other_shape), expected):
+        np.testing.assert_array_equal(model.predict(x), wanted)  # the same values, shared or not
+    assert calls == [(8, 9), (16, 6)]  # one HOG shape computed once for both members of it
+    first.predict(x[::-1].copy())  # other images (same shape and size): computed anew, never confused
+    assert calls == [(8, 9), (16, 6), (8, 9)]
+    first.save(tmp_path)
+    assert not hasattr(load(tmp_path), "memo")  # a memo is the served process's, never saved
+
+
 @pytest.mark.slow
 def test_hog_family_trains_logs_and_serves_like_a_cnn(isolated, synthetic_data):
     """`model.family: hog_linear` through `train()`: a bundle the served pyfunc loads, same predictions."""
