@@ -1,5 +1,6 @@
 """Ctrl-C and SIGTERM in a sweep: raised once as KeyboardInterrupt (later signals are ignored while the
-sweep cleans up), and logged by Optuna without a traceback."""
+sweep cleans up), remembered so that an error TensorFlow made of it is still handled as the interrupt, and
+logged by Optuna without a traceback."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ import signal
 import sys
 import threading
 import time
+
+# the signal that interrupted the command running in interrupts_raise_once, once one has
+_received: list[str] = []
 
 
 @contextlib.contextmanager
@@ -24,15 +28,38 @@ def interrupts_raise_once():
     def handler(number, frame):
         for each in signals:
             signal.signal(each, signal.SIG_IGN)
+        _received.append(signal.Signals(number).name)
         raise KeyboardInterrupt(signal.Signals(number).name)
 
+    _received.clear()
     for number in signals:
         signal.signal(number, handler)
     try:
         yield
+    except BaseException as error:
+        interrupt = as_interrupt(error)
+        if interrupt is error:
+            raise
+        raise interrupt from error
     finally:
+        _received.clear()
         for number, action in previous.items():
             signal.signal(number, action)
+
+
+def interrupted() -> str | None:
+    """The signal that interrupted this command, if one has (SIGINT or SIGTERM)."""
+    return _received[0] if _received else None
+
+
+def as_interrupt(error: BaseException) -> BaseException:
+    """The error itself, or a KeyboardInterrupt in its place when the command was interrupted: the handler's
+    KeyboardInterrupt can land inside TensorFlow, whose scopes then raise their own error instead (an
+    interrupt during `model.predict` leaves as RuntimeError "Exiting device scope without proper scope
+    nesting"), and Optuna would record that as an ordinary failed trial and go on to the next one."""
+    if isinstance(error, KeyboardInterrupt) or not interrupted():
+        return error
+    return KeyboardInterrupt(interrupted())
 
 
 def while_interrupted(action, what: str, attempts: int = 6) -> None:

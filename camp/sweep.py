@@ -27,7 +27,7 @@ from camp import names, refit, tracking, warm_start
 from camp.budget import MAX_SKIPS_IN_A_ROW, cheapest_seconds, expected_seconds
 from camp.config import StudyFile, load_study_file
 from camp.finalize import finalize
-from camp.interrupts import interrupts_raise_once, quiet_interrupt_tracebacks, while_interrupted
+from camp.interrupts import as_interrupt, interrupted, interrupts_raise_once, quiet_interrupt_tracebacks, while_interrupted
 from camp.model import ModelConfig
 from camp.preflight import check_same_data, check_same_space, preflight
 from camp.preprocess import PreprocessConfig
@@ -192,15 +192,19 @@ def make_objective(plan: Plan, parent_run_id: str, started: float | None = None)
             except optuna.TrialPruned as error:
                 pruned = error
                 mlflow.set_tag(names.STATE, "PRUNED")
-            except KeyboardInterrupt:  # Ctrl-C / SIGTERM: FAIL in Optuna (it re-raises), KILLED here
+            except BaseException as error:
+                interrupt = as_interrupt(error)
+                if not isinstance(interrupt, KeyboardInterrupt):
+                    mlflow.set_tag(names.STATE, "FAIL")
+                    raise
+                # Ctrl-C / SIGTERM: FAIL in Optuna (it re-raises a KeyboardInterrupt), KILLED here
                 while_interrupted(lambda: mlflow.set_tags({names.STATE: "FAIL",
                                                            names.KILLED: "interrupted (SIGINT/SIGTERM)"}),
                                   f"tag MLflow run {run.info.run_id} as killed")
                 while_interrupted(lambda: _end_killed(run.info.run_id), f"end MLflow run {run.info.run_id}")
-                raise
-            except BaseException:
-                mlflow.set_tag(names.STATE, "FAIL")
-                raise
+                if interrupt is error:
+                    raise
+                raise interrupt from error
             else:
                 if not math.isfinite(result.value):
                     mlflow.set_tag(names.STATE, "FAIL")
@@ -279,9 +283,17 @@ def run_worker(plan: Plan, parent_run_id: str, worker_index: int, workers: int) 
                        catch=(Exception,), gc_after_trial=True,
                        callbacks=[stop_at_target, stop_on_failures,
                                   reap, Progress(plan, workers)])
-    except KeyboardInterrupt:
+    except BaseException as error:
+        interrupt = as_interrupt(error)
+        if not isinstance(interrupt, KeyboardInterrupt):
+            raise
         while_interrupted(lambda: _stop_own_trials(study, parent_run_id), "mark this worker's trials failed")
-        raise
+        if interrupt is error:
+            raise
+        raise interrupt from error
+    if interrupted():  # the interrupt became an error Optuna caught outside the objective: stop all the same
+        while_interrupted(lambda: _stop_own_trials(study, parent_run_id), "mark this worker's trials failed")
+        raise KeyboardInterrupt(interrupted())
 
 
 def run_sweep(args) -> int:

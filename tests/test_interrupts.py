@@ -72,3 +72,54 @@ def test_ctrl_c_in_a_trial_survives_a_locked_store_and_ends_the_run_killed(isola
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL]  # no second trial started
     run = mlflow.get_run(study.trials[0].user_attrs["mlflow_run_id"])
     assert run.info.status == "KILLED" and run.data.tags["camp.killed"].startswith("interrupted")
+
+
+def test_an_interrupt_tensorflow_turned_into_another_error_still_stops_the_sweep(isolated, tmp_path, monkeypatch):
+    """Ctrl-C landing inside `model.predict` leaves TensorFlow as RuntimeError ("Exiting device scope without
+    proper scope nesting"): the trial is still failed as interrupted, its run KILLED, and no next trial runs."""
+    import signal
+
+    import mlflow
+
+    from camp import sweep, tracking
+    from camp.config import load_study_file
+    from camp.interrupts import interrupted, interrupts_raise_once
+
+    path = tmp_path / "stop.yaml"
+    path.write_text(textwrap.dedent(STUDY))
+    plan = sweep.plan_for(load_study_file(path), 2, None, None, None)
+
+    def train_interrupted_inside_tensorflow(*args, **kwargs):
+        try:
+            signal.raise_signal(signal.SIGINT)
+        except KeyboardInterrupt:
+            raise RuntimeError("Exiting device scope without proper scope nesting") from None
+
+    monkeypatch.setattr(sweep, "train", train_interrupted_inside_tensorflow)
+    tracking.setup()
+    study = optuna.create_study(direction="maximize")
+    with pytest.raises(KeyboardInterrupt) as raised:
+        with interrupts_raise_once():
+            with mlflow.start_run(run_name="sweep-stop") as parent:
+                study.optimize(sweep.make_objective(plan, parent.info.run_id), n_trials=2, catch=(Exception,))
+    assert str(raised.value) == "SIGINT" and interrupted() is None  # forgotten once the command is over
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL]
+    run = mlflow.get_run(study.trials[0].user_attrs["mlflow_run_id"])
+    assert run.info.status == "KILLED" and run.data.tags["camp.killed"].startswith("interrupted")
+
+
+def test_any_error_after_an_interrupt_leaves_the_command_as_the_interrupt():
+    import signal
+
+    from camp.interrupts import interrupts_raise_once
+
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+        with interrupts_raise_once():
+            try:
+                signal.raise_signal(signal.SIGTERM)
+            except KeyboardInterrupt:
+                raise RuntimeError("a scope's own error") from None
+    with pytest.raises(RuntimeError):  # without an interrupt, an error is itself
+        with interrupts_raise_once():
+            raise RuntimeError("not an interrupt")
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
