@@ -79,16 +79,8 @@ def main() -> int:
     result["serving"] = {"weights": champion.run.data.tags.get(names.SERVING, "float"),
                          "validation_agreement": champion.run.data.tags.get(names.SERVING_AGREEMENT)}
     if result["serving"]["weights"] == "int8":
-        import os
-
-        from camp import quantize
-
         served = Path(mlflow.artifacts.download_artifacts(artifact_uri=champion.uri)) / "artifacts" / "bundle"
-        os.environ[quantize.FLOAT_ENV] = "1"
-        try:
-            float_weights = CampClassifier().load_bundle(served)
-        finally:
-            del os.environ[quantize.FLOAT_ENV]
+        float_weights = CampClassifier().load_bundle(served, weights="float")
         result["champion_float_weights"] = {split: scores(float_weights.predict_files, dataset, split)
                                             for split in ("validation", "test")}
     study_name = args.study or champion.study

@@ -116,11 +116,7 @@ def main() -> None:
                           for tta in ("none", "flip")}
     model_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=args.model))
     if any((folder / quantize.QUANTIZED_FILE).is_file() for folder in quantize.cnn_bundles(model_dir / "artifacts" / "bundle")):
-        os.environ[quantize.FLOAT_ENV] = "1"
-        try:
-            float_weights = CampClassifier().load_bundle(model_dir / "artifacts" / "bundle")
-        finally:
-            del os.environ[quantize.FLOAT_ENV]
+        float_weights = CampClassifier().load_bundle(model_dir / "artifacts" / "bundle", weights="float")
         result["variants"]["float weights (the Keras models), registered tta"] = measure(
             lambda frame: float_weights.predict(None, frame))
         as_served, as_float = inner.predict(None, pd.DataFrame({"image": paths})), float_weights.predict(None, pd.DataFrame({"image": paths}))

@@ -38,8 +38,14 @@ def _interpreter_class():
         return None
 
 
-def use_quantized() -> bool:
-    return os.environ.get(FLOAT_ENV, "").strip() not in ("1", "true", "yes") and _interpreter_class() is not None
+WEIGHTS = ("served", "float")  # what a bundle is loaded with: int8 where registration kept it, or the Keras weights
+
+
+def use_quantized(weights: str = "served") -> bool:
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
+    return (weights == "served" and os.environ.get(FLOAT_ENV, "").strip() not in ("1", "true", "yes")
+            and _interpreter_class() is not None)
 
 
 def convert(model) -> bytes:
@@ -71,12 +77,14 @@ class QuantizedModel:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             self._interpreters = [interpreter(model_content=content, num_threads=threads) for _ in range(2)]
+        # (input, output) tensor details: fixed per interpreter, so read once, not per chunk
+        self._details = [(each.get_input_details()[0], each.get_output_details()[0]) for each in self._interpreters]
         self._sizes = [0, 0]
         self._lock = threading.Lock()
 
     def _run(self, which: int, batch: np.ndarray) -> np.ndarray:
         interpreter = self._interpreters[which]
-        source, target = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+        source, target = self._details[which]
         if self._sizes[which] != len(batch):
             interpreter.resize_tensor_input(source["index"], list(batch.shape))
             interpreter.allocate_tensors()
@@ -95,17 +103,18 @@ class QuantizedModel:
             if full < len(x):
                 parts.append(self._run(1, x[full:]))
         if not parts:
-            return np.zeros((0, self._interpreters[0].get_output_details()[0]["shape"][-1]), dtype=np.float32)
+            return np.zeros((0, self._details[0][1]["shape"][-1]), dtype=np.float32)
         return np.concatenate(parts)
 
     def predict(self, x: np.ndarray, batch_size: int = 256, verbose: int = 0) -> np.ndarray:
         return self.predict_on_batch(x)
 
 
-def load(bundle: Path) -> QuantizedModel | None:
-    """The bundle's quantized CNN when it has one and camp is to serve it; else None (serve `model.keras`)."""
+def load(bundle: Path, weights: str = "served") -> QuantizedModel | None:
+    """The bundle's quantized CNN when it has one and camp is to serve it (`weights="served"`, and no
+    $CAMP_SERVE_FLOAT); else None (serve `model.keras`)."""
     path = Path(bundle) / QUANTIZED_FILE
-    if not path.is_file() or not use_quantized():
+    if not use_quantized(weights) or not path.is_file():
         return None
     return QuantizedModel(path.read_bytes())
 
@@ -119,24 +128,26 @@ def cnn_bundles(bundle: Path) -> list[Path]:
 
 def quantize_bundle(bundle: Path, validation_paths: list[str], load_served) -> dict:
     """Write `model.tflite` beside each CNN in `bundle` and keep them only if the served model's labels on
-    `validation_paths` stay the same for at least MIN_AGREEMENT of the readable images. `load_served(bundle)`
-    loads the bundle as served (`CampClassifier().load_bundle`). Returns what was decided, for tags."""
+    `validation_paths` stay the same for at least MIN_AGREEMENT of the readable images.
+    `load_served(bundle, weights=...)` loads the bundle as served (`CampClassifier().load_bundle`), and what
+    it returns has `keras_models()`: {folder: the Keras model loaded from it}, so each is loaded once.
+    Returns what was decided, for tags."""
     folders = cnn_bundles(bundle)
     if not folders:
         return {"serving": "float", "reason": "no CNN to quantize"}
     if _interpreter_class() is None:
         return {"serving": "float", "reason": "this TensorFlow has no tf.lite.Interpreter"}
-    import keras
-
-    previous = os.environ.get(FLOAT_ENV)
-    os.environ[FLOAT_ENV] = "1"
-    try:
-        float_probabilities = load_served(bundle).predict_files(validation_paths)
-    finally:
-        os.environ.pop(FLOAT_ENV) if previous is None else os.environ.__setitem__(FLOAT_ENV, previous)
+    float_served = load_served(bundle, weights="float")
+    float_probabilities = float_served.predict_files(validation_paths)
+    loaded = {Path(folder).resolve(): model for folder, model in float_served.keras_models().items()}
     for folder in folders:
-        model = keras.models.load_model(folder / "model.keras", compile=False)
+        model = loaded.get(folder.resolve())
+        if model is None:
+            import keras
+
+            model = keras.models.load_model(folder / "model.keras", compile=False)
         (folder / QUANTIZED_FILE).write_bytes(convert(model))
+    del float_served, loaded
     quantized_probabilities = load_served(bundle).predict_files(validation_paths)
     readable = (float_probabilities["error"] == "").to_numpy()
     columns = [c for c in float_probabilities.columns if c.startswith("p_")]

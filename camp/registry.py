@@ -44,13 +44,16 @@ class CampClassifier(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
         self.load_bundle(context.artifacts["bundle"])
 
-    def load_bundle(self, bundle: str | Path):
+    def load_bundle(self, bundle: str | Path, weights: str = "served"):
         """A trained run's bundle (`camp.json` + `model.keras` or the classical `model.pkl`), or an ensemble
-        bundle (`ensemble.json` + `members/<k>/`, each a run's bundle)."""
+        bundle (`ensemble.json` + `members/<k>/`, each a run's bundle). `weights="float"` serves the Keras
+        weights even where registration kept int8 ones (camp.quantize): to compare the two."""
         bundle = Path(bundle)
+        self.bundle = bundle
         if (bundle / "ensemble.json").is_file():
             spec = json.loads((bundle / "ensemble.json").read_text())
-            self.members = [CampClassifier().load_bundle(bundle / "members" / name) for name in spec["members"]]
+            self.members = [CampClassifier().load_bundle(bundle / "members" / name, weights)
+                            for name in spec["members"]]
             self.weights = [float(weight) for weight in spec["weights"]]
             self.labels = list(spec["labels"])
             if any(member.labels != self.labels for member in self.members):
@@ -71,7 +74,7 @@ class CampClassifier(mlflow.pyfunc.PythonModel):
         self.labels = list(meta["labels"])
         self.preprocess = PreprocessConfig(**meta["preprocess"])
         if (bundle / "model.keras").is_file():
-            self.model = quantize.load(bundle)  # int8 weights where registration kept them (camp.quantize)
+            self.model = quantize.load(bundle, weights)  # int8 weights where registration kept them
             if self.model is None:
                 import keras
 
@@ -79,6 +82,11 @@ class CampClassifier(mlflow.pyfunc.PythonModel):
         else:
             self.model = classical.load(bundle)
         return self
+
+    def keras_models(self) -> dict:
+        """{bundle folder: Keras model} of the CNNs this serves with float weights."""
+        members = self.members or [self]
+        return {member.bundle: member.model for member in members if hasattr(member.model, "save_weights")}
 
     def predict(self, context, model_input: pd.DataFrame, params=None):
         """The pyfunc entry (Python and `make serve`): an unreadable item's probabilities are None, which the

@@ -93,7 +93,7 @@ def test_warm_start_runs_first_and_an_ensemble_is_served_as_one_model(fin_sweep,
     uri = f"models:/camp-classifier/{version.version}"
     quantized = mlflow.pyfunc.load_model(uri).predict(pd.DataFrame({"image": encoded}))
     os.environ[quantize.FLOAT_ENV] = "1"  # the float weights, to compare with the members' own to the digit
-    try:
+    try:  # (the variable, as an operator sets it for `make serve`: it reaches the pyfunc's own load)
         served = mlflow.pyfunc.load_model(uri).predict(pd.DataFrame({"image": encoded}))
     finally:
         del os.environ[quantize.FLOAT_ENV]

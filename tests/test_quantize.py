@@ -75,8 +75,27 @@ def test_a_bundle_serves_int8_only_where_the_validation_labels_agree(bundle, ima
     frame = served.predict_files(images)
     assert (frame["error"] == "").all() and set(frame["label"]) <= set(LABELS)
 
+    float_weights = CampClassifier().load_bundle(bundle, weights="float")  # the same bundle, its Keras weights
+    assert not isinstance(float_weights.model, quantize.QuantizedModel)
+    assert list(float_weights.keras_models()) == [bundle] and not served.keras_models()
+    assert isinstance(CampClassifier().load_bundle(bundle).model, quantize.QuantizedModel)  # the default: served
     monkeypatch.setenv(quantize.FLOAT_ENV, "1")
     assert not isinstance(CampClassifier().load_bundle(bundle).model, quantize.QuantizedModel)
+    with pytest.raises(ValueError, match="weights must be one of"):
+        CampClassifier().load_bundle(bundle, weights="int4")
+
+
+def test_quantizing_loads_each_keras_model_once(bundle, images, monkeypatch):
+    import keras
+
+    from camp.registry import CampClassifier
+
+    monkeypatch.delenv(quantize.FLOAT_ENV, raising=False)
+    monkeypatch.setattr(quantize, "MIN_AGREEMENT", 0.0)
+    loads, real_load = [], keras.models.load_model
+    monkeypatch.setattr(keras.models, "load_model", lambda *args, **kwargs: loads.append(args[0]) or real_load(*args, **kwargs))
+    assert quantize.quantize_bundle(bundle, images, CampClassifier().load_bundle)["serving"] == "int8"
+    assert len(loads) == 1  # the float scoring's model is the one converted
 
 
 def test_without_an_interpreter_camp_serves_the_keras_model(bundle, images, monkeypatch):
