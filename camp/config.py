@@ -146,8 +146,14 @@ class FinalizeConfig:
     # on the other halves, this many times: a validation figure for the registered model that did not choose
     # it (the version's camp.heldout_value); 0 skips it
     heldout_splits: int = 50
+    # min_images_per_second: a serving floor (0: none); the ensemble, its members and its augmentation are
+    # chosen only among those whose estimated batch throughput on this machine meets it (camp.serving_cost)
+    min_images_per_second: float = 0.0
 
     def __post_init__(self):
+        if not 0 <= self.min_images_per_second <= 100_000:
+            raise ValueError(f"finalize.min_images_per_second must be in [0, 100000] (0: no serving floor), "
+                             f"got {self.min_images_per_second}")
         if not 0 <= self.heldout_splits <= 1000:
             raise ValueError(f"finalize.heldout_splits must be in [0, 1000] (0: no held-out estimate), "
                              f"got {self.heldout_splits}")

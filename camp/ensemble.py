@@ -47,8 +47,10 @@ def _macro_f1(y: np.ndarray, predicted: np.ndarray) -> float:
 
 
 def select(y: np.ndarray, candidates: list[np.ndarray], metric: str, maximize: bool, method: str = "caruana",
-           max_members: int = 3, rounds: int = 10) -> Selection:
-    """Choose an ensemble of `candidates` (each (N, classes) probabilities on the same N images)."""
+           max_members: int = 3, rounds: int = 10, affordable=None) -> Selection:
+    """Choose an ensemble of `candidates` (each (N, classes) probabilities on the same N images).
+    `affordable(set of candidate indices) -> bool`, when given, is a budget (camp.serving_cost): only member
+    sets it admits are considered, the best single candidate included (it must admit at least one)."""
     if not candidates:
         raise ValueError("ensemble selection needs at least one candidate")
     shapes = {candidate.shape for candidate in candidates}
@@ -58,11 +60,18 @@ def select(y: np.ndarray, candidates: list[np.ndarray], metric: str, maximize: b
 
     def better(a, b):
         return names.better(a, b, direction)
+    def admits(members) -> bool:
+        return affordable is None or bool(affordable(frozenset(members)))
     singles = [score(y, candidate, metric) for candidate in candidates]
-    order = sorted(range(len(candidates)), key=lambda i: singles[i], reverse=maximize)
+    order = [i for i in sorted(range(len(candidates)), key=lambda i: singles[i], reverse=maximize) if admits({i})]
+    if not order:
+        raise ValueError("ensemble selection: the budget admits none of the candidates")
     best = order[0]
     if method == "top_k":
-        members = order[:max_members]
+        members = []
+        for index in order:
+            if len(members) < max_members and admits({*members, index}):
+                members.append(index)
         counts = {member: 1 for member in members}
     else:
         # every round adds the best member (repeats allowed); the best prefix of the rounds is kept, so a
@@ -72,7 +81,7 @@ def select(y: np.ndarray, candidates: list[np.ndarray], metric: str, maximize: b
         for _ in range(rounds):
             pick, pick_value = None, None
             for index in order:  # ties go to the better single model
-                if index not in picks and len(set(picks)) >= max_members:
+                if index not in picks and (len(set(picks)) >= max_members or not admits({*picks, index})):
                     continue
                 value = score(y, (total + candidates[index]) / (len(picks) + 1), metric)
                 if pick_value is None or better(value, pick_value):

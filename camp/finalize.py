@@ -20,7 +20,7 @@ import mlflow
 import numpy as np
 import optuna
 
-from camp import ensemble, metrics, names, promotion, refit_full, registry, run_config, tracking
+from camp import ensemble, metrics, names, promotion, refit_full, registry, run_config, serving_cost, tracking
 from camp.sweep_summary import champion_lock, register_champion
 
 STATE = optuna.trial.TrialState
@@ -82,7 +82,10 @@ def _register_result(study: optuna.Study, plan, summary: dict, storage, parent_r
     metric = plan.study_file.study.metric
     y = np.asarray(pool[0][1]["y_true"])
     options = tta_options(pool, config.tta)
-    tta, selection, use_ensemble, selections = choose(y, options, config, metric, study.direction)
+    affordable = _serving_floor(pool, options, config, metric, study.direction, y, summary)
+    if affordable is not None:
+        options = {tta: options[tta] for tta in affordable}
+    tta, selection, use_ensemble, selections = choose(y, options, config, metric, study.direction, affordable)
     plain_best = selections["none"].best_single_value
     members = [pool[i][0] for i in selection.members]
     gain = (selection.value - plain_best) * names.gain_sign(study.direction)
@@ -90,7 +93,7 @@ def _register_result(study: optuna.Study, plan, summary: dict, storage, parent_r
                            "weights": [round(w, 3) for w in selection.weights], "value": round(selection.value, 4),
                            "best_single_value": round(plain_best, 4), "gain": round(gain, 4)}
     if config.heldout_splits:
-        heldout, error = heldout_estimate(y, options, config, metric, study.direction)
+        heldout, error = heldout_estimate(y, options, config, metric, study.direction, affordable)
         summary["ensemble"]["heldout_value"], summary["ensemble"]["heldout_se"] = round(heldout, 4), round(error, 4)
         print(f"finalize: {metric} {selection.value:.4f} is scored on the images it was chosen on; chosen on half of "
               f"them and scored on the other half ({config.heldout_splits} splits) the same procedure scores "
@@ -137,15 +140,18 @@ def tta_options(pool, tta: str) -> dict[str, list[np.ndarray]]:
     return options
 
 
-def choose(y: np.ndarray, options: dict[str, list[np.ndarray]], config, metric: str, direction):
+def choose(y: np.ndarray, options: dict[str, list[np.ndarray]], config, metric: str, direction,
+           affordable: dict | None = None):
     """finalize's whole choice on validation labels `y` and candidates' probabilities per augmentation
     (`tta_options`): an ensemble selection per augmentation, the augmentation (`_choose`), and the ensemble or
-    its best single candidate (`_uses_ensemble`). Returns (tta, the registered selection, whether it is an
-    ensemble, every augmentation's selection)."""
+    its best single candidate (`_uses_ensemble`); with `affordable` ({tta: predicate}, the serving floor's
+    budget: camp.serving_cost), only member sets it admits. Returns (tta, the registered selection, whether
+    it is an ensemble, every augmentation's selection)."""
     maximize = names.maximizing(direction)
     method = config.ensemble if config.ensemble != "none" else "top_k"
     members_cap = config.max_members if config.ensemble != "none" else 1
-    selections = {tta: ensemble.select(y, probabilities, metric, maximize, method, members_cap, config.rounds)
+    selections = {tta: ensemble.select(y, probabilities, metric, maximize, method, members_cap, config.rounds,
+                                       affordable=(affordable or {}).get(tta))
                   for tta, probabilities in options.items()}
     tta, selection = _choose(selections, config, direction)
     use_ensemble = _uses_ensemble(selection, config, direction)
@@ -156,15 +162,45 @@ def choose(y: np.ndarray, options: dict[str, list[np.ndarray]], config, metric: 
 
 
 def heldout_estimate(y: np.ndarray, options: dict[str, list[np.ndarray]], config, metric: str,
-                     direction) -> tuple[float, float]:
+                     direction, affordable: dict | None = None) -> tuple[float, float]:
     """`choose` as a procedure, scored on validation images it did not choose on (split halves,
     `config.heldout_splits` splits: camp.ensemble.split_half_estimate): (mean, standard error)."""
     def procedure(indices):
         tta, selection, _, _ = choose(y[indices], {name: [p[indices] for p in candidates]
                                                    for name, candidates in options.items()},
-                                      config, metric, direction)
+                                      config, metric, direction, affordable)
         return lambda other: ensemble.average([options[tta][m][other] for m in selection.members], selection.weights)
     return ensemble.split_half_estimate(y, procedure, metric, config.heldout_splits)
+
+
+def _serving_floor(pool, options, config, metric: str, direction, y, summary: dict) -> dict | None:
+    """With `min_images_per_second`: each candidate's serving cost measured here (camp.serving_cost), and
+    {tta: affordable(members)} for `choose`; the choice without the floor is printed beside it, so the
+    floor's price on validation is plain. None without a floor."""
+    floor = config.min_images_per_second
+    if not floor:
+        return None
+    paths = run_config.validation_paths(_meta(pool[0][0]))
+    costs = serving_cost.measure(pool, paths)
+    affordable, kept, notes = serving_cost.budgets(costs, floor, options)
+    free_tta, free, _, _ = choose(y, options, config, metric, direction)
+    tta, chosen, _, _ = choose(y, {name: options[name] for name in kept}, config, metric, direction, affordable)
+    summary["serving_floor"] = {
+        "min_images_per_second": floor, "estimated_images_per_second": round(costs.images_per_second(chosen.members, tta), 1),
+        "value": round(chosen.value, 4), "without_floor": {
+            "value": round(free.value, 4), "tta": free_tta, "members": len(free.members),
+            "estimated_images_per_second": round(costs.images_per_second(free.members, free_tta), 1)}}
+    for note in notes:
+        print(f"finalize: serving floor: {note}")
+    print(f"finalize: serving floor {floor:g} images/s: {metric} {chosen.value:.4f} at an estimated "
+          f"{costs.images_per_second(chosen.members, tta):.0f} images/s ({len(chosen.members)} member(s), tta {tta}); "
+          f"without the floor {free.value:.4f} at ~{costs.images_per_second(free.members, free_tta):.0f} images/s "
+          f"({len(free.members)} member(s), tta {free_tta})")
+    return affordable
+
+
+def _meta(trial) -> dict:
+    return mlflow.artifacts.load_dict(f"runs:/{trial.user_attrs['mlflow_run_id']}/bundle/camp.json")
 
 
 def _uses_ensemble(selection: ensemble.Selection, config, direction) -> bool:

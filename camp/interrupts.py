@@ -62,6 +62,18 @@ def as_interrupt(error: BaseException) -> BaseException:
     return KeyboardInterrupt(interrupted())
 
 
+def raise_if_interrupted(error: BaseException, cleanup) -> None:
+    """In an `except BaseException` block: when `error` is, or stands for (`as_interrupt`), an interrupt,
+    run `cleanup()` and raise the KeyboardInterrupt; otherwise return, for the caller's own handling."""
+    interrupt = as_interrupt(error)
+    if not isinstance(interrupt, KeyboardInterrupt):
+        return
+    cleanup()
+    if interrupt is error:
+        raise error
+    raise interrupt from error
+
+
 def while_interrupted(action, what: str, attempts: int = 6) -> None:
     """Run bookkeeping (ending a run as KILLED, failing a trial) while an interrupt is being handled: a store
     busy under load (SQLite's "database is locked") is retried, and a last failure is reported, never

@@ -83,6 +83,7 @@ TTA = "camp.tta"  # test-time augmentation of a registered model: none | flip
 # whose served label the int8 weights keep
 SERVING = "camp.serving"
 SERVING_AGREEMENT = "camp.serving_agreement"
+SERVING_SPEED = "camp.serving_images_per_second"  # batch throughput measured at registration, on that machine
 FINALIST_OF = "camp.finalist_of"  # a finalist trial's run: the trial whose config it trains again, longer
 # what a run, or a registered version's members, was fit on: train (absent) or train+validation
 # (study.finalize.train_on_validation); validation then scores nothing and test is the held-out score

@@ -195,6 +195,50 @@ def _model_inputs(decoded: list, preprocess: PreprocessConfig) -> tuple[np.ndarr
     return (np.stack(inputs) if inputs else None), rows, errors
 
 
+SPEED_BATCH = 256  # images per call when registration measures the served model's speed
+
+
+def client_batch(paths, size: int = SPEED_BATCH) -> list[bytes]:
+    """`size` images as a client sends them (encoded bytes), the files at `paths` repeated as needed."""
+    values = []
+    for path in paths:
+        try:
+            values.append(Path(path).read_bytes())
+        except OSError:  # a file gone since training: measured without it
+            continue
+    if not values:
+        raise ValueError(f"measuring serving speed needs at least one readable image; none of {len(paths)} was")
+    return (values * (size // len(values) + 1))[:size]
+
+
+def seconds_per_image(call, count: int, repeats: int = 3) -> float:
+    """`call()` handles `count` images: the median of `repeats` timed calls after one warm-up, per image."""
+    import time
+
+    call()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - started)
+    return float(np.median(times)) / count
+
+
+def served_images_per_second(served: CampClassifier, paths) -> float:
+    """Batch throughput of a loaded served model on the images at `paths`, sent as client bytes."""
+    values = client_batch(paths)
+    return 1.0 / seconds_per_image(lambda: served.probabilities(values), len(values))
+
+
+def preprocessing_seconds_per_image(preprocess: PreprocessConfig, values: list) -> float:
+    """What vetting, decoding and preprocessing cost per image before any model runs (an ensemble's
+    members with the same preprocessing share it)."""
+    def run():
+        sources, _ = serving_input.vet(values)
+        _model_inputs(_decoded(sources, preprocess.decode_reduction), preprocess)
+    return seconds_per_image(run, len(values))
+
+
 def resolve_version(model_uri: str):
     """`models:/NAME@ALIAS` or `models:/NAME/VERSION` -> the registered MLflow ModelVersion; anything else,
     or a version the store does not have, is a ValueError naming the URI and the store."""
@@ -230,9 +274,14 @@ def log_pyfunc(bundle_dir: str | Path, x_example: str | Path, validation: list[s
         decision = quantize.quantize_bundle(Path(bundle_dir), validation, CampClassifier().load_bundle)
         mlflow.set_tags({names.SERVING: decision["serving"], **({names.SERVING_AGREEMENT: decision["agreement"]}
                                                                  if "agreement" in decision else {})})
+    served = CampClassifier().load_bundle(bundle_dir)
+    if validation:  # how fast it serves on the machine that registers it, for the registry and the report
+        decision["images_per_second"] = round(served_images_per_second(served, validation), 1)
+        mlflow.set_tag(names.SERVING_SPEED, f"{decision['images_per_second']:.1f}")
+    if validation is not None:
         print(f"serving: {json.dumps(decision)}")
     example = example_input(x_example)
-    output = CampClassifier().load_bundle(bundle_dir).predict_images(list(example["image"]))
+    output = served.predict_images(list(example["image"]))
     return mlflow.pyfunc.log_model(
         name="model", python_model=CampClassifier(), artifacts={"bundle": str(bundle_dir)},
         code_paths=[str(PACKAGE_DIR)], signature=infer_signature(example, output), input_example=example,

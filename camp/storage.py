@@ -1,4 +1,4 @@
-"""Optuna study storage for camp, and recovery from dead or stopped workers.
+"""Optuna study storage for camp, and recovery from dead, stopped or interrupted workers.
 
 Storage defaults to a journal file under mlruns/ (several processes on one machine); an RDB URL
 (postgresql://...) is shared by workers on many machines, with Optuna's heartbeat on.
@@ -26,6 +26,7 @@ import optuna
 from optuna.storages._heartbeat import is_heartbeat_enabled
 
 from camp import names, tracking
+from camp.interrupts import while_interrupted
 
 DEFAULT_JOURNAL = Path("mlruns/optuna.journal")
 STATE = optuna.trial.TrialState
@@ -291,3 +292,32 @@ def tidy_study(study: optuna.Study) -> None:
     reap_dead_local_workers(study)
     for trial in study.get_trials(deepcopy=False, states=(STATE.FAIL,)):
         kill_trial_run(trial, "trial failed while its MLflow run was left running")
+
+
+def end_killed_run(run_id: str) -> None:
+    """Tag the trial's run and end it as KILLED; each step retried (`while_interrupted`), the second writes
+    the status directly (MLflow pops the active run before it writes, so a failed write leaves nothing to end)."""
+    import mlflow
+
+    def end():
+        active = mlflow.active_run()
+        if active is not None and active.info.run_id == run_id:
+            mlflow.end_run("KILLED")
+        else:
+            mlflow.MlflowClient().set_terminated(run_id, "KILLED")
+    while_interrupted(lambda: mlflow.set_tags({names.STATE: "FAIL", names.KILLED: "interrupted (SIGINT/SIGTERM)"}),
+                      f"tag MLflow run {run_id} as killed")
+    while_interrupted(end, f"end MLflow run {run_id}")
+
+
+def stop_own_trials(study: optuna.Study, parent_run_id: str) -> None:
+    """After an interrupt: no trial of this process stays RUNNING in Optuna or MLflow."""
+    import mlflow
+
+    while mlflow.active_run() is not None and mlflow.active_run().info.run_id != parent_run_id:
+        mlflow.set_tag(names.KILLED, "interrupted (SIGINT/SIGTERM)")
+        mlflow.end_run("KILLED")
+    me = worker_id()
+    for trial in study.get_trials(deepcopy=False, states=(STATE.RUNNING,)):
+        if trial.user_attrs.get("worker") == me and fail_trial(study, trial):
+            kill_trial_run(study._storage.get_trial(trial._trial_id), "interrupted (SIGINT/SIGTERM)")

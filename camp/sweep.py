@@ -27,7 +27,13 @@ from camp import names, refit, tracking, warm_start
 from camp.budget import MAX_SKIPS_IN_A_ROW, cheapest_seconds, expected_seconds
 from camp.config import StudyFile, load_study_file
 from camp.finalize import finalize
-from camp.interrupts import as_interrupt, interrupted, interrupts_raise_once, quiet_interrupt_tracebacks, while_interrupted
+from camp.interrupts import (
+    interrupted,
+    interrupts_raise_once,
+    quiet_interrupt_tracebacks,
+    raise_if_interrupted,
+    while_interrupted,
+)
 from camp.model import ModelConfig
 from camp.preflight import check_same_data, check_same_space, preflight
 from camp.preprocess import PreprocessConfig
@@ -37,12 +43,12 @@ from camp.storage import (
     DEFAULT_JOURNAL,
     STATE,
     STORAGE_ENV,
+    end_killed_run,
     end_stale_sweep_runs,
-    fail_trial,
     heartbeat_settings,
-    kill_trial_run,
     make_storage,
     reap_dead_local_workers,
+    stop_own_trials,
     tidy_study,
     worker_id,
 )
@@ -192,19 +198,10 @@ def make_objective(plan: Plan, parent_run_id: str, started: float | None = None)
             except optuna.TrialPruned as error:
                 pruned = error
                 mlflow.set_tag(names.STATE, "PRUNED")
-            except BaseException as error:
-                interrupt = as_interrupt(error)
-                if not isinstance(interrupt, KeyboardInterrupt):
-                    mlflow.set_tag(names.STATE, "FAIL")
-                    raise
-                # Ctrl-C / SIGTERM: FAIL in Optuna (it re-raises a KeyboardInterrupt), KILLED here
-                while_interrupted(lambda: mlflow.set_tags({names.STATE: "FAIL",
-                                                           names.KILLED: "interrupted (SIGINT/SIGTERM)"}),
-                                  f"tag MLflow run {run.info.run_id} as killed")
-                while_interrupted(lambda: _end_killed(run.info.run_id), f"end MLflow run {run.info.run_id}")
-                if interrupt is error:
-                    raise
-                raise interrupt from error
+            except BaseException as error:  # Ctrl-C / SIGTERM: FAIL in Optuna (it re-raises), KILLED here
+                raise_if_interrupted(error, lambda: end_killed_run(run.info.run_id))
+                mlflow.set_tag(names.STATE, "FAIL")
+                raise
             else:
                 if not math.isfinite(result.value):
                     mlflow.set_tag(names.STATE, "FAIL")
@@ -217,31 +214,6 @@ def make_objective(plan: Plan, parent_run_id: str, started: float | None = None)
         return result.value
 
     return objective
-
-
-def _end_killed(run_id: str) -> None:
-    """End the trial's run as KILLED; retried, it writes the status directly (MLflow pops the active run
-    before it writes, so a write that failed leaves nothing to end)."""
-    import mlflow
-
-    active = mlflow.active_run()
-    if active is not None and active.info.run_id == run_id:
-        mlflow.end_run("KILLED")
-    else:
-        mlflow.MlflowClient().set_terminated(run_id, "KILLED")
-
-
-def _stop_own_trials(study: optuna.Study, parent_run_id: str) -> None:
-    """After an interrupt: no trial of this process stays RUNNING in Optuna or MLflow."""
-    import mlflow
-
-    while mlflow.active_run() is not None and mlflow.active_run().info.run_id != parent_run_id:
-        mlflow.set_tag(names.KILLED, "interrupted (SIGINT/SIGTERM)")
-        mlflow.end_run("KILLED")
-    me = worker_id()
-    for trial in study.get_trials(deepcopy=False, states=(STATE.RUNNING,)):
-        if trial.user_attrs.get("worker") == me and fail_trial(study, trial):
-            kill_trial_run(study._storage.get_trial(trial._trial_id), "interrupted (SIGINT/SIGTERM)")
 
 
 def run_worker(plan: Plan, parent_run_id: str, worker_index: int, workers: int) -> None:
@@ -284,15 +256,11 @@ def run_worker(plan: Plan, parent_run_id: str, worker_index: int, workers: int) 
                        callbacks=[stop_at_target, stop_on_failures,
                                   reap, Progress(plan, workers)])
     except BaseException as error:
-        interrupt = as_interrupt(error)
-        if not isinstance(interrupt, KeyboardInterrupt):
-            raise
-        while_interrupted(lambda: _stop_own_trials(study, parent_run_id), "mark this worker's trials failed")
-        if interrupt is error:
-            raise
-        raise interrupt from error
+        raise_if_interrupted(error, lambda: while_interrupted(lambda: stop_own_trials(study, parent_run_id),
+                                                              "mark this worker's trials failed"))
+        raise
     if interrupted():  # the interrupt became an error Optuna caught outside the objective: stop all the same
-        while_interrupted(lambda: _stop_own_trials(study, parent_run_id), "mark this worker's trials failed")
+        while_interrupted(lambda: stop_own_trials(study, parent_run_id), "mark this worker's trials failed")
         raise KeyboardInterrupt(interrupted())
 
 

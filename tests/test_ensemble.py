@@ -32,6 +32,35 @@ def test_caruana_combines_models_that_err_on_different_images():
     assert len(capped.members) == 1 and capped.value == pytest.approx(capped.best_single_value)
 
 
+def test_a_budget_limits_which_member_sets_are_considered():
+    """camp.serving_cost's floor as `affordable`: no member set it refuses is chosen, and the best single
+    candidate is the best one admitted."""
+    y = np.array([0, 1, 2] * 10)
+    candidates = []
+    for number, wrong in enumerate((slice(0, 10), slice(10, 20), slice(20, 30))):
+        probabilities = _one_hot(y, confidence=0.6 + 0.01 * number)
+        rows = np.arange(30)[wrong]
+        probabilities[rows] = 0.2
+        probabilities[rows, (y[rows] + 1) % 3] = 0.45
+        probabilities[rows, y[rows]] = 0.35
+        candidates.append(probabilities)
+    seen = []
+
+    def two_at_most(members):
+        seen.append(members)
+        return len(members) <= 2
+    for method in ("caruana", "top_k"):
+        budgeted = select(y, candidates, "val/macro_f1", maximize=True, method=method, max_members=3,
+                          affordable=two_at_most)
+        assert 1 <= len(budgeted.members) <= 2
+    assert all(isinstance(members, frozenset) for members in seen)
+    not_the_best = select(y, candidates, "val/macro_f1", maximize=True, max_members=3,
+                          affordable=lambda members: 0 not in members)
+    assert not_the_best.best_single != 0 and 0 not in not_the_best.members
+    with pytest.raises(ValueError, match="admits none"):
+        select(y, candidates, "val/macro_f1", maximize=True, affordable=lambda members: False)
+
+
 def test_caruana_never_scores_below_the_best_single_model():
     rng = np.random.default_rng(1)
     y = rng.integers(0, 4, 60)

@@ -108,6 +108,7 @@ def test_warm_start_runs_first_and_an_ensemble_is_served_as_one_model(fin_sweep,
     assert list(served["label"]) == [labels[i] for i in expected.argmax(axis=1)]
     # as registered, its CNN member serves int8 weights: close to the float ensemble, not equal to it
     assert run.data.tags["camp.serving"] == "int8" and float(run.data.tags["camp.serving_agreement"]) >= 0.99
+    assert float(run.data.tags["camp.serving_images_per_second"]) > 0  # measured at registration, on this machine
     np.testing.assert_allclose(quantized[[f"p_{label}" for label in labels]].to_numpy(float), expected, atol=0.02)
 
 
@@ -260,3 +261,40 @@ def test_the_held_out_estimate_repeats_the_whole_choice_on_images_it_did_not_cho
     heldout, error = finalize.heldout_estimate(y, options, config, "val/macro_f1", "maximize")
     assert abs(heldout - 0.2) < 0.04 and error < 0.01
     assert selection.value > heldout + 0.05
+
+
+@pytest.mark.slow
+def test_a_serving_floor_measures_each_candidate_and_chooses_only_what_it_admits(fin_sweep, monkeypatch, capsys):
+    """Each candidate is served alone (CNNs as int8) and timed; the floor then keeps the expensive candidates
+    out of the choice, and the choice without the floor is reported beside it."""
+    from camp import finalize, run_config, serving_cost
+    from camp.config import FinalizeConfig
+    from camp.preprocess import PreprocessConfig
+
+    directory, path, study = fin_sweep
+    pool = finalize.candidates(study, True)
+    paths = run_config.validation_paths(finalize._meta(pool[0][0]))
+    costs = serving_cost.measure(pool, paths)
+    assert len(costs.model_seconds) == len(pool) and min(costs.model_seconds) > 0
+    assert all(isinstance(key, PreprocessConfig) for key in costs.preprocess_of)
+    assert 0 < costs.images_per_second({0}, "none") < float("inf")
+
+    # known costs: every CNN candidate is too slow for the floor, the HOG ones are not
+    cnn = [m for m, (trial, _) in enumerate(pool) if trial.params.get("model.family") == "cnn"
+           or trial.user_attrs.get("family") == "cnn"]
+    assert cnn and len(cnn) < len(pool)
+    fixed = serving_cost.Costs(["p"] * len(pool), [0.01 if m in cnn else 0.0001 for m in range(len(pool))], {"p": 0.0001})
+    monkeypatch.setattr(serving_cost, "measure", lambda pool, paths: fixed)
+    config = FinalizeConfig(ensemble="caruana", max_members=3, tta="auto", min_images_per_second=1000)
+    y = np.asarray(pool[0][1]["y_true"])
+    options = finalize.tta_options(pool, config.tta)
+    summary: dict = {}
+    affordable = finalize._serving_floor(pool, options, config, "val/macro_f1", "maximize", y, summary)
+    tta, selection, _, _ = finalize.choose(y, {name: options[name] for name in affordable}, config, "val/macro_f1",
+                                           "maximize", affordable)
+    assert not set(selection.members) & set(cnn)
+    assert fixed.images_per_second(selection.members, tta) >= 1000
+    floor = summary["serving_floor"]
+    assert floor["min_images_per_second"] == 1000 and floor["estimated_images_per_second"] >= 1000
+    assert floor["value"] == pytest.approx(selection.value, abs=1e-4)
+    assert "without the floor" in capsys.readouterr().out
