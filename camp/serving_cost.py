@@ -14,14 +14,13 @@ at registration (`camp.serving_images_per_second`), and finalize prints it besid
 from __future__ import annotations
 
 import dataclasses
-import functools
 import tempfile
 from pathlib import Path
 
 import mlflow
 
 from camp import quantize
-from camp.registry import CampClassifier, client_batch, preprocessing_seconds_per_image, seconds_per_image
+from camp.registry import CampClassifier, client_batches, preprocessing_seconds_per_image, seconds_per_image
 
 VIEWS = {"none": 1, "flip": 2}  # model passes per image under each test-time augmentation
 
@@ -47,7 +46,7 @@ class Costs:
 def measure(pool, paths: list[str]) -> Costs:
     """Serve each candidate of `pool` ((trial, val_predictions) pairs) alone on `paths` and split its
     cost per image into preprocessing and model."""
-    values = client_batch(paths)
+    batches = client_batches(paths)
     preprocess_of, model_seconds, preprocess_seconds = [], [], {}
     with tempfile.TemporaryDirectory() as directory:
         for position, (trial, _) in enumerate(pool):
@@ -60,8 +59,8 @@ def measure(pool, paths: list[str]) -> Costs:
             served = CampClassifier().load_bundle(bundle)
             key = served.preprocess
             if key not in preprocess_seconds:
-                preprocess_seconds[key] = preprocessing_seconds_per_image(key, values)
-            total = seconds_per_image(functools.partial(served.probabilities, values), len(values))
+                preprocess_seconds[key] = preprocessing_seconds_per_image(key, batches)
+            total = seconds_per_image(served.probabilities, batches)
             preprocess_of.append(key)
             model_seconds.append(max(total - preprocess_seconds[key], 1e-6))
     return Costs(preprocess_of, model_seconds, preprocess_seconds)

@@ -181,3 +181,22 @@ def test_resolve_version_names_the_uri_and_the_store(isolated, uri, message):
     with pytest.raises(ValueError, match=message) as error:
         registry.resolve_version(uri)
     assert uri in str(error.value)
+
+
+def test_speed_batches_are_distinct_requests_and_skip_files_gone(tmp_path):
+    """Timing the same request twice would flatter a model that remembers a request (classical.FeatureMemo)."""
+    from camp.registry import client_batches, seconds_per_image
+
+    paths = []
+    for index in range(5):  # more files than batches: every batch is another request
+        path = tmp_path / f"{index}.jpg"
+        path.write_bytes(bytes([index]) * 10)
+        paths.append(path)
+    batches = client_batches([*paths, tmp_path / "gone.jpg"], size=7, count=4)
+    assert len(batches) == 4 and all(len(batch) == 7 for batch in batches)
+    assert len({tuple(batch) for batch in batches}) == 4
+    assert batches[1][0] == paths[1].read_bytes()  # each starts one file later
+    seen = []
+    assert seconds_per_image(seen.append, batches) >= 0 and seen == batches  # the first is the warm-up
+    with pytest.raises(ValueError, match="none of 1"):
+        client_batches([tmp_path / "gone.jpg"])
