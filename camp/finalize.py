@@ -104,7 +104,8 @@ def _register_result(study: optuna.Study, plan, summary: dict, storage, parent_r
     described = ", ".join(f"#{t.number} x{w:.2f}" for t, w in zip(members, selection.weights))
     if "flip" in selections:
         print(f"finalize: flip test-time augmentation: {metric} {selections['flip'].value:.4f} with, "
-              f"{selections['none'].value:.4f} without ({config.tta}: {'flip' if tta == 'flip' else 'none'})")
+              f"{selections['none'].value:.4f} without ({config.tta}: {'flip' if tta == 'flip' else 'none'})"
+              + (", each within the serving floor" if affordable is not None else ""))
     retrained = (refit_full.retrain(members, study.study_name, parent_run_id, time_left, workers)
                  if config.train_on_validation else None)
     if tta == "none" and not use_ensemble and retrained is None:
