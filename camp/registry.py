@@ -200,13 +200,13 @@ SPEED_REPEATS = 3
 
 
 def client_batches(paths, size: int = SPEED_BATCH, count: int = SPEED_REPEATS + 1) -> list[list[bytes]]:
-    """`count` batches of `size` images as a client sends them (encoded bytes), the files at `paths` repeated
-    as needed, each batch starting one file later: with more files than batches no two are the same request,
+    """`count` batches of `size` images as a client sends them to `make serve` (base64 text of the encoded
+    file: decoding it is part of serving), the files at `paths` repeated as needed, each batch starting one file later: with more files than batches no two are the same request,
     so nothing a served model remembers of a request (classical.FeatureMemo) makes a repeat look faster."""
     values = []
     for path in paths:
         try:
-            values.append(Path(path).read_bytes())
+            values.append(base64.b64encode(Path(path).read_bytes()).decode("ascii"))
         except OSError:  # a file gone since training: measured without it
             continue
     if not values:
@@ -229,7 +229,7 @@ def seconds_per_image(call, batches: list) -> float:
 
 
 def served_images_per_second(served: CampClassifier, paths) -> float:
-    """Batch throughput of a loaded served model on the images at `paths`, sent as client bytes."""
+    """Batch throughput of a loaded served model on the images at `paths`, sent as a client sends them."""
     return 1.0 / seconds_per_image(served.probabilities, client_batches(paths))
 
 

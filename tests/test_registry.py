@@ -195,7 +195,7 @@ def test_speed_batches_are_distinct_requests_and_skip_files_gone(tmp_path):
     batches = client_batches([*paths, tmp_path / "gone.jpg"], size=7, count=4)
     assert len(batches) == 4 and all(len(batch) == 7 for batch in batches)
     assert len({tuple(batch) for batch in batches}) == 4
-    assert batches[1][0] == paths[1].read_bytes()  # each starts one file later
+    assert base64.b64decode(batches[1][0]) == paths[1].read_bytes()  # each starts one file later, as base64
     seen = []
     assert seconds_per_image(seen.append, batches) >= 0 and seen == batches  # the first is the warm-up
     with pytest.raises(ValueError, match="none of 1"):
