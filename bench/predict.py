@@ -53,7 +53,7 @@ def main() -> None:
     import pandas as pd
 
     from camp import data, quantize
-    from camp.registry import CampClassifier
+    from camp.registry import CampClassifier, client_batches
 
     if args.code == "checkout":
         model_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=args.model))
@@ -70,12 +70,11 @@ def main() -> None:
         model = mlflow.pyfunc.load_model(args.model)
 
     # what a client sends: each image base64-encoded (the served model does not read client-named paths)
-    paths = [base64.b64encode(Path(item.path).read_bytes()).decode("ascii")
-             for item in data.load_dataset(args.data).split("validation")]
-    # each timed batch starts one image later: the same request twice would let a model that remembers a
-    # request (classical.FeatureMemo: HOG features of the last two batches) answer the repeat from memory
-    cycle = paths * ((args.batch + 4) // len(paths) + 1)
-    batches = [cycle[start:start + args.batch] for start in range(4)]
+    files = [item.path for item in data.load_dataset(args.data).split("validation")]
+    paths = [base64.b64encode(Path(path).read_bytes()).decode("ascii") for path in files]
+    # distinct requests (each starts one image later), as registration times them: the same request twice
+    # would let a model that remembers a request (classical.FeatureMemo) answer the repeat from memory
+    batches = client_batches(files, args.batch)
 
     def measure(call) -> dict:
         call(pd.DataFrame({"image": paths[:2]}))  # warm-up

@@ -27,7 +27,7 @@ def main() -> None:
     import mlflow
 
     from camp import data, registry
-    from camp.serving_cost import Costs
+    from camp.serving_cost import Costs, add
 
     paths = [item.path for item in data.load_dataset(args.data).split("validation")]
     batches = registry.client_batches(paths)
@@ -35,21 +35,14 @@ def main() -> None:
     served = registry.CampClassifier().load_bundle(bundle)
     members = served.members or [served]
     registered_tta = members[0].tta
-    preprocess_of, model_seconds, preprocess_seconds, alone = [], [], {}, []
+    costs = Costs([], [], {})
     for member in members:
         member.tta = "none"
-        key = member.preprocess
-        if key not in preprocess_seconds:
-            preprocess_seconds[key] = registry.preprocessing_seconds_per_image(key, batches)
-        total = registry.seconds_per_image(member.probabilities, batches)
-        alone.append(round(1 / total, 1))
-        preprocess_of.append(key)
-        model_seconds.append(max(total - preprocess_seconds[key], 1e-6))
-    costs = Costs(preprocess_of, model_seconds, preprocess_seconds)
+        add(costs, member, batches)
     result = {"bench": "serving_cost", "model": args.model, "members": len(members), "tta": registered_tta,
-              "member_alone_images_per_second": alone,
-              "member_model_ms": [round(1000 * s, 3) for s in model_seconds],
-              "preprocessing_ms": [round(1000 * s, 3) for s in preprocess_seconds.values()]}
+              "member_alone_images_per_second": [round(costs.images_per_second({m}, "none"), 1) for m in range(len(members))],
+              "member_model_ms": [round(1000 * s, 3) for s in costs.model_seconds],
+              "preprocessing_ms": [round(1000 * s, 3) for s in costs.preprocess_seconds.values()]}
     for tta in ("none", "flip"):
         for member in members:
             member.tta = tta

@@ -82,10 +82,13 @@ def _register_result(study: optuna.Study, plan, summary: dict, storage, parent_r
     metric = plan.study_file.study.metric
     y = np.asarray(pool[0][1]["y_true"])
     options = tta_options(pool, config.tta)
-    affordable = _serving_floor(pool, options, config, metric, study.direction, y, summary)
-    if affordable is not None:
-        options = {tta: options[tta] for tta in affordable}
+    unconstrained, affordable = options, None
+    if config.min_images_per_second:  # the serving floor: each candidate's cost measured here
+        costs = serving_cost.measure(pool, run_config.validation_paths(_meta(pool[0][0])))
+        affordable, options, notes = serving_cost.budgets(costs, config.min_images_per_second, options)
     tta, selection, use_ensemble, selections = choose(y, options, config, metric, study.direction, affordable)
+    if affordable is not None:
+        _report_floor(costs, notes, tta, selection, y, unconstrained, config, metric, study.direction, summary)
     plain_best = selections["none"].best_single_value
     members = [pool[i][0] for i in selection.members]
     gain = (selection.value - plain_best) * names.gain_sign(study.direction)
@@ -174,18 +177,12 @@ def heldout_estimate(y: np.ndarray, options: dict[str, list[np.ndarray]], config
     return ensemble.split_half_estimate(y, procedure, metric, config.heldout_splits)
 
 
-def _serving_floor(pool, options, config, metric: str, direction, y, summary: dict) -> dict | None:
-    """With `min_images_per_second`: each candidate's serving cost measured here (camp.serving_cost), and
-    {tta: affordable(members)} for `choose`; the choice without the floor is printed beside it, so the
-    floor's price on validation is plain. None without a floor."""
+def _report_floor(costs, notes: list[str], tta: str, chosen, y, unconstrained: dict, config, metric: str, direction,
+                  summary: dict) -> None:
+    """Print and record the serving floor's choice beside the one `choose` makes without it, so the floor's
+    price on validation is plain."""
     floor = config.min_images_per_second
-    if not floor:
-        return None
-    paths = run_config.validation_paths(_meta(pool[0][0]))
-    costs = serving_cost.measure(pool, paths)
-    affordable, kept, notes = serving_cost.budgets(costs, floor, options)
-    free_tta, free, _, _ = choose(y, options, config, metric, direction)
-    tta, chosen, _, _ = choose(y, {name: options[name] for name in kept}, config, metric, direction, affordable)
+    free_tta, free, _, _ = choose(y, unconstrained, config, metric, direction)
     summary["serving_floor"] = {
         "min_images_per_second": floor, "estimated_images_per_second": round(costs.images_per_second(chosen.members, tta), 1),
         "value": round(chosen.value, 4), "without_floor": {
@@ -197,7 +194,6 @@ def _serving_floor(pool, options, config, metric: str, direction, y, summary: di
           f"{costs.images_per_second(chosen.members, tta):.0f} images/s ({len(chosen.members)} member(s), tta {tta}); "
           f"without the floor {free.value:.4f} at ~{costs.images_per_second(free.members, free_tta):.0f} images/s "
           f"({len(free.members)} member(s), tta {free_tta})")
-    return affordable
 
 
 def _meta(trial) -> dict:

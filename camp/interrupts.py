@@ -37,10 +37,8 @@ def interrupts_raise_once():
     try:
         yield
     except BaseException as error:
-        interrupt = as_interrupt(error)
-        if interrupt is error:
-            raise
-        raise interrupt from error
+        raise_if_interrupted(error, lambda: None)
+        raise
     finally:
         _received.clear()
         for number, action in previous.items():

@@ -20,6 +20,7 @@ import base64
 import json
 import os
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -199,10 +200,11 @@ SPEED_BATCH = 256  # images per call when registration measures the served model
 SPEED_REPEATS = 3
 
 
-def client_batches(paths, size: int = SPEED_BATCH, count: int = SPEED_REPEATS + 1) -> list[list[bytes]]:
+def client_batches(paths, size: int = SPEED_BATCH, count: int = SPEED_REPEATS + 1) -> list[list[str]]:
     """`count` batches of `size` images as a client sends them to `make serve` (base64 text of the encoded
-    file: decoding it is part of serving), the files at `paths` repeated as needed, each batch starting one file later: with more files than batches no two are the same request,
-    so nothing a served model remembers of a request (classical.FeatureMemo) makes a repeat look faster."""
+    file: decoding it is part of serving), the files at `paths` repeated as needed, each batch starting one
+    file later: with more files than batches no two are the same request, so nothing a served model
+    remembers of a request (classical.FeatureMemo) makes a repeat look faster."""
     values = []
     for path in paths:
         try:
@@ -217,8 +219,6 @@ def client_batches(paths, size: int = SPEED_BATCH, count: int = SPEED_REPEATS + 
 
 def seconds_per_image(call, batches: list) -> float:
     """`call(batch)` on each batch, the first a warm-up: the median time of the others, per image."""
-    import time
-
     call(batches[0])
     times = []
     for batch in batches[1:]:

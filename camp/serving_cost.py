@@ -48,7 +48,7 @@ def measure(pool, paths: list[str]) -> Costs:
     """Serve each candidate of `pool` ((trial, val_predictions) pairs) alone on `paths` and split its
     cost per image into preprocessing and model."""
     batches = client_batches(paths)
-    preprocess_of, model_seconds, preprocess_seconds = [], [], {}
+    costs = Costs([], [], {})
     with tempfile.TemporaryDirectory() as directory:
         for position, (trial, _) in enumerate(pool):
             bundle = Path(mlflow.artifacts.download_artifacts(run_id=trial.user_attrs["mlflow_run_id"],
@@ -57,14 +57,19 @@ def measure(pool, paths: list[str]) -> Costs:
             served = CampClassifier().load_bundle(bundle, weights="float")
             for folder, model in served.keras_models().items():  # served as registration would: int8
                 (Path(folder) / quantize.QUANTIZED_FILE).write_bytes(quantize.convert(model))
-            served = CampClassifier().load_bundle(bundle)
-            key = served.preprocess
-            if key not in preprocess_seconds:
-                preprocess_seconds[key] = preprocessing_seconds_per_image(key, batches)
-            total = seconds_per_image(served.probabilities, batches)
-            preprocess_of.append(key)
-            model_seconds.append(max(total - preprocess_seconds[key], 1e-6))
-    return Costs(preprocess_of, model_seconds, preprocess_seconds)
+            add(costs, CampClassifier().load_bundle(bundle), batches)
+    return costs
+
+
+def add(costs: Costs, served: CampClassifier, batches: list) -> None:
+    """Time one loaded single model (tta as it is set) on `batches` and append its split to `costs`: its
+    preprocessing's cost, measured once per distinct preprocessing, and the rest as its model's."""
+    key = served.preprocess
+    if key not in costs.preprocess_seconds:
+        costs.preprocess_seconds[key] = preprocessing_seconds_per_image(key, batches)
+    total = seconds_per_image(served.probabilities, batches)
+    costs.preprocess_of.append(key)
+    costs.model_seconds.append(max(total - costs.preprocess_seconds[key], 1e-6))
 
 
 def budgets(costs: Costs, floor: float, options: dict) -> tuple[dict, dict, list[str]]:

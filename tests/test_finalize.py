@@ -264,7 +264,7 @@ def test_the_held_out_estimate_repeats_the_whole_choice_on_images_it_did_not_cho
 
 
 @pytest.mark.slow
-def test_a_serving_floor_measures_each_candidate_and_chooses_only_what_it_admits(fin_sweep, monkeypatch, capsys):
+def test_a_serving_floor_measures_each_candidate_and_chooses_only_what_it_admits(fin_sweep, capsys):
     """Each candidate is served alone (CNNs as int8) and timed; the floor then keeps the expensive candidates
     out of the choice, and the choice without the floor is reported beside it."""
     from camp import finalize, run_config, serving_cost
@@ -284,14 +284,13 @@ def test_a_serving_floor_measures_each_candidate_and_chooses_only_what_it_admits
            or trial.user_attrs.get("family") == "cnn"]
     assert cnn and len(cnn) < len(pool)
     fixed = serving_cost.Costs(["p"] * len(pool), [0.01 if m in cnn else 0.0001 for m in range(len(pool))], {"p": 0.0001})
-    monkeypatch.setattr(serving_cost, "measure", lambda pool, paths: fixed)
     config = FinalizeConfig(ensemble="caruana", max_members=3, tta="auto", min_images_per_second=1000)
     y = np.asarray(pool[0][1]["y_true"])
     options = finalize.tta_options(pool, config.tta)
     summary: dict = {}
-    affordable = finalize._serving_floor(pool, options, config, "val/macro_f1", "maximize", y, summary)
-    tta, selection, _, _ = finalize.choose(y, {name: options[name] for name in affordable}, config, "val/macro_f1",
-                                           "maximize", affordable)
+    affordable, kept, notes = serving_cost.budgets(fixed, config.min_images_per_second, options)
+    tta, selection, _, _ = finalize.choose(y, kept, config, "val/macro_f1", "maximize", affordable)
+    finalize._report_floor(fixed, notes, tta, selection, y, options, config, "val/macro_f1", "maximize", summary)
     assert not set(selection.members) & set(cnn)
     assert fixed.images_per_second(selection.members, tta) >= 1000
     floor = summary["serving_floor"]
