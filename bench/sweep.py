@@ -22,7 +22,8 @@ No preprocessing cache (baseline): in the baseline's worker processes `camp.trai
 the cache-miss branch of `camp.preprocess.load_arrays` without the writes (decode every image with
 `camp.images.decode_items`, run `preprocess_batch`), and `camp.images._MEMORY` (the in-process decoded cache) is
 cleared before each trial. So neither the config-keyed array cache nor the decoded cache (disk or memory) is
-read or written: what a harness with no cache pays. After the arm, its $CAMP_CACHE must still be empty and
+read or written, nor the picture cache (`camp.plots.cached_picture`: each trial draws its own preprocessing
+grid): what a harness with no cache pays. After the arm, its $CAMP_CACHE must still be empty and
 every trial's MLflow tag `camp.cache` must be `miss`; `baseline.cache_isolated` says whether that held (if camp
 changes how train loads arrays and the replacement stops applying, this turns false).
 
@@ -201,6 +202,9 @@ def install_no_cache() -> None:
     if not hasattr(train, "load_arrays"):
         raise RuntimeError("camp.train no longer imports load_arrays: update bench/sweep.py's no-cache baseline")
     train.load_arrays = load_arrays
+    if not hasattr(train, "cached_picture"):
+        raise RuntimeError("camp.train no longer imports cached_picture: update bench/sweep.py's no-cache baseline")
+    train.cached_picture = lambda path, key, draw: draw(path)  # every trial draws its preprocessing grid
     make_objective = sweep.make_objective
 
     def make_uncached_objective(plan, parent_run_id, *args, **kwargs):

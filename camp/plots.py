@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import shutil
+import sys
 from pathlib import Path
+from typing import Callable
 
 import matplotlib
 
@@ -11,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from camp.data import printable
-from camp.images import UnreadableImage, decode_path
+from camp.images import UnreadableImage, atomic_path, cache_dir, decode_path
 from camp.preprocess import preprocess_steps
 
 
@@ -84,6 +89,37 @@ def preprocessing_grid(examples, labels, config, path: str | Path) -> Path:
     figure.savefig(path, dpi=90)
     plt.close(figure)
     return Path(path)
+
+
+GRID_VERSION = 1  # bump when preprocessing_grid draws differently: cached grids are keyed by it
+
+
+def grid_key(preprocess_key: str, labels, seed: int) -> str:
+    """What a preprocessing grid depends on: the preprocessed data (config and dataset), labels and seed."""
+    payload = json.dumps({"arrays": preprocess_key, "labels": list(labels), "seed": seed, "grid": GRID_VERSION})
+    return hashlib.blake2b(payload.encode(), digest_size=12).hexdigest()
+
+
+def cached_picture(path: str | Path, key: str, draw: Callable[[Path], Path]) -> Path:
+    """`path`, drawn by `draw(path)` the first time `key` is seen and copied from $CAMP_CACHE/pictures after.
+    Trials that share their preprocessing share its grid: drawing it (~2 s of matplotlib) cost more than
+    fitting a HOG trial. A cache that cannot be written (full disk, read-only) costs only the redraw."""
+    path = Path(path)
+    stored = cache_dir() / "pictures" / f"{key}{path.suffix}"
+    if stored.is_file() and stored.stat().st_size:
+        try:
+            shutil.copyfile(stored, path)
+            return path
+        except OSError:
+            pass  # unreadable entry: draw it again
+    draw(path)
+    try:
+        stored.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(stored) as temporary:
+            shutil.copyfile(path, temporary)
+    except OSError as error:
+        print(f"warning: could not cache the picture {stored} ({error.strerror or error})", file=sys.stderr)
+    return path
 
 
 def pick_examples(items, labels, reduction: int, per_label: int = 2, seed: int = 0):

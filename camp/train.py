@@ -33,7 +33,7 @@ from camp.model import (
     predict_probabilities,
     training_seed,
 )
-from camp.plots import confusion_matrix_plot, pick_examples, preprocessing_grid
+from camp.plots import cached_picture, confusion_matrix_plot, grid_key, pick_examples, preprocessing_grid
 from camp.preprocess import load_arrays
 from camp.run_config import LEAKS, RunConfig, prepare_dataset
 
@@ -197,7 +197,7 @@ def _fit(config: RunConfig, run_id: str, epoch_callback, progress: bool, started
     # logged at the step after the last epoch, so a run's latest value is the selected model's
     mlflow.log_metrics(final, step=epochs_run)
     mlflow.log_metrics(memory_usage())
-    _log_pictures(dataset, y_val, predicted, labels, config)
+    _log_pictures(dataset, data_fp, y_val, predicted, labels, config)
     scored_items = [item for item in arrays.items if item.split == scored]
     mlflow.log_dict({"labels": list(labels), "relpaths": [item.relpath for item in scored_items],
                      "y_true": y_val.tolist(), "y_pred": predicted.tolist(),
@@ -295,7 +295,7 @@ def save_model_bundle(model, config: RunConfig, labels, directory: Path) -> Path
     return directory
 
 
-def _log_pictures(dataset, y_val, predicted, labels, config) -> None:
+def _log_pictures(dataset, data_fingerprint, y_val, predicted, labels, config) -> None:
     import mlflow
     from sklearn.metrics import confusion_matrix
 
@@ -304,10 +304,14 @@ def _log_pictures(dataset, y_val, predicted, labels, config) -> None:
         mlflow.log_dict({"labels": list(labels), "matrix": matrix.tolist()}, "confusion_matrix.json")
         mlflow.log_artifact(str(confusion_matrix_plot(matrix, labels, Path(directory) / "confusion_matrix.png",
                                                       f"{config.scored_on.capitalize()} confusion matrix")))
-        examples = pick_examples(dataset.items, labels, config.preprocess.decode_reduction, per_label=2,
-                                 seed=config.seed)
-        mlflow.log_artifact(str(preprocessing_grid(examples, labels, config.preprocess,
-                                                   Path(directory) / "preprocessing.png")))
+
+        def draw_grid(path: Path) -> Path:
+            examples = pick_examples(dataset.items, labels, config.preprocess.decode_reduction, per_label=2,
+                                     seed=config.seed)
+            return preprocessing_grid(examples, labels, config.preprocess, path)
+
+        key = grid_key(config.preprocess.cache_key(data_fingerprint), labels, config.seed)
+        mlflow.log_artifact(str(cached_picture(Path(directory) / "preprocessing.png", key, draw_grid)))
 
 
 def _now() -> float:
