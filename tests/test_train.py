@@ -262,3 +262,30 @@ def test_a_deadline_shortens_the_cnn_and_its_schedule_still_ends_at_zero(isolate
     mlflow.end_run()
     whole = train(config, progress=False)
     assert whole.epochs_run == 12 and names.SHORTENED not in client().get_run(whole.run_id).data.tags
+
+
+def test_runs_that_share_their_preprocessing_share_one_drawn_grid(isolated, synthetic_data, monkeypatch):
+    import mlflow
+
+    import camp.train as train_module
+
+    hog = "model: {family: hog_linear, hog_cell: 8, hog_orientations: 9, hog_c: 0.1}\n"
+    path = isolated / "hog.yaml"
+    path.write_text("study: {name: grid}\nseed: 7\npreprocess: {mode: gray, size: 32}\n" + hog)
+    config = fixed_run_config(config_module.load_study_file(path), data_path=str(synthetic_data))
+    first = train(config, progress=False)
+    drawn = []
+    with monkeypatch.context() as patch:
+        patch.setattr(train_module, "preprocessing_grid", lambda *args: drawn.append(args) or args[-1])
+        second = train(config, progress=False)
+    assert drawn == []  # the same preprocessing, data and seed: copied from the cache, not drawn again
+
+    def grid(run_id):
+        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="preprocessing.png",
+                                                        dst_path=str(isolated / run_id))).read_bytes()
+
+    assert grid(first.run_id) == grid(second.run_id) and len(grid(first.run_id)) > 1000
+    path.write_text("study: {name: grid}\nseed: 7\npreprocess: {mode: gray, size: 24}\n" + hog)
+    resized = train(fixed_run_config(config_module.load_study_file(path), data_path=str(synthetic_data)),
+                    progress=False)
+    assert grid(resized.run_id) != grid(first.run_id)  # another preprocessing: its own grid
