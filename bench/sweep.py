@@ -190,6 +190,7 @@ def cache_files(directory: Path) -> int:
 def install_no_cache() -> None:
     """This process's trials neither read nor write a preprocessing cache (see the module docstring)."""
     import camp.images as image_io
+    import camp.plots as plots
     import camp.preprocess as preprocess
     import camp.sweep as sweep
     import camp.train as train
@@ -202,9 +203,9 @@ def install_no_cache() -> None:
     if not hasattr(train, "load_arrays"):
         raise RuntimeError("camp.train no longer imports load_arrays: update bench/sweep.py's no-cache baseline")
     train.load_arrays = load_arrays
-    if not hasattr(train, "cached_picture"):
-        raise RuntimeError("camp.train no longer imports cached_picture: update bench/sweep.py's no-cache baseline")
-    train.cached_picture = lambda path, key, draw: draw(path)  # every trial draws its preprocessing grid
+    if not hasattr(plots, "cached_picture"):
+        raise RuntimeError("camp.plots has no cached_picture: update bench/sweep.py's no-cache baseline")
+    plots.cached_picture = lambda path, key, draw: draw(path)  # every trial draws its preprocessing grid
     make_objective = sweep.make_objective
 
     def make_uncached_objective(plan, parent_run_id, *args, **kwargs):

@@ -122,6 +122,16 @@ def cached_picture(path: str | Path, key: str, draw: Callable[[Path], Path]) -> 
     return path
 
 
+def shared_preprocessing_grid(items, labels, config, seed: int, data_fingerprint: str, path: str | Path) -> Path:
+    """A run's preprocessing grid at `path`: two seeded examples per label, drawn once per preprocessing,
+    data, labels and seed (`cached_picture`), so the trials of a sweep that share their preprocessing share it."""
+    def draw(target: Path) -> Path:
+        examples = pick_examples(items, labels, config.decode_reduction, per_label=2, seed=seed)
+        return preprocessing_grid(examples, labels, config, target)
+
+    return cached_picture(path, grid_key(config.cache_key(data_fingerprint), labels, seed), draw)
+
+
 def pick_examples(items, labels, reduction: int, per_label: int = 2, seed: int = 0):
     """A few (label, relpath, decoded BGR) per label, seeded: the first readable items of a seeded
     shuffle. Decodes only the images it returns (and any unreadable ones it passes over)."""

@@ -33,7 +33,7 @@ from camp.model import (
     predict_probabilities,
     training_seed,
 )
-from camp.plots import cached_picture, confusion_matrix_plot, grid_key, pick_examples, preprocessing_grid
+from camp.plots import confusion_matrix_plot, shared_preprocessing_grid
 from camp.preprocess import load_arrays
 from camp.run_config import LEAKS, RunConfig, prepare_dataset
 
@@ -304,14 +304,8 @@ def _log_pictures(dataset, data_fingerprint, y_val, predicted, labels, config) -
         mlflow.log_dict({"labels": list(labels), "matrix": matrix.tolist()}, "confusion_matrix.json")
         mlflow.log_artifact(str(confusion_matrix_plot(matrix, labels, Path(directory) / "confusion_matrix.png",
                                                       f"{config.scored_on.capitalize()} confusion matrix")))
-
-        def draw_grid(path: Path) -> Path:
-            examples = pick_examples(dataset.items, labels, config.preprocess.decode_reduction, per_label=2,
-                                     seed=config.seed)
-            return preprocessing_grid(examples, labels, config.preprocess, path)
-
-        key = grid_key(config.preprocess.cache_key(data_fingerprint), labels, config.seed)
-        mlflow.log_artifact(str(cached_picture(Path(directory) / "preprocessing.png", key, draw_grid)))
+        mlflow.log_artifact(str(shared_preprocessing_grid(dataset.items, labels, config.preprocess, config.seed,
+                                                          data_fingerprint, Path(directory) / "preprocessing.png")))
 
 
 def _now() -> float:

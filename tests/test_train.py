@@ -267,7 +267,7 @@ def test_a_deadline_shortens_the_cnn_and_its_schedule_still_ends_at_zero(isolate
 def test_runs_that_share_their_preprocessing_share_one_drawn_grid(isolated, synthetic_data, monkeypatch):
     import mlflow
 
-    import camp.train as train_module
+    import camp.plots as plots
 
     hog = "model: {family: hog_linear, hog_cell: 8, hog_orientations: 9, hog_c: 0.1}\n"
     path = isolated / "hog.yaml"
@@ -276,7 +276,7 @@ def test_runs_that_share_their_preprocessing_share_one_drawn_grid(isolated, synt
     first = train(config, progress=False)
     drawn = []
     with monkeypatch.context() as patch:
-        patch.setattr(train_module, "preprocessing_grid", lambda *args: drawn.append(args) or args[-1])
+        patch.setattr(plots, "preprocessing_grid", lambda *args: drawn.append(args) or args[-1])
         second = train(config, progress=False)
     assert drawn == []  # the same preprocessing, data and seed: copied from the cache, not drawn again
 
