@@ -1,7 +1,8 @@
 """Time to target: wall time until a study's best `val/macro_f1` first reaches `--target`, for camp's sweep
-(the study file as given: its seeded TPE sampler and its pruner, none in the default study, with the
-preprocessing caches on) against a baseline over the same search space with Optuna's RandomSampler (same
-seed), no pruning (NopPruner) and no preprocessing cache; same budget, seed, data and workers. Target of the
+(the study file as given: its seeded TPE sampler, its pruner, none in the default study, and its cost rule,
+`study.dominated_time_share`, with the preprocessing caches on) against a baseline over the same search space
+with Optuna's RandomSampler (same seed), no pruning (NopPruner), no cost rule (it starts every proposal) and
+no preprocessing cache; same budget, seed, data and workers. Target of the
 search issue: the median over seeds of baseline / camp time to target >= 2. Prints one JSON object.
 
     .venv/bin/python bench/sweep.py --max-per-class 10 --max-epochs 2 --budget 60 --target 0.2   # dev, ~3 min
@@ -123,7 +124,7 @@ def _cap_epochs(spec, cap: int):
 def build_plan(config: str, *, name: str, n_trials: int, timeout: float | None = None, storage_url: str,
                data_path: str | None = None, sampler: str | None = None, pruner: str | None = None,
                seed: int | None = None, max_per_class: int | None = None, max_epochs: int | None = None,
-               exclude: str | None = None):
+               exclude: str | None = None, set_aside_dominated: bool = True):
     """camp's `Plan` for study file `config` with the benchmark's overrides, built as `make_plan` builds it:
     `load_study_file`, then `dataclasses.replace` (each replace re-runs the config checks), then
     `camp.sweep.plan_for` (both knob sections parsed)."""
@@ -141,6 +142,8 @@ def build_plan(config: str, *, name: str, n_trials: int, timeout: float | None =
     pruner_config = dataclasses.replace(study.pruner, name=pruner) if pruner is not None else study.pruner
     study = dataclasses.replace(study, name=name, n_trials=n_trials, timeout=timeout, sampler=sampler_config,
                                 pruner=pruner_config)
+    if not set_aside_dominated:  # the baseline starts whatever its sampler proposes
+        study = dataclasses.replace(study, dominated_time_share=None)
     data = study_file.data
     if max_per_class is not None:
         data = dataclasses.replace(data, max_per_class=max_per_class)
@@ -232,7 +235,8 @@ def worker_main(spec: dict) -> int:
     plan = build_plan(spec["config"], name=spec["study"], n_trials=spec["n_trials"], timeout=left,
                       storage_url=spec["storage"], data_path=spec["data"], sampler=spec["sampler"],
                       pruner=spec["pruner"], seed=spec["seed"], max_per_class=spec["max_per_class"],
-                      max_epochs=spec["max_epochs"], exclude=spec["exclude"])
+                      max_epochs=spec["max_epochs"], exclude=spec["exclude"],
+                      set_aside_dominated=spec["arm"] != "baseline")
     run_worker(plan, spec["parent_run_id"], spec["index"], spec["workers"])
     return 0
 
@@ -258,7 +262,7 @@ def run_arm(arm: str, seed: int, args, data: str, work: Path) -> dict:
     exclude = absolute_exclude(args.config)
     plan = build_plan(args.config, name=name, n_trials=n_trials, storage_url=store["storage"], data_path=data,
                       seed=seed, max_per_class=args.max_per_class, max_epochs=args.max_epochs, exclude=exclude,
-                      **overrides)
+                      set_aside_dominated=arm != "baseline", **overrides)
     study_config = plan.study_file.study
     try:
         tracking.setup()

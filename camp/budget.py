@@ -1,5 +1,7 @@
 """What a trial is expected to cost, from the study's own complete trials: a worker starts no trial that
-would end after `study.timeout` (`study.fit_in_timeout`), while a cheaper kind may still fit."""
+would end after `study.timeout` (`study.fit_in_timeout`), while a cheaper kind may still fit; nor one of a
+model family that another family beats at a lower cost per trial, once it has had its share of the time
+(`study.dominated_time_share`)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import datetime
 
 import optuna
 
-from camp.names import REFIT_OF
+from camp.names import REFIT_OF, better
 
 
 def expected_seconds(study: optuna.Study, config, current: int | None = None) -> float | None:
@@ -70,3 +72,54 @@ def cheapest_seconds(study: optuna.Study) -> float | None:
             groups.setdefault((t.user_attrs.get("family"), t.user_attrs.get("size")), []).append(t.user_attrs["seconds"])
     medians = [sorted(seconds)[len(seconds) // 2] for seconds in groups.values()]
     return min(medians) if medians else None
+
+
+# a family is judged only after this many complete trials of its own and of the family that beats it
+DOMINANCE_MIN_TRIALS = 2
+# proposals of a dominated family set aside in a row by one worker before it lets one run anyway: a sampler
+# that insists is exploring, and a worker must not spin on proposals it never starts
+MAX_DOMINATED_SKIPS_IN_A_ROW = 20
+
+
+def dominated_by(study: optuna.Study, family: str, direction: str, share: float) -> str | None:
+    """Why a trial of `family` should not start now, or None. It should not when another family's best
+    complete trial is better than this family's best while its median trial is cheaper (each with at least
+    DOMINANCE_MIN_TRIALS complete trials), and this family's complete trials already hold `share` or more
+    of the study's trial time: a family both worse and slower keeps only a bounded slice of the budget for
+    exploration, as cost-frugal AutoML (FLAML's estimated cost for improvement) spends little on a learner
+    that is behind and slow. On clothing-small at the benchmark's shrunk size a 6-epoch CNN took ~20-60 s
+    and scored < 0.2 while a HOG trial took ~1.5 s and scored ~0.68 (BENCHMARKS.md, "Time to target")."""
+    by_family: dict[str, list] = {}
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        if "seconds" in t.user_attrs and REFIT_OF not in t.user_attrs and t.value is not None:
+            by_family.setdefault(t.user_attrs.get("family"), []).append(t)
+    own = by_family.get(family, [])
+    if len(own) < DOMINANCE_MIN_TRIALS:
+        return None
+    total = sum(t.user_attrs["seconds"] for trials in by_family.values() for t in trials)
+    spent = sum(t.user_attrs["seconds"] for t in own)
+    if total <= 0 or spent / total < share:
+        return None
+    own_best, own_cost = _best_value(own, direction), _median([t.user_attrs["seconds"] for t in own])
+    for other, trials in sorted(by_family.items(), key=lambda item: str(item[0])):
+        if other == family or len(trials) < DOMINANCE_MIN_TRIALS:
+            continue
+        best, cost = _best_value(trials, direction), _median([t.user_attrs["seconds"] for t in trials])
+        if better(best, own_best, direction) and cost < own_cost:
+            return (f"{family} is behind {other} (best {own_best:.4f} against {best:.4f}) at a higher cost per "
+                    f"trial ({own_cost:.0f} s against {cost:.0f} s) and has had {spent / total:.0%} of the trial "
+                    f"time (study.dominated_time_share {share:g})")
+    return None
+
+
+def _best_value(trials, direction: str) -> float:
+    best = None
+    for t in trials:
+        if better(t.value, best, direction):
+            best = t.value
+    return best
+
+
+def _median(values: list[float]) -> float:
+    values = sorted(values)
+    return values[len(values) // 2]

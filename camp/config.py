@@ -220,6 +220,9 @@ class StudyConfig:
     # deadline), its schedule still decaying to zero. Off by default: on clothing-small a 20-epoch CNN cut to
     # 14-15 epochs scored val 0.59-0.65 instead of 0.79-0.81 (BENCHMARKS.md), worse than running late
     shorten_to_timeout: bool = False
+    # a model family that another family beats at a lower median cost per trial is not started once its
+    # complete trials hold this share of the trial time (camp.budget.dominated_by); None: never set aside
+    dominated_time_share: Optional[float] = None
     # trials that run first (Optuna's enqueue_trial): each a {preprocess: {...}, model: {...}} of knob
     # values, or {study: NAME, top: N} for the N best complete trials of an earlier study
     warm_start: Optional[list] = None
@@ -245,6 +248,8 @@ class StudyConfig:
                              f"got {self.max_failures}")
         if self.timeout is not None and self.timeout <= 0:
             raise ValueError(f"study.timeout must be > 0 seconds, got {self.timeout}")
+        if self.dominated_time_share is not None and not 0 <= self.dominated_time_share <= 1:
+            raise ValueError(f"study.dominated_time_share must be in [0, 1] or null, got {self.dominated_time_share}")
         if self.warm_start is not None:
             if not isinstance(self.warm_start, (list, tuple)):
                 raise ValueError(f"study.warm_start must be a list, got {type(self.warm_start).__name__}")

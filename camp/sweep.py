@@ -24,7 +24,13 @@ import warnings
 import optuna
 
 from camp import names, refit, tracking, warm_start
-from camp.budget import MAX_SKIPS_IN_A_ROW, cheapest_seconds, expected_seconds
+from camp.budget import (
+    MAX_DOMINATED_SKIPS_IN_A_ROW,
+    MAX_SKIPS_IN_A_ROW,
+    cheapest_seconds,
+    dominated_by,
+    expected_seconds,
+)
 from camp.config import StudyFile, load_study_file
 from camp.finalize import finalize
 from camp.interrupts import (
@@ -140,6 +146,7 @@ def make_objective(plan: Plan, parent_run_id: str, started: float | None = None)
     started = time.time() if started is None else started
 
     skips: list[int] = []  # this worker's trials not started in a row (they would not fit the time left)
+    set_aside: list[int] = []  # and those not started in a row because their family is dominated
 
     def objective(trial: optuna.Trial) -> float:
         trial.set_user_attr("worker", worker_id())
@@ -154,6 +161,15 @@ def make_objective(plan: Plan, parent_run_id: str, started: float | None = None)
         # what kind of trial it is, known while it runs: the budget rule estimates from running trials too
         trial.set_user_attr("family", config.model.family)
         trial.set_user_attr("size", config.preprocess.size)
+        share = study_config.dominated_time_share
+        # what the study was told to run (warm start, an ablation's cells, finalists) is never set aside
+        if share is not None and "fixed_params" not in trial.storage.get_trial_system_attrs(trial._trial_id):
+            reason = dominated_by(trial.study, config.model.family, study_config.direction, share)
+            if reason and len(set_aside) < MAX_DOMINATED_SKIPS_IN_A_ROW:
+                set_aside.append(trial.number)
+                trial.set_user_attr("skipped", reason)
+                raise optuna.TrialPruned(f"not started: {reason}")
+        set_aside.clear()
         if plan.timeout and study_config.fit_in_timeout:
             expected = trial.user_attrs.get(refit.EXPECTED) or expected_seconds(trial.study, config, trial.number)
             left = plan.timeout - (time.time() - started)
@@ -251,7 +267,8 @@ def run_worker(plan: Plan, parent_run_id: str, worker_index: int, workers: int) 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     quiet_interrupt_tracebacks()
     try:
-        study.optimize(make_objective(plan, parent_run_id, started), n_trials=remaining, timeout=plan.timeout,
+        # n_trials is stop_at_target's to enforce: a proposal never started (skipped) does not count
+        study.optimize(make_objective(plan, parent_run_id, started), n_trials=None, timeout=plan.timeout,
                        catch=(Exception,), gc_after_trial=True,
                        callbacks=[stop_at_target, stop_on_failures,
                                   reap, Progress(plan, workers)])

@@ -112,6 +112,7 @@ def test_wrong_types_are_named(tmp_path, text, names):
     ("study: {direction: up}", ["study.direction"]),
     ("study: {n_trials: 0}", ["study.n_trials"]),
     ("study: {timeout: -1}", ["study.timeout"]),
+    ("study: {dominated_time_share: 1.5}", ["study.dominated_time_share", "1.5"]),
     ("study: {sampler: {name: grid}}", ["sampler.name", "grid"]),
     ("study: {sampler: {n_startup_trials: -1}}", ["sampler.n_startup_trials"]),
     ("study: {pruner: {name: asha}}", ["pruner.name", "asha"]),
