@@ -514,8 +514,10 @@ def main() -> int:
         "args": {k: v for k, v in vars(args).items() if k not in ("keep",)}, "data": data, "seeds": seeds,
         "metric": study_file.study.metric, "camp_arm": {"sampler": study_file.study.sampler.name,
                                                         "pruner": study_file.study.pruner.name,
-                                                        "preprocessing_cache": True},
-        "baseline_arm": {"sampler": "random", "pruner": "none", "preprocessing_cache": False},
+                                                        "preprocessing_cache": True,
+                                                        "dominated_time_share": study_file.study.dominated_time_share},
+        "baseline_arm": {"sampler": "random", "pruner": "none", "preprocessing_cache": False,
+                         "dominated_time_share": None},
         "machine": {"host": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(),
                     "platform": platform.platform(), "load_avg_start": [round(x, 2) for x in os.getloadavg()]},
         "runs": []}
