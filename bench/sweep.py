@@ -236,7 +236,7 @@ def worker_main(spec: dict) -> int:
                       storage_url=spec["storage"], data_path=spec["data"], sampler=spec["sampler"],
                       pruner=spec["pruner"], seed=spec["seed"], max_per_class=spec["max_per_class"],
                       max_epochs=spec["max_epochs"], exclude=spec["exclude"],
-                      set_aside_dominated=spec["arm"] != "baseline")
+                      set_aside_dominated=spec["set_aside_dominated"])
     run_worker(plan, spec["parent_run_id"], spec["index"], spec["workers"])
     return 0
 
@@ -257,12 +257,13 @@ def run_arm(arm: str, seed: int, args, data: str, work: Path) -> dict:
     if args.workers > 1:  # as `camp sweep --workers N` does
         os.environ.setdefault("CAMP_THREADS", str(max(1, (os.cpu_count() or 1) // args.workers)))
     name = f"bench-{arm}-s{seed}"
-    overrides = {"sampler": "random", "pruner": "none"} if arm == "baseline" else {"sampler": None, "pruner": None}
+    overrides = ({"sampler": "random", "pruner": "none", "set_aside_dominated": False} if arm == "baseline"
+                 else {"sampler": None, "pruner": None, "set_aside_dominated": True})
     n_trials = args.trials or NO_TRIAL_CAP
     exclude = absolute_exclude(args.config)
     plan = build_plan(args.config, name=name, n_trials=n_trials, storage_url=store["storage"], data_path=data,
                       seed=seed, max_per_class=args.max_per_class, max_epochs=args.max_epochs, exclude=exclude,
-                      set_aside_dominated=arm != "baseline", **overrides)
+                      **overrides)
     study_config = plan.study_file.study
     try:
         tracking.setup()
@@ -275,7 +276,8 @@ def run_arm(arm: str, seed: int, args, data: str, work: Path) -> dict:
             started = time.time()
             spec = {"arm": arm, "config": str(Path(args.config).resolve()), "study": name, "n_trials": n_trials,
                     "budget": args.budget, "arm_started": started, "storage": store["storage"], "data": data,
-                    "sampler": overrides["sampler"], "pruner": overrides["pruner"], "seed": seed,
+                    "sampler": overrides["sampler"], "pruner": overrides["pruner"],
+                    "set_aside_dominated": overrides["set_aside_dominated"], "seed": seed,
                     "max_per_class": args.max_per_class, "max_epochs": args.max_epochs, "exclude": exclude,
                     "parent_run_id": parent.info.run_id, "workers": args.workers}
             children = [subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--worker",

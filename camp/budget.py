@@ -9,7 +9,7 @@ import datetime
 
 import optuna
 
-from camp.names import REFIT_OF, better
+from camp.names import REFIT_OF, better, maximizing
 
 
 def expected_seconds(study: optuna.Study, config, current: int | None = None) -> float | None:
@@ -37,8 +37,8 @@ def _median_seconds(trials, family, size) -> float | None:
     same = [t.user_attrs["seconds"] for t in complete if t.user_attrs.get("size") == size]
     scaled = [t.user_attrs["seconds"] * (size / t.user_attrs["size"]) ** 2 for t in complete
               if t.user_attrs.get("size") and size]
-    values = sorted(same or scaled or [t.user_attrs["seconds"] for t in complete])
-    return values[len(values) // 2] if values else None
+    values = same or scaled or [t.user_attrs["seconds"] for t in complete]
+    return _median(values) if values else None
 
 
 def running_seconds_left(study: optuna.Study) -> float | None:
@@ -70,7 +70,7 @@ def cheapest_seconds(study: optuna.Study) -> float | None:
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         if "seconds" in t.user_attrs and REFIT_OF not in t.user_attrs:
             groups.setdefault((t.user_attrs.get("family"), t.user_attrs.get("size")), []).append(t.user_attrs["seconds"])
-    medians = [sorted(seconds)[len(seconds) // 2] for seconds in groups.values()]
+    medians = [_median(seconds) for seconds in groups.values()]
     return min(medians) if medians else None
 
 
@@ -113,13 +113,10 @@ def dominated_by(study: optuna.Study, family: str, direction: str, share: float)
 
 
 def _best_value(trials, direction: str) -> float:
-    best = None
-    for t in trials:
-        if better(t.value, best, direction):
-            best = t.value
-    return best
+    return (max if maximizing(direction) else min)(t.value for t in trials)
 
 
 def _median(values: list[float]) -> float:
+    """The middle value (the upper middle of an even count): what every cost estimate here uses."""
     values = sorted(values)
     return values[len(values) // 2]

@@ -150,7 +150,8 @@ def make_objective(plan: Plan, parent_run_id: str, started: float | None = None)
 
     def objective(trial: optuna.Trial) -> float:
         trial.set_user_attr("worker", worker_id())
-        if study_config.queued_only and "fixed_params" not in trial.storage.get_trial_system_attrs(trial._trial_id):
+        queued = "fixed_params" in trial.storage.get_trial_system_attrs(trial._trial_id)  # enqueue_trial's mark
+        if study_config.queued_only and not queued:
             trial.set_user_attr("skipped", "study.queued_only: no queued trial left")
             trial.study.stop()
             raise optuna.TrialPruned("not started: the queue is empty and study.queued_only samples no trial")
@@ -163,7 +164,7 @@ def make_objective(plan: Plan, parent_run_id: str, started: float | None = None)
         trial.set_user_attr("size", config.preprocess.size)
         share = study_config.dominated_time_share
         # what the study was told to run (warm start, an ablation's cells, finalists) is never set aside
-        if share is not None and "fixed_params" not in trial.storage.get_trial_system_attrs(trial._trial_id):
+        if share is not None and not queued:
             reason = dominated_by(trial.study, config.model.family, study_config.direction, share)
             if reason and len(set_aside) < MAX_DOMINATED_SKIPS_IN_A_ROW:
                 set_aside.append(trial.number)
