@@ -108,6 +108,15 @@ def main() -> int:
         best_member = max(members, key=lambda n: trials[n]["val_objective"])
         result["ensemble_vs_best_member_test"] = {"member": best_member, **paired_difference(
             champion_test["y_true"], champion_test["y_pred"], predictions[best_member]["y_pred"])}
+    teacher_run = champion.version_tags.get(names.TEACHER)
+    if teacher_run:  # a distilled student (study.finalize.distill): against the ensemble it learnt from, on test
+        with tempfile.TemporaryDirectory() as directory:
+            bundle = mlflow.artifacts.download_artifacts(run_id=teacher_run, artifact_path="bundle", dst_path=directory)
+            teacher_test: dict = {}
+            teacher = scores(CampClassifier().load_bundle(bundle).predict_files, dataset, "test", teacher_test)
+        result["teacher_test"] = teacher  # float weights: the run's bundle, as finalize logged it
+        result["student_vs_teacher_test"] = paired_difference(champion_test["y_true"], champion_test["y_pred"],
+                                                              teacher_test["y_pred"])
     result["champion_val_to_test_drop"] = round(result["champion"]["validation"]["macro_f1"]
                                                 - result["champion"]["test"]["macro_f1"], 4)
     # finalize's held-out estimate (the choice repeated on validation halves it did not choose on): the

@@ -149,8 +149,13 @@ class FinalizeConfig:
     # min_images_per_second: a serving floor (0: none); the ensemble, its members and its augmentation are
     # chosen only among those whose estimated batch throughput on this machine meets it (camp.serving_cost)
     min_images_per_second: float = 0.0
+    # distill: epochs of one CNN trained on the chosen ensemble's probabilities, registered instead of it (camp.distill)
+    distill: int = 0
 
     def __post_init__(self):
+        if not 0 <= self.distill <= 100 or (self.distill and self.train_on_validation):
+            raise ValueError(f"finalize.distill must be in [0, 100] epochs (0: off) and needs train_on_validation off, "
+                             f"got {self.distill}" + (" with train_on_validation" if self.train_on_validation else ""))
         if not 0 <= self.min_images_per_second <= 100_000:
             raise ValueError(f"finalize.min_images_per_second must be in [0, 100000] (0: no serving floor), "
                              f"got {self.min_images_per_second}")
@@ -165,10 +170,9 @@ class FinalizeConfig:
             raise ValueError(f"finalize.refit_size must be 0 (unchanged) or in [16, 512], got {self.refit_size}")
         if not 0.0 <= self.share <= 0.9:
             raise ValueError(f"finalize.share must be in [0, 0.9] (of study.timeout), got {self.share}")
-        if self.share and not (self.refit or self.train_on_validation):
-            raise ValueError(f"finalize.share reserves {self.share} of study.timeout for finalists, but "
-                             "finalize.refit is 0 and finalize.train_on_validation is off: set finalize.refit to "
-                             "how many to train, or turn train_on_validation on")
+        if self.share and not (self.refit or self.train_on_validation or self.distill):
+            raise ValueError(f"finalize.share reserves {self.share} of study.timeout for finalists, but finalize.refit "
+                             "and finalize.distill are 0 and train_on_validation is off: set one of them")
         if self.tta not in TTA_CHOICES:
             raise ValueError(f"finalize.tta must be one of {TTA_CHOICES}, got {self.tta!r}")
         if self.ensemble not in ENSEMBLES:

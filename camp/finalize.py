@@ -19,8 +19,9 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import optuna
+import yaml
 
-from camp import ensemble, metrics, names, promotion, refit_full, registry, run_config, serving_cost, tracking
+from camp import distill, ensemble, metrics, names, promotion, refit_full, registry, run_config, serving_cost, tracking
 from camp.sweep_summary import champion_lock, register_champion
 
 STATE = optuna.trial.TrialState
@@ -61,7 +62,7 @@ def finalize(study: optuna.Study, plan, summary: dict, storage, parent_run_id: s
         client.set_tag(parent_run_id, names.REGISTERED_VERSION, str(summary["registered_version"]))
         client.set_tag(parent_run_id, names.PROMOTION, str(summary.get("promotion", ""))[:4000])
     heldout = summary.get("ensemble", {}).get("heldout_value")
-    if heldout is not None:
+    if heldout is not None and "distilled" not in summary:  # the estimate is of the ensemble, not of its student
         estimate = {names.HELDOUT_VALUE: f"{heldout:.4f}", names.HELDOUT_SE: f"{summary['ensemble']['heldout_se']:.4f}"}
         for key, text in estimate.items():
             client.set_tag(parent_run_id, key, text)
@@ -278,6 +279,12 @@ def _log_and_register(study, plan, summary, parent_run_id, members, selection, y
         members_tags = {key: tags[key] for key in (names.MEMBERS, names.MEMBER_TRIALS, names.MEMBER_WEIGHTS, names.TTA,
                                                    names.FIT_ON) if key in tags}
         value = selection.value if split == "validation" else values[names.on_split(config.metric, split)]
+        student = (_student_run(study, plan, parent_run_id, bundle, members, tags, Path(directory) / "student", summary)
+                   if plan.study_file.study.finalize.distill and split == "validation" else None)
+        if student is not None:  # one CNN in the ensemble's place: registered, compared and promoted as it would be
+            summary["distilled"]["teacher_value"] = round(value, 4)
+            members_tags = {names.TEACHER: run.info.run_id, names.TTA: "none"}
+            run, info, value, predictions, config = student
         version, promoted = promotion.register_and_promote(info.model_uri, run.info.run_id, value, config,
                                                            tags[names.DATA_FINGERPRINT], tags=members_tags,
                                                            predictions=predictions,
@@ -285,3 +292,46 @@ def _log_and_register(study, plan, summary, parent_run_id, members, selection, y
     summary.update({"registered_version": version.version, "champion_moved": promoted,
                     "promotion": promotion.verdict(version),
                     "best_run_id": run.info.run_id})
+
+
+def _student_run(study, plan, parent_run_id: str, bundle: Path, members, tags: dict, out: Path, summary: dict):
+    """Distil the ensemble `bundle` into one CNN (camp.distill, in a child process with every core), log it as
+    a run nested under the sweep beside its teacher's, with its pyfunc: (run, model info, validation value,
+    validation predictions, its run config), or None when it cannot be done (the ensemble is then registered)."""
+    epochs = plan.study_file.study.finalize.distill
+    try:
+        start = distill.best_cnn_member(bundle, [t.value for t in members], names.maximizing(study.direction))
+        print(f"finalize: distill: training one CNN on the ensemble's probabilities, from trial "
+              f"#{members[start].number}'s model, {epochs} epoch(s), to serve in its place", flush=True)
+        result = distill.distill_in_child(bundle, start, epochs, out)
+    except Exception as error:  # noqa: BLE001 - the ensemble, logged and servable, is registered instead
+        print(f"finalize: distill: not done ({type(error).__name__}: {error}); registering the ensemble", flush=True)
+        return None
+    meta = json.loads((out / "camp.json").read_text())
+    config, labels, y = run_config.run_config_from_meta(meta), meta["labels"], np.asarray(result["y_val"])
+    probabilities = np.asarray(result["probabilities"])
+    predicted = probabilities.argmax(axis=1)
+    values = {**metrics.classification_metrics(y, predicted, "val"), **metrics.per_label_metrics(y, predicted, labels, "val"),
+              names.VAL_LOSS: ensemble.score(y, probabilities, names.VAL_LOSS)}
+    student_tags = {**{key: tags[key] for key in (names.STUDY, names.GIT_COMMIT, names.DATA_FINGERPRINT,
+                                                   names.DATA_ROOT, names.SEED) if key in tags},
+                    names.ROLE: "student", names.FINALIST_OF: str(members[start].number), names.TTA: "none"}
+    predictions = {"labels": labels, "relpaths": result["val_relpaths"], "y_true": y.tolist(), "y_pred": predicted.tolist(),
+                   "probabilities": probabilities.round(6).tolist(),
+                   "probabilities_flip": np.asarray(result["probabilities_flip"]).round(6).tolist()}
+    with mlflow.start_run(run_name=f"student-{study.study_name}", nested=True, parent_run_id=parent_run_id,
+                          tags=student_tags) as run:
+        mlflow.log_params({"distill.epochs": epochs, "distill.start_trial": members[start].number,
+                           "distill.teacher_share": distill.TEACHER_SHARE, "distill.peak_learning_rate": distill.PEAK_LEARNING_RATE})
+        mlflow.log_metrics({**values, "distill/seconds": result["seconds"],
+                            "distill/teacher_train_macro_f1": result["teacher_train_macro_f1"]})
+        mlflow.log_dict(predictions, names.PREDICTIONS["validation"])
+        mlflow.log_text(yaml.safe_dump(config.to_dict(), sort_keys=False), "config.yaml")
+        mlflow.log_artifacts(str(out), "bundle")
+        info = registry.log_pyfunc(out, run_config.first_validation_path(meta), run_config.validation_paths(meta))
+    summary["distilled"] = {"start_trial": members[start].number, "epochs": epochs, "value": round(result["value"], 4),
+                            "seconds": result["seconds"], "run_id": run.info.run_id}
+    print(f"finalize: distill: the student scores {config.metric} {result['value']:.4f} on validation "
+          f"(its start, trial #{members[start].number}: {members[start].value:.4f}) in {result['seconds']:.0f} s; "
+          "it is registered in the ensemble's place", flush=True)
+    return run, info, result["value"], predictions, config

@@ -32,8 +32,8 @@ def queued_only(study_file):
 
 def search_timeout(timeout: float | None, finalize) -> float | None:
     """The search's share of study.timeout: the rest is reserved for the finalists (and for the retraining on
-    train + validation, camp.refit_full)."""
-    if not timeout or not (finalize.refit or finalize.train_on_validation):
+    train + validation, camp.refit_full, and for the distilled student, camp.distill)."""
+    if not timeout or not (finalize.refit or finalize.train_on_validation or finalize.distill):
         return timeout
     return timeout * (1.0 - finalize.share)
 

@@ -62,8 +62,9 @@ def test_a_finalist_trains_longer_and_at_its_new_size():
 def test_the_search_keeps_its_share_of_the_timeout_for_the_finalists():
     assert refit.search_timeout(1000, FinalizeConfig(refit=2, share=0.3)) == pytest.approx(700)
     assert refit.search_timeout(1000, FinalizeConfig()) == 1000
+    assert refit.search_timeout(1000, FinalizeConfig(distill=6, share=0.25)) == pytest.approx(750)  # the student's
     assert refit.search_timeout(None, FinalizeConfig(refit=2, share=0.3)) is None
-    with pytest.raises(ValueError, match="finalize.refit is 0"):
+    with pytest.raises(ValueError, match="finalize.refit and finalize.distill are 0"):
         FinalizeConfig(share=0.3)
     with pytest.raises(ValueError, match="finalize.epochs_factor"):
         FinalizeConfig(refit=1, epochs_factor=0.5)

@@ -1,0 +1,130 @@
+"""Finalize's distillation (`study.finalize.distill`): one CNN trained to answer like the ensemble finalize
+chose, so that the registered model costs one forward pass an image instead of one per member and view.
+
+Why: on 2 CPU cores a 64 px CNN pass costs ~0.6-2.2 ms an image (int8, by the CPU), so a champion of two
+CNNs with flip test-time augmentation serves ~90-180 images/s (BENCHMARKS.md, "Serving"); one CNN with no
+augmentation serves ~340-720. Ensembles win on quality, and a student trained on their probabilities keeps
+part of that gain (Hinton et al. 2015, "Distilling the knowledge in a neural network").
+
+How: the student starts from the ensemble's best CNN member by its own validation score (weights and
+architecture), and trains `epochs` more epochs on the training images, its schedule decaying to zero. Its
+target per image mixes the teacher's probabilities (the ensemble as served: its members' weights and
+augmentation) with the label, smoothed. The teacher scores the training images only, so validation stays
+outside what the student learns from (the ensemble's member weights were chosen on it, as for any finalist);
+the student is scored on validation, and its caller logs and registers it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+from camp import ensemble, metrics
+from camp.model import balanced_weights, mirror, predict_probabilities, training_seed
+from camp.preprocess import load_arrays
+from camp.run_config import RunConfig, prepare_dataset, run_config_from_meta
+
+TEACHER_SHARE = 0.7  # of the target that is the teacher's probabilities; the rest is the smoothed label
+LABEL_SMOOTHING = 0.05  # of the label's part, as the default study's trials train
+PEAK_LEARNING_RATE = 3e-4  # the trials end at 0 from 1e-3: a restart at a third of it, decaying to 0 again
+BATCH_SIZE = 64
+
+
+def best_cnn_member(bundle: Path, member_values: list[float], maximize: bool) -> int:
+    """The position of the member the student starts from, in the ensemble `bundle`: the CNN with the best
+    validation value of its own (`member_values`, in member order)."""
+    spec = json.loads((Path(bundle) / "ensemble.json").read_text())
+    positions = [i for i, name in enumerate(spec["members"]) if (Path(bundle) / "members" / name / "model.keras").is_file()]
+    if not positions:
+        raise ValueError(f"{bundle}: distillation needs a CNN member to start from; the ensemble has none")
+    return sorted(positions, key=lambda i: member_values[i], reverse=maximize)[0]
+
+
+def teacher_probabilities(teacher, config: RunConfig) -> dict:
+    """The teacher's probabilities on the training images, beside the student's inputs (train and
+    validation, at `config.preprocess`), labels and validation relpaths: each member scores its own
+    preprocessing (the array cache its trial filled), with the teacher's augmentation, as served."""
+    dataset, data_fp = prepare_dataset(config)
+    used = [item for item in dataset.items if item.split in ("train", "validation")]
+    key = f"{data_fp}-train+validation"  # the key a trial's training uses: a cache hit after the search
+    outputs, relpaths = [], None
+    for preprocess in [member.preprocess for member in teacher.members] + [config.preprocess]:
+        arrays = load_arrays(used, key, preprocess, progress=False)
+        train = [i for i, item in enumerate(arrays.items) if item.split == "train"]
+        if relpaths is None:
+            relpaths = [arrays.items[i].relpath for i in train]
+        elif [arrays.items[i].relpath for i in train] != relpaths:
+            raise ValueError(f"{teacher.bundle}: the members read different training images (a file unreadable "
+                             "at one preprocessing only); distillation needs the same images for every member")
+        if len(outputs) < len(teacher.members):
+            member = teacher.members[len(outputs)]
+            outputs.append(predict_probabilities(member.model, arrays.x[train], teacher.tta))
+    validation = [i for i, item in enumerate(arrays.items) if item.split == "validation"]
+    return {"x": arrays.x[train], "y": np.array([arrays.items[i].label for i in train]),
+            "soft": ensemble.average(outputs, teacher.weights), "x_val": arrays.x[validation],
+            "y_val": np.array([arrays.items[i].label for i in validation]),
+            "val_relpaths": [arrays.items[i].relpath for i in validation]}
+
+
+def distill(bundle: Path, start: int, epochs: int, out: Path, progress: bool = True) -> dict:
+    """Train the student from member `start` of the ensemble `bundle` (the teacher, served as registered but
+    with float weights) for `epochs` epochs, and save its bundle to `out`. Returns its validation labels,
+    relpaths and probabilities (plain and mirrored), its value of the study's metric, and its cost."""
+    import keras
+    import tensorflow as tf
+
+    from camp.registry import CampClassifier
+    from camp.train import save_model_bundle
+
+    teacher = CampClassifier().load_bundle(bundle, weights="float")
+    meta = json.loads((Path(teacher.members[start].bundle) / "camp.json").read_text())
+    config = run_config_from_meta(meta)
+    started = time.perf_counter()
+    data = teacher_probabilities(teacher, config)
+    x, y, soft, x_val, y_val = data["x"], data["y"], data["soft"], data["x_val"], data["y_val"]
+    n_classes = soft.shape[1]
+    keras.utils.set_random_seed(training_seed(config.seed, config.model))
+    tf.config.experimental.enable_op_determinism()
+    student = keras.models.load_model(Path(teacher.members[start].bundle) / "model.keras", compile=False)
+    label = keras.utils.to_categorical(y, n_classes) * (1 - LABEL_SMOOTHING) + LABEL_SMOOTHING / n_classes
+    target = (1 - TEACHER_SHARE) * label + TEACHER_SHARE * soft
+    steps = -(-len(x) // BATCH_SIZE)
+    schedule = keras.optimizers.schedules.CosineDecay(PEAK_LEARNING_RATE, epochs * steps, alpha=0.0)
+    student.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=config.model.weight_decay),
+                    loss=keras.losses.CategoricalCrossentropy())
+    class_weight = ({i: float(w) for i, w in enumerate(balanced_weights(y, n_classes)) if w > 0}
+                    if config.model.loss_weighting == "balanced" else None)
+    for epoch in range(epochs):
+        student.fit(x, target, batch_size=BATCH_SIZE, epochs=1, class_weight=class_weight, verbose=0, shuffle=True)
+        if progress:
+            value = ensemble.score(y_val, predict_probabilities(student, x_val), config.metric)
+            print(f"distill: epoch {epoch + 1}/{epochs}: student {config.metric} {value:.4f}", flush=True)
+    probabilities = predict_probabilities(student, x_val)
+    teacher_train = metrics.classification_metrics(y, soft.argmax(axis=1), "train")["train/macro_f1"]
+    save_model_bundle(student, config, meta["labels"], Path(out))
+    return {"y_val": y_val, "val_relpaths": data["val_relpaths"], "probabilities": probabilities,
+            "probabilities_flip": (probabilities + predict_probabilities(student, mirror(x_val))) / 2,
+            "value": ensemble.score(y_val, probabilities, config.metric),
+            "teacher_train_macro_f1": round(float(teacher_train), 4), "train_images": len(x),
+            "seconds": round(time.perf_counter() - started, 1)}
+
+
+def distill_in_child(bundle: Path, start: int, epochs: int, out: Path) -> dict:
+    """`distill` in a fresh process with every core's thread: the sweep's own process runs TensorFlow with
+    one thread per worker, and a training run there would also stay in its memory."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+        return pool.submit(_child, str(bundle), start, epochs, str(out), os.cpu_count() or 1).result()
+
+
+def _child(bundle: str, start: int, epochs: int, out: str, threads: int) -> dict:
+    os.environ["CAMP_THREADS"] = str(threads)
+    from camp.train import configure_tensorflow  # TensorFlow starts here, after its thread count is set
+
+    configure_tensorflow()
+    return distill(Path(bundle), start, epochs, Path(out))
