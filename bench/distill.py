@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -53,12 +54,13 @@ def main() -> int:
         start = distill.best_cnn_member(bundle, values, True) if args.start is None else args.start
         student_dir = Path(directory) / "student"
         trained = distill.distill_in_child(bundle, start, args.epochs, student_dir)
-        teacher = CampClassifier().load_bundle(bundle)  # as registered: int8 where registration kept it
-        start_dir = bundle / "members" / spec["members"][start]
+        start_dir = Path(directory) / "start"
+        shutil.copytree(bundle / "members" / spec["members"][start], start_dir)
         validation_paths = [str(item.path) for item in split["validation"]]
+        # int8 weights where they keep the labels, as registration serves each of them (the run's bundle has none)
         quantized = {name: quantize.quantize_bundle(folder, validation_paths, CampClassifier().load_bundle)["serving"]
-                     for name, folder in (("student", student_dir), ("start", start_dir))}
-        models = {"teacher": teacher, "student": CampClassifier().load_bundle(student_dir),
+                     for name, folder in (("teacher", bundle), ("student", student_dir), ("start", start_dir))}
+        models = {"teacher": CampClassifier().load_bundle(bundle), "student": CampClassifier().load_bundle(student_dir),
                   "start": CampClassifier().load_bundle(start_dir)}
         probabilities, out = {}, {"bench": "distill", "model": args.model, "version": version.version,
                                   "members": spec["members"], "tta": spec.get("tta"), "start": spec["members"][start],

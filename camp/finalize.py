@@ -279,7 +279,8 @@ def _log_and_register(study, plan, summary, parent_run_id, members, selection, y
         members_tags = {key: tags[key] for key in (names.MEMBERS, names.MEMBER_TRIALS, names.MEMBER_WEIGHTS, names.TTA,
                                                    names.FIT_ON) if key in tags}
         value = selection.value if split == "validation" else values[names.on_split(config.metric, split)]
-        student = (_student_run(study, plan, parent_run_id, bundle, members, tags, Path(directory) / "student", summary)
+        student = (_student_run(study, plan, parent_run_id, bundle, members, {**tags, names.TEACHER: run.info.run_id},
+                                Path(directory) / "student", summary)
                    if plan.study_file.study.finalize.distill and split == "validation" else None)
         if student is not None:  # one CNN in the ensemble's place: registered, compared and promoted as it would be
             summary["distilled"]["teacher_value"] = round(value, 4)
@@ -315,7 +316,8 @@ def _student_run(study, plan, parent_run_id: str, bundle: Path, members, tags: d
               names.VAL_LOSS: ensemble.score(y, probabilities, names.VAL_LOSS)}
     student_tags = {**{key: tags[key] for key in (names.STUDY, names.GIT_COMMIT, names.DATA_FINGERPRINT,
                                                    names.DATA_ROOT, names.SEED) if key in tags},
-                    names.ROLE: "student", names.FINALIST_OF: str(members[start].number), names.TTA: "none"}
+                    names.ROLE: "student", names.FINALIST_OF: str(members[start].number), names.TTA: "none",
+                    names.TEACHER: tags[names.TEACHER]}
     predictions = {"labels": labels, "relpaths": result["val_relpaths"], "y_true": y.tolist(), "y_pred": predicted.tolist(),
                    "probabilities": probabilities.round(6).tolist(),
                    "probabilities_flip": np.asarray(result["probabilities_flip"]).round(6).tolist()}

@@ -56,18 +56,26 @@ def finalists_blocks(context: Context) -> list:
     if not splits:
         return []
     tags = context.champion.run.data.tags
-    members = [run for run in tags.get(names.MEMBERS, "").split(",") if run]
-    trials = tags.get(names.MEMBER_TRIALS, "").split(",")
+    teacher = tags.get(names.TEACHER) or context.champion.version_tags.get(names.TEACHER)  # a distilled student: its teacher's members are what it comes from
+    made_of = mlflow.get_run(teacher).data.tags if teacher else tags
+    members = [run for run in made_of.get(names.MEMBERS, "").split(",") if run]
+    trials = made_of.get(names.MEMBER_TRIALS, "").split(",")
     rows, numbers = [], {}
-    kind = [what for what, present in (("ensemble", len(members) > 1), ("flip test-time augmentation",
-                                                                        tags.get(names.TTA) == "flip")) if present]
+    kind = [what for what, present in (("ensemble", len(members) > 1 and not teacher), ("distilled", bool(teacher)),
+                                       ("flip test-time augmentation", tags.get(names.TTA) == "flip")) if present]
     row, numbers["champion"] = _macro_f1_row("champion" + (f" ({', '.join(kind)})" if kind else ""),
                                              {s: context.predictions[s] for s in splits}, context.args.bootstrap)
     rows.append(row)
     with tempfile.TemporaryDirectory() as directory:
-        for position, run_id in enumerate(members):
+        for position, run_id in enumerate(([teacher] if teacher else []) + members):
             predict = core.run_predictor(run_id, Path(directory) / str(position))
             frames = {s: core.predict_items(predict, context.dataset.split(s), context.labels, s) for s in splits}
+            if teacher and position == 0:
+                row, numbers["teacher"] = _macro_f1_row("teacher: the ensemble it was distilled from", frames,
+                                                        context.args.bootstrap)
+                rows.append(row)
+                continue
+            position -= 1 if teacher else 0
             name = f"member trial #{trials[position] if position < len(trials) else '?'}"
             member_tags = mlflow.get_run(run_id).data.tags
             source = member_tags.get(names.FINALIST_OF)
@@ -82,6 +90,11 @@ def finalists_blocks(context: Context) -> list:
     blocks = [Heading("The champion and what it is made of", level=3),
               Table(header, rows, anchor="finalists")]
     blocks += _serving_blocks(tags)
+    if teacher:
+        blocks.append(Text(f"The champion is one CNN distilled from that ensemble (study.finalize.distill): it started "
+                           f"from trial #{tags.get(names.FINALIST_OF, '?')}'s model and learnt the ensemble's probabilities "
+                           "on the training images, so it serves one forward pass an image, without test-time "
+                           "augmentation. Its teacher's and members' rows are float models, as logged."))
     if tags.get(names.FIT_ON) == names.TRAIN_AND_VALIDATION and "test" in numbers["champion"]:
         blocks.append(Text(
             "The champion's members were chosen on validation and then retrained on train + validation "

@@ -139,6 +139,22 @@ def test_the_distilled_student_is_registered_and_served_in_the_ensembles_place(d
         run_id=cnn_trial.user_attrs["mlflow_run_id"], artifact_path="bundle", dst_path=str(directory / "start")))
     assert np.abs(start._probabilities([str(synthetic_data / r) for r in logged["relpaths"]], [])[0]
                   - probabilities).max() > 1e-4
+    # camp report lists the teacher and its members beside the student, and says what the champion is
+    from types import SimpleNamespace
+
+    from camp import data, report_context, report_finalists
+
+    dataset = data.load_dataset(synthetic_data)
+    predict = report_context.run_predictor(student.info.run_id, directory / "report")
+    context = SimpleNamespace(
+        champion=SimpleNamespace(run=student, version_tags=version.tags), dataset=dataset, labels=dataset.labels,
+        predictions={"validation": report_context.predict_items(predict, dataset.split("validation"), dataset.labels,
+                                                                "validation")},
+        args=SimpleNamespace(bootstrap=50), numbers={})
+    blocks = report_finalists.finalists_blocks(context)
+    rows = [row[0] for row in blocks[1].rows]
+    assert rows[:2] == ["champion (distilled)", "teacher: the ensemble it was distilled from"] and len(rows) == 4  # + 2 members
+    assert any("distilled from that ensemble" in getattr(block, "text", "") for block in blocks)
 
 
 @pytest.mark.slow
