@@ -28,7 +28,9 @@ import numpy as np
 from camp import ensemble, metrics
 from camp.model import balanced_weights, mirror, predict_probabilities, training_seed
 from camp.preprocess import load_arrays
+from camp.registry import CampClassifier
 from camp.run_config import RunConfig, prepare_dataset, run_config_from_meta
+from camp.train import configure_tensorflow, save_model_bundle
 
 TEACHER_SHARE = 0.7  # of the target that is the teacher's probabilities; the rest is the smoothed label
 LABEL_SMOOTHING = 0.05  # of the label's part, as the default study's trials train
@@ -79,9 +81,6 @@ def distill(bundle: Path, start: int, epochs: int, out: Path, progress: bool = T
     import keras
     import tensorflow as tf
 
-    from camp.registry import CampClassifier
-    from camp.train import save_model_bundle
-
     teacher = CampClassifier().load_bundle(bundle, weights="float")
     meta = json.loads((Path(teacher.members[start].bundle) / "camp.json").read_text())
     config = run_config_from_meta(meta)
@@ -124,7 +123,5 @@ def distill_in_child(bundle: Path, start: int, epochs: int, out: Path) -> dict:
 
 def _child(bundle: str, start: int, epochs: int, out: str, threads: int) -> dict:
     os.environ["CAMP_THREADS"] = str(threads)
-    from camp.train import configure_tensorflow  # TensorFlow starts here, after its thread count is set
-
-    configure_tensorflow()
+    configure_tensorflow()  # TensorFlow's runtime starts here, after its thread count is set
     return distill(Path(bundle), start, epochs, Path(out))

@@ -30,6 +30,8 @@ HERE = "tests/test_readme.py"
 COVERAGE = [
     (r"make sweep SEED=\d+$", [f"{HERE}::test_make_targets_run_the_documented_commands",
                                "tests/test_finalize.py::test_with_seed_sets_the_training_and_sampler_seeds"]),
+    (r"make sweep SWEEP=sweeps/serve-fast\.yaml$", [f"{HERE}::test_make_targets_run_the_documented_commands",
+                                                   "tests/test_distill.py::test_serve_fast_is_the_default_study_with_distillation"]),
     (r"make sweep$", [f"{HERE}::test_make_targets_run_the_documented_commands",
                       "tests/test_sweep.py::test_smoke_sweep_tracks_every_trial_and_registers_a_champion"]),
     (r"make test$", [".ci/run"]),
@@ -141,6 +143,7 @@ def test_make_targets_run_the_documented_commands():
     assert used <= listed, f"README uses targets `make help` does not list: {used - listed}"
     assert ".venv/bin/camp sweep sweeps/default.yaml --workers 2" in make("sweep")
     assert ".venv/bin/camp sweep sweeps/default.yaml --workers 2 --seed 43" in make("sweep", "SEED=43")
+    assert ".venv/bin/camp sweep sweeps/serve-fast.yaml --workers 2" in make("sweep", "SWEEP=sweeps/serve-fast.yaml")
     assert ".venv/bin/camp train sweeps/baseline.yaml" in make("train")
     assert ".venv/bin/camp ablate --base champion --missions --workers 2" in make("ablate")
     assert ".venv/bin/camp predict a.jpg b.jpg" in make("predict", "IMAGES=a.jpg b.jpg")
