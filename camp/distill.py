@@ -7,7 +7,8 @@ augmentation serves ~340-720. Ensembles win on quality, and a student trained on
 part of that gain (Hinton et al. 2015, "Distilling the knowledge in a neural network").
 
 How: the student starts from the ensemble's best CNN member by its own validation score (weights and
-architecture), and trains `epochs` more epochs on the training images, its schedule decaying to zero. Its
+architecture), and trains `epochs` more epochs on the training images, its schedule decaying to zero; it keeps
+its best validation epoch, the start counting as epoch 0 (so it is never worse there than that member). Its
 target per image mixes the teacher's probabilities (the ensemble as served: its members' weights and
 augmentation) with the label, smoothed. The teacher scores the training images only, so validation stays
 outside what the student learns from (the ensemble's member weights were chosen on it, as for any finalist);
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from camp import ensemble, metrics
+from camp import ensemble, metrics, names
 from camp.model import balanced_weights, mirror, predict_probabilities, training_seed
 from camp.preprocess import load_arrays
 from camp.registry import CampClassifier
@@ -99,18 +100,25 @@ def distill(bundle: Path, start: int, epochs: int, out: Path, progress: bool = T
                     loss=keras.losses.CategoricalCrossentropy())
     class_weight = ({i: float(w) for i, w in enumerate(balanced_weights(y, n_classes)) if w > 0}
                     if config.model.loss_weighting == "balanced" else None)
-    for epoch in range(epochs):
+    # as every camp CNN keeps its best validation epoch: here the start member's own weights are epoch 0,
+    # so a student that never beats them on validation is served as that member
+    best_value, best_epoch = ensemble.score(y_val, predict_probabilities(student, x_val), config.metric), 0
+    best_weights = student.get_weights()
+    for epoch in range(1, epochs + 1):
         student.fit(x, target, batch_size=BATCH_SIZE, epochs=1, class_weight=class_weight, verbose=0, shuffle=True)
+        value = ensemble.score(y_val, predict_probabilities(student, x_val), config.metric)
         if progress:
-            value = ensemble.score(y_val, predict_probabilities(student, x_val), config.metric)
-            print(f"distill: epoch {epoch + 1}/{epochs}: student {config.metric} {value:.4f}", flush=True)
+            print(f"distill: epoch {epoch}/{epochs}: student {config.metric} {value:.4f}", flush=True)
+        if names.better(value, best_value, config.direction):
+            best_value, best_epoch, best_weights = value, epoch, student.get_weights()
+    student.set_weights(best_weights)
     probabilities = predict_probabilities(student, x_val)
     teacher_train = metrics.classification_metrics(y, soft.argmax(axis=1), "train")["train/macro_f1"]
     save_model_bundle(student, config, meta["labels"], Path(out))
     return {"y_val": y_val, "val_relpaths": data["val_relpaths"], "probabilities": probabilities,
             "probabilities_flip": (probabilities + predict_probabilities(student, mirror(x_val))) / 2,
             "value": ensemble.score(y_val, probabilities, config.metric),
-            "teacher_train_macro_f1": round(float(teacher_train), 4), "train_images": len(x),
+            "teacher_train_macro_f1": round(float(teacher_train), 4), "train_images": len(x), "best_epoch": best_epoch,
             "seconds": round(time.perf_counter() - started, 1)}
 
 

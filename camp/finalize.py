@@ -280,7 +280,7 @@ def _log_and_register(study, plan, summary, parent_run_id, members, selection, y
                                                    names.FIT_ON) if key in tags}
         value = selection.value if split == "validation" else values[names.on_split(config.metric, split)]
         student = (_student_run(study, plan, parent_run_id, bundle, members, {**tags, names.TEACHER: run.info.run_id},
-                                Path(directory) / "student", summary)
+                                Path(directory) / "student" / "bundle", summary)  # pyfunc artifact: "bundle"
                    if plan.study_file.study.finalize.distill and split == "validation" else None)
         if student is not None:  # one CNN in the ensemble's place: registered, compared and promoted as it would be
             summary["distilled"]["teacher_value"] = round(value, 4)
@@ -325,15 +325,17 @@ def _student_run(study, plan, parent_run_id: str, bundle: Path, members, tags: d
                           tags=student_tags) as run:
         mlflow.log_params({"distill.epochs": epochs, "distill.start_trial": members[start].number,
                            "distill.teacher_share": distill.TEACHER_SHARE, "distill.peak_learning_rate": distill.PEAK_LEARNING_RATE})
-        mlflow.log_metrics({**values, "distill/seconds": result["seconds"],
+        mlflow.log_metrics({**values, "distill/seconds": result["seconds"], "best_epoch": result["best_epoch"],
                             "distill/teacher_train_macro_f1": result["teacher_train_macro_f1"]})
         mlflow.log_dict(predictions, names.PREDICTIONS["validation"])
         mlflow.log_text(yaml.safe_dump(config.to_dict(), sort_keys=False), "config.yaml")
         mlflow.log_artifacts(str(out), "bundle")
         info = registry.log_pyfunc(out, run_config.first_validation_path(meta), run_config.validation_paths(meta))
-    summary["distilled"] = {"start_trial": members[start].number, "epochs": epochs, "value": round(result["value"], 4),
+    summary["distilled"] = {"start_trial": members[start].number, "epochs": epochs, "best_epoch": result["best_epoch"],
+                            "value": round(result["value"], 4),
                             "seconds": result["seconds"], "run_id": run.info.run_id}
-    print(f"finalize: distill: the student scores {config.metric} {result['value']:.4f} on validation "
-          f"(its start, trial #{members[start].number}: {members[start].value:.4f}) in {result['seconds']:.0f} s; "
-          "it is registered in the ensemble's place", flush=True)
+    kept = (f"its best epoch, {result['best_epoch']} of {epochs}" if result["best_epoch"] else
+            f"no epoch beat its start on validation, so it is trial #{members[start].number}'s model as it was")
+    print(f"finalize: distill: the student scores {config.metric} {result['value']:.4f} on validation ({kept}) in "
+          f"{result['seconds']:.0f} s; it is registered in the ensemble's place", flush=True)
     return run, info, result["value"], predictions, config
