@@ -56,23 +56,23 @@ def teacher_probabilities(teacher, config: RunConfig) -> dict:
     dataset, data_fp = prepare_dataset(config)
     used = [item for item in dataset.items if item.split in ("train", "validation")]
     key = f"{data_fp}-train+validation"  # the key a trial's training uses: a cache hit after the search
-    outputs, relpaths = [], None
+    arrays = {}  # per distinct preprocessing: members (and the student, one of them) often share one
     for preprocess in [member.preprocess for member in teacher.members] + [config.preprocess]:
-        arrays = load_arrays(used, key, preprocess, progress=False)
-        train = [i for i, item in enumerate(arrays.items) if item.split == "train"]
-        if relpaths is None:
-            relpaths = [arrays.items[i].relpath for i in train]
-        elif [arrays.items[i].relpath for i in train] != relpaths:
-            raise ValueError(f"{teacher.bundle}: the members read different training images (a file unreadable "
-                             "at one preprocessing only); distillation needs the same images for every member")
-        if len(outputs) < len(teacher.members):
-            member = teacher.members[len(outputs)]
-            outputs.append(predict_probabilities(member.model, arrays.x[train], teacher.tta))
-    validation = [i for i, item in enumerate(arrays.items) if item.split == "validation"]
-    return {"x": arrays.x[train], "y": np.array([arrays.items[i].label for i in train]),
-            "soft": ensemble.average(outputs, teacher.weights), "x_val": arrays.x[validation],
-            "y_val": np.array([arrays.items[i].label for i in validation]),
-            "val_relpaths": [arrays.items[i].relpath for i in validation]}
+        if preprocess not in arrays:
+            arrays[preprocess] = load_arrays(used, key, preprocess, progress=False)
+    rows = {preprocess: {split: [i for i, item in enumerate(each.items) if item.split == split]
+                         for split in ("train", "validation")} for preprocess, each in arrays.items()}
+    relpaths = {tuple(each.items[i].relpath for i in rows[preprocess]["train"]) for preprocess, each in arrays.items()}
+    if len(relpaths) > 1:
+        raise ValueError(f"{teacher.bundle}: the members read different training images (a file unreadable "
+                         "at one preprocessing only); distillation needs the same images for every member")
+    outputs = [predict_probabilities(member.model, arrays[member.preprocess].x[rows[member.preprocess]["train"]],
+                                     teacher.tta) for member in teacher.members]
+    own, train, validation = arrays[config.preprocess], rows[config.preprocess]["train"], rows[config.preprocess]["validation"]
+    return {"x": own.x[train], "y": np.array([own.items[i].label for i in train]),
+            "soft": ensemble.average(outputs, teacher.weights), "x_val": own.x[validation],
+            "y_val": np.array([own.items[i].label for i in validation]),
+            "val_relpaths": [own.items[i].relpath for i in validation]}
 
 
 def distill(bundle: Path, start: int, epochs: int, out: Path, progress: bool = True) -> dict:
@@ -117,7 +117,7 @@ def distill(bundle: Path, start: int, epochs: int, out: Path, progress: bool = T
     save_model_bundle(student, config, meta["labels"], Path(out))
     return {"y_val": y_val, "val_relpaths": data["val_relpaths"], "probabilities": probabilities,
             "probabilities_flip": (probabilities + predict_probabilities(student, mirror(x_val))) / 2,
-            "value": ensemble.score(y_val, probabilities, config.metric),
+            "value": best_value,
             "teacher_train_macro_f1": round(float(teacher_train), 4), "train_images": len(x), "best_epoch": best_epoch,
             "seconds": round(time.perf_counter() - started, 1)}
 

@@ -240,8 +240,7 @@ def _log_and_register(study, plan, summary, parent_run_id, members, selection, y
     prefix = names.split_prefix(split)
     combined = ensemble.average(probabilities, selection.weights)
     predicted = combined.argmax(axis=1)
-    values = {**metrics.classification_metrics(y, predicted, prefix), **metrics.per_label_metrics(y, predicted, labels, prefix),
-              f"{prefix}/loss": ensemble.score(y, combined, names.VAL_LOSS)}
+    values = _scores(y, combined, labels, prefix)
     best_run = mlflow.get_run(member_runs[0])
     with tempfile.TemporaryDirectory() as directory:
         bundle = Path(directory) / "bundle"
@@ -312,8 +311,7 @@ def _student_run(study, plan, parent_run_id: str, bundle: Path, members, tags: d
     config, labels, y = run_config.run_config_from_meta(meta), meta["labels"], np.asarray(result["y_val"])
     probabilities = np.asarray(result["probabilities"])
     predicted = probabilities.argmax(axis=1)
-    values = {**metrics.classification_metrics(y, predicted, "val"), **metrics.per_label_metrics(y, predicted, labels, "val"),
-              names.VAL_LOSS: ensemble.score(y, probabilities, names.VAL_LOSS)}
+    values = _scores(y, probabilities, labels, "val")
     student_tags = {**{key: tags[key] for key in (names.STUDY, names.GIT_COMMIT, names.DATA_FINGERPRINT,
                                                    names.DATA_ROOT, names.SEED) if key in tags},
                     names.ROLE: "student", names.FINALIST_OF: str(members[start].number), names.TTA: "none",
@@ -339,3 +337,10 @@ def _student_run(study, plan, parent_run_id: str, bundle: Path, members, tags: d
     print(f"finalize: distill: the student scores {config.metric} {result['value']:.4f} on validation ({kept}) in "
           f"{result['seconds']:.0f} s; it is registered in the ensemble's place", flush=True)
     return run, info, result["value"], predictions, config
+
+
+def _scores(y: np.ndarray, probabilities: np.ndarray, labels: list, prefix: str) -> dict:
+    """A registered candidate's metrics on the split it is scored on (`prefix`: val or test), as a run logs them."""
+    predicted = probabilities.argmax(axis=1)
+    return {**metrics.classification_metrics(y, predicted, prefix), **metrics.per_label_metrics(y, predicted, labels, prefix),
+            f"{prefix}/loss": ensemble.score(y, probabilities, names.VAL_LOSS)}

@@ -89,8 +89,8 @@ FINALIST_OF = "camp.finalist_of"  # a finalist trial's run: the trial whose conf
 # (study.finalize.train_on_validation); validation then scores nothing and test is the held-out score
 FIT_ON = "camp.fit_on"
 TRAIN_AND_VALIDATION = "train+validation"  # the value of FIT_ON (and RunConfig.fit_on) for such a model
-SOURCE_RUN = "camp.source_run"
-TEACHER = "camp.teacher"  # a distilled model (study.finalize.distill): the ensemble run it learnt from  # a model retrained on train+validation: the run it was chosen as
+SOURCE_RUN = "camp.source_run"  # a model retrained on train+validation: the run it was chosen as
+TEACHER = "camp.teacher"  # a distilled model (study.finalize.distill): the ensemble run it learnt from
 # `camp ablate`: a cell's run names its knob value and replica; the parent run names the run it varies
 CELL = "camp.cell"
 ABLATION_BASE_RUN = "camp.ablation_base_run"

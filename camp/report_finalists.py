@@ -56,7 +56,8 @@ def finalists_blocks(context: Context) -> list:
     if not splits:
         return []
     tags = context.champion.run.data.tags
-    teacher = tags.get(names.TEACHER) or context.champion.version_tags.get(names.TEACHER)  # a distilled student: its teacher's members are what it comes from
+    # a distilled student: what it comes from is its teacher's members
+    teacher = tags.get(names.TEACHER) or context.champion.version_tags.get(names.TEACHER)
     made_of = mlflow.get_run(teacher).data.tags if teacher else tags
     members = [run for run in made_of.get(names.MEMBERS, "").split(",") if run]
     trials = made_of.get(names.MEMBER_TRIALS, "").split(",")
@@ -67,15 +68,16 @@ def finalists_blocks(context: Context) -> list:
                                              {s: context.predictions[s] for s in splits}, context.args.bootstrap)
     rows.append(row)
     with tempfile.TemporaryDirectory() as directory:
-        for position, run_id in enumerate(([teacher] if teacher else []) + members):
-            predict = core.run_predictor(run_id, Path(directory) / str(position))
-            frames = {s: core.predict_items(predict, context.dataset.split(s), context.labels, s) for s in splits}
-            if teacher and position == 0:
-                row, numbers["teacher"] = _macro_f1_row("teacher: the ensemble it was distilled from", frames,
-                                                        context.args.bootstrap)
-                rows.append(row)
-                continue
-            position -= 1 if teacher else 0
+        def frames_of(run_id: str, folder: str) -> dict:
+            predict = core.run_predictor(run_id, Path(directory) / folder)
+            return {s: core.predict_items(predict, context.dataset.split(s), context.labels, s) for s in splits}
+
+        if teacher:
+            row, numbers["teacher"] = _macro_f1_row("teacher: the ensemble it was distilled from",
+                                                    frames_of(teacher, "teacher"), context.args.bootstrap)
+            rows.append(row)
+        for position, run_id in enumerate(members):
+            frames = frames_of(run_id, str(position))
             name = f"member trial #{trials[position] if position < len(trials) else '?'}"
             member_tags = mlflow.get_run(run_id).data.tags
             source = member_tags.get(names.FINALIST_OF)
