@@ -2,7 +2,9 @@
 train from it, side by side with the ensemble (its teacher) and the member it starts from, on validation and
 test through the served path, with the student's test gain over each as a paired bootstrap interval, and each
 model's batch throughput in one process (prints one JSON object). Needs an ensemble registered by
-`make sweep`; nothing is registered or logged.
+`make sweep`, or a student registered by it (sweeps/serve-fast.yaml): then its teacher ensemble is distilled
+again with this checkout's code, and the registered student is scored beside the new one. Nothing is
+registered or logged.
 
     .venv/bin/python bench/distill.py [--model models:/camp-classifier@champion] [--epochs 6] [--data data/clothing-small]
 
@@ -37,18 +39,20 @@ def main() -> int:
 
     import mlflow
 
-    from camp import data, distill, metrics, quantize
+    from camp import data, distill, metrics, names, quantize
     from camp.registry import CampClassifier, resolve_version, served_images_per_second
 
     version = resolve_version(args.model)
-    run = mlflow.get_run(version.run_id)
+    run = registered = mlflow.get_run(version.run_id)
+    if run.data.tags.get("camp.role") == "student":
+        run = mlflow.get_run(run.data.tags[names.TEACHER])
     if run.data.tags.get("camp.role") != "ensemble":
         raise SystemExit(f"{args.model} is not an ensemble (camp.role {run.data.tags.get('camp.role')!r}): nothing to distil")
     dataset = data.load_dataset(args.data)
     labels = dataset.labels
     split = {name: dataset.split(name) for name in ("validation", "test")}
     with tempfile.TemporaryDirectory() as directory:
-        bundle = Path(mlflow.artifacts.download_artifacts(run_id=version.run_id, artifact_path="bundle", dst_path=directory))
+        bundle = Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="bundle", dst_path=directory))
         spec = json.loads((bundle / "ensemble.json").read_text())
         values = [float(mlflow.get_run(member).data.metrics.get("val/macro_f1", float("nan"))) for member in spec["runs"]]
         start = distill.best_cnn_member(bundle, values, True) if args.start is None else args.start
@@ -62,9 +66,12 @@ def main() -> int:
                      for name, folder in (("teacher", bundle), ("student", student_dir), ("start", start_dir))}
         models = {"teacher": CampClassifier().load_bundle(bundle), "student": CampClassifier().load_bundle(student_dir),
                   "start": CampClassifier().load_bundle(start_dir)}
+        if registered is not run:  # the student the sweep registered, as served (its int8 weights included)
+            models["registered_student"] = mlflow.pyfunc.load_model(f"models:/{version.name}/{version.version}").unwrap_python_model()
         probabilities, out = {}, {"bench": "distill", "model": args.model, "version": version.version,
                                   "members": spec["members"], "tta": spec.get("tta"), "start": spec["members"][start],
                                   "epochs": args.epochs, "serving": quantized, "distill_seconds": trained["seconds"],
+                                  "best_epoch": trained["best_epoch"],
                                   "teacher_train_macro_f1": trained["teacher_train_macro_f1"], "macro_f1": {},
                                   "images_per_second": {}, "student_minus": {}}
         for name, model in models.items():
@@ -75,7 +82,7 @@ def main() -> int:
                 out["macro_f1"].setdefault(name, {})[split_name] = round(
                     metrics.value("val/macro_f1", y, probabilities[name, split_name].argmax(axis=1), None), 4)
         y_test = np.array([item.label for item in split["test"]])
-        for other in ("teacher", "start"):
+        for other in [name for name in models if name != "student"]:
             gain, low, high = metrics.paired_bootstrap("val/macro_f1", y_test, probabilities["student", "test"],
                                                        probabilities[other, "test"])
             out["student_minus"][other] = {"test": round(gain, 4), "interval": [round(low, 4), round(high, 4)]}

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from camp import ensemble, metrics, names
-from camp.model import balanced_weights, mirror, predict_probabilities, training_seed
+from camp.model import balanced_weights, mirror, predict_probabilities, schedule, training_seed
 from camp.preprocess import load_arrays
 from camp.registry import CampClassifier
 from camp.run_config import RunConfig, prepare_dataset, run_config_from_meta
@@ -36,6 +36,15 @@ from camp.train import configure_tensorflow, save_model_bundle
 TEACHER_SHARE = 0.7  # of the target that is the teacher's probabilities; the rest is the smoothed label
 LABEL_SMOOTHING = 0.05  # of the label's part, as the default study's trials train
 PEAK_LEARNING_RATE = 3e-4  # the trials end at 0 from 1e-3: a restart at a third of it, decaying to 0 again
+# A fresh Adam's first steps move every weight by ~the learning rate whatever its gradient (its second-moment
+# estimate is not yet formed): from 3e-4 at once, seed 43's student fell from 0.807 to 0.407 on validation
+# in its first epoch. One epoch of linear warm-up, as the trials train, gives the estimates time to form.
+WARMUP_EPOCHS = 1
+# Keras' batch-norm default (0.99) averages its inference statistics over ~100 steps, two of the student's
+# epochs at 48 steps each: scored after an epoch, the student is judged with statistics of weights it has
+# left. At 0.9 they follow within ~10 steps. (The trials' validation curves show the same lag: macro-F1
+# ~0.1-0.4 until their learning rate has decayed, BENCHMARKS.md, "Distillation".)
+BATCH_NORM_MOMENTUM = 0.9
 BATCH_SIZE = 64
 
 
@@ -47,6 +56,13 @@ def best_cnn_member(bundle: Path, member_values: list[float], maximize: bool) ->
     if not positions:
         raise ValueError(f"{bundle}: distillation needs a CNN member to start from; the ensemble has none")
     return sorted(positions, key=lambda i: member_values[i], reverse=maximize)[0]
+
+
+def student_schedule(epochs: int, steps_per_epoch: int):
+    """The student's learning rate: linear warm-up over `WARMUP_EPOCHS` (none when it trains one epoch), then
+    cosine from `PEAK_LEARNING_RATE` to zero at its last step."""
+    warmup = min(WARMUP_EPOCHS, epochs - 1) * steps_per_epoch
+    return schedule(PEAK_LEARNING_RATE, warmup, epochs * steps_per_epoch, "cosine")
 
 
 def teacher_probabilities(teacher, config: RunConfig) -> dict:
@@ -92,11 +108,13 @@ def distill(bundle: Path, start: int, epochs: int, out: Path, progress: bool = T
     keras.utils.set_random_seed(training_seed(config.seed, config.model))
     tf.config.experimental.enable_op_determinism()
     student = keras.models.load_model(Path(teacher.members[start].bundle) / "model.keras", compile=False)
+    for layer in student.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = BATCH_NORM_MOMENTUM  # read when the training step is traced, at the first fit
     label = keras.utils.to_categorical(y, n_classes) * (1 - LABEL_SMOOTHING) + LABEL_SMOOTHING / n_classes
     target = (1 - TEACHER_SHARE) * label + TEACHER_SHARE * soft
     steps = -(-len(x) // BATCH_SIZE)
-    schedule = keras.optimizers.schedules.CosineDecay(PEAK_LEARNING_RATE, epochs * steps, alpha=0.0)
-    student.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=config.model.weight_decay),
+    student.compile(optimizer=keras.optimizers.AdamW(student_schedule(epochs, steps), weight_decay=config.model.weight_decay),
                     loss=keras.losses.CategoricalCrossentropy())
     class_weight = ({i: float(w) for i, w in enumerate(balanced_weights(y, n_classes)) if w > 0}
                     if config.model.loss_weighting == "balanced" else None)

@@ -322,7 +322,9 @@ def _student_run(study, plan, parent_run_id: str, bundle: Path, members, tags: d
     with mlflow.start_run(run_name=f"student-{study.study_name}", nested=True, parent_run_id=parent_run_id,
                           tags=student_tags) as run:
         mlflow.log_params({"distill.epochs": epochs, "distill.start_trial": members[start].number,
-                           "distill.teacher_share": distill.TEACHER_SHARE, "distill.peak_learning_rate": distill.PEAK_LEARNING_RATE})
+                           "distill.teacher_share": distill.TEACHER_SHARE, "distill.peak_learning_rate": distill.PEAK_LEARNING_RATE,
+                           "distill.warmup_epochs": distill.WARMUP_EPOCHS,
+                           "distill.batch_norm_momentum": distill.BATCH_NORM_MOMENTUM})
         mlflow.log_metrics({**values, "distill/seconds": result["seconds"], "best_epoch": result["best_epoch"],
                             "distill/teacher_train_macro_f1": result["teacher_train_macro_f1"]})
         mlflow.log_dict(predictions, names.PREDICTIONS["validation"])

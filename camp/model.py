@@ -172,10 +172,10 @@ def learning_rate(config: ModelConfig, steps_per_epoch: int):
     warmup = config.warmup_epochs * steps_per_epoch
     if config.lr_schedule == "constant" and not warmup:
         return config.learning_rate
-    return _Schedule(config.learning_rate, warmup, total, config.lr_schedule)
+    return schedule(config.learning_rate, warmup, total, config.lr_schedule)
 
 
-def _Schedule(peak: float, warmup: int, total: int, shape: str):
+def schedule(peak: float, warmup: int, total: int, shape: str):
     """Linear warm-up to `peak` over `warmup` steps, then constant, cosine or linear decay to zero at the
     step held in a variable (the compiled train step reads it at every step, so it can change mid-fit)."""
     import math

@@ -62,6 +62,17 @@ def test_an_ensemble_without_a_cnn_has_nothing_to_start_from(tmp_path):
         distill.best_cnn_member(_bundle(tmp_path, {"0-trial-1": False}), [0.5], maximize=True)
 
 
+def test_the_student_warms_up_then_decays_to_zero():
+    rate = distill.student_schedule(epochs=6, steps_per_epoch=10)
+    values = [float(rate(step)) for step in range(61)]
+    assert values[0] < distill.PEAK_LEARNING_RATE / 50  # a fresh Adam starts near zero, not at the peak
+    assert values[10] == pytest.approx(distill.PEAK_LEARNING_RATE)
+    assert all(a < b for a, b in zip(values[:10], values[1:11]))
+    assert all(a >= b for a, b in zip(values[10:60], values[11:61]))
+    assert values[60] == pytest.approx(0.0, abs=1e-9)
+    assert float(distill.student_schedule(epochs=1, steps_per_epoch=10)(0)) == pytest.approx(distill.PEAK_LEARNING_RATE)
+
+
 def test_distill_settings_are_checked():
     assert FinalizeConfig(distill=6, share=0.25).distill == 6  # share may reserve the student's time
     with pytest.raises(ValueError, match="finalize.distill must be in"):
