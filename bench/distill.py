@@ -45,7 +45,8 @@ def main() -> int:
     version = resolve_version(args.model)
     run = registered = mlflow.get_run(version.run_id)
     if run.data.tags.get("camp.role") == "student":
-        run = mlflow.get_run(run.data.tags[names.TEACHER])
+        # the run's tag, or the version's where an older camp put it there only
+        run = mlflow.get_run(run.data.tags.get(names.TEACHER) or version.tags[names.TEACHER])
     if run.data.tags.get("camp.role") != "ensemble":
         raise SystemExit(f"{args.model} is not an ensemble (camp.role {run.data.tags.get('camp.role')!r}): nothing to distil")
     dataset = data.load_dataset(args.data)
