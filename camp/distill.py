@@ -36,14 +36,15 @@ from camp.train import configure_tensorflow, save_model_bundle
 TEACHER_SHARE = 0.7  # of the target that is the teacher's probabilities; the rest is the smoothed label
 LABEL_SMOOTHING = 0.05  # of the label's part, as the default study's trials train
 PEAK_LEARNING_RATE = 3e-4  # the trials end at 0 from 1e-3: a restart at a third of it, decaying to 0 again
-# A fresh Adam's first steps move every weight by ~the learning rate whatever its gradient (its second-moment
-# estimate is not yet formed): from 3e-4 at once, seed 43's student fell from 0.807 to 0.407 on validation
-# in its first epoch. One epoch of linear warm-up, as the trials train, gives the estimates time to form.
+# One epoch of linear warm-up, as the trials train, instead of restarting a fresh Adam at the peak at once.
+# Alone it did not stop the first epoch's fall on validation (seed 44: 0.779 at the start, 0.589 after one
+# epoch, against 0.619 without it); with the batch-norm momentum below, every epoch scored higher than without
+# either (BENCHMARKS.md, "Distillation, second round").
 WARMUP_EPOCHS = 1
 # Keras' batch-norm default (0.99) averages its inference statistics over ~100 steps, two of the student's
-# epochs at 48 steps each: scored after an epoch, the student is judged with statistics of weights it has
-# left. At 0.9 they follow within ~10 steps. (The trials' validation curves show the same lag: macro-F1
-# ~0.1-0.4 until their learning rate has decayed, BENCHMARKS.md, "Distillation".)
+# epochs at 48 steps each: scored after an epoch, the student is judged partly with statistics of weights it
+# has left. At 0.9 they follow within ~10 steps. Part of the fall only: a trial retrained at 0.9 still
+# scored erratically in its early epochs (same section).
 BATCH_NORM_MOMENTUM = 0.9
 BATCH_SIZE = 64
 
@@ -120,17 +121,18 @@ def distill(bundle: Path, start: int, epochs: int, out: Path, progress: bool = T
                     if config.model.loss_weighting == "balanced" else None)
     # as every camp CNN keeps its best validation epoch: here the start member's own weights are epoch 0,
     # so a student that never beats them on validation is served as that member
-    best_value, best_epoch = ensemble.score(y_val, predict_probabilities(student, x_val), config.metric), 0
+    probabilities = predict_probabilities(student, x_val)
+    best_value, best_epoch = ensemble.score(y_val, probabilities, config.metric), 0
     best_weights = student.get_weights()
     for epoch in range(1, epochs + 1):
         student.fit(x, target, batch_size=BATCH_SIZE, epochs=1, class_weight=class_weight, verbose=0, shuffle=True)
-        value = ensemble.score(y_val, predict_probabilities(student, x_val), config.metric)
+        scored = predict_probabilities(student, x_val)
+        value = ensemble.score(y_val, scored, config.metric)
         if progress:
             print(f"distill: epoch {epoch}/{epochs}: student {config.metric} {value:.4f}", flush=True)
         if names.better(value, best_value, config.direction):
-            best_value, best_epoch, best_weights = value, epoch, student.get_weights()
-    student.set_weights(best_weights)
-    probabilities = predict_probabilities(student, x_val)
+            best_value, best_epoch, best_weights, probabilities = value, epoch, student.get_weights(), scored
+    student.set_weights(best_weights)  # `probabilities` are already the kept epoch's: no second pass
     teacher_train = metrics.classification_metrics(y, soft.argmax(axis=1), "train")["train/macro_f1"]
     save_model_bundle(student, config, meta["labels"], Path(out))
     return {"y_val": y_val, "val_relpaths": data["val_relpaths"], "probabilities": probabilities,
