@@ -74,11 +74,11 @@ def main() -> int:
               "champion": {split: scores(model.unwrap_python_model().predict_files, dataset, split,
                                          champion_test if split == "test" else None)
                            for split in ("validation", "test")}}
-    # the served model's CNNs may carry int8 weights (camp.quantize): the same model with its float weights,
-    # side by side, says what quantizing cost
+    # the served model's CNNs may be TensorFlow Lite flatbuffers (camp.quantize): the same model with its Keras
+    # weights, side by side, says what converting cost
     result["serving"] = {"weights": champion.run.data.tags.get(names.SERVING, "float"),
                          "validation_agreement": champion.run.data.tags.get(names.SERVING_AGREEMENT)}
-    if result["serving"]["weights"] == "int8":
+    if result["serving"]["weights"] not in ("float", None):
         served = Path(mlflow.artifacts.download_artifacts(artifact_uri=champion.uri)) / "artifacts" / "bundle"
         float_weights = CampClassifier().load_bundle(served, weights="float")
         result["champion_float_weights"] = {split: scores(float_weights.predict_files, dataset, split)

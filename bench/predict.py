@@ -1,6 +1,6 @@
 """The served model through `mlflow.pyfunc`: load time in a fresh process, single-image latency
 (p50/p95) and batch throughput (prints JSON); beside it, measured in the same process, the same model
-without and with flip test-time augmentation, with its CNNs' float weights where it serves int8 ones
+without and with flip test-time augmentation, with its CNNs' Keras weights where it serves flatbuffers
 (camp.quantize, $CAMP_SERVE_FLOAT), and an ensemble's heaviest member alone. Needs a registered model
 (run `make sweep` first).
 
@@ -117,13 +117,16 @@ def main() -> None:
     result["variants"] = {f"tta {tta}": measure(with_tta(tta, lambda frame: inner.predict(None, frame)))
                           for tta in ("none", "flip")}
     model_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=args.model))
-    if any((folder / quantize.QUANTIZED_FILE).is_file() for folder in quantize.cnn_bundles(model_dir / "artifacts" / "bundle")):
+    if any((folder / quantize.LITE_FILE).is_file() for folder in quantize.cnn_bundles(model_dir / "artifacts" / "bundle")):
         float_weights = CampClassifier().load_bundle(model_dir / "artifacts" / "bundle", weights="float")
         result["variants"]["float weights (the Keras models), registered tta"] = measure(
             lambda frame: float_weights.predict(None, frame))
         as_served, as_float = inner.predict(None, pd.DataFrame({"image": paths})), float_weights.predict(None, pd.DataFrame({"image": paths}))
-        result["int8_vs_float_label_agreement_on_validation"] = round(float((as_served["label"] == as_float["label"]).mean()), 4)
-    result["serving"] = "int8" if any(type(m.model).__name__ == "QuantizedModel" for m in members) else "float"
+        result["served_vs_keras_label_agreement_on_validation"] = round(float((as_served["label"] == as_float["label"]).mean()), 4)
+    # camp before flatbuffers had two precisions served int8 ones only, as `QuantizedModel`
+    lite = [getattr(m.model, "precision", "int8") for m in members
+            if type(m.model).__name__ in ("LiteModel", "QuantizedModel")]
+    result["serving"] = quantize.SERVING["int8" if "int8" in lite else "float32" if lite else None]
     if inner.members:
         heaviest = inner.members[int(np.argmax(inner.weights))]
         result["variants"]["heaviest member, tta none"] = measure(

@@ -2,8 +2,8 @@
 photos, preprocessing them at 64 and 48 px, HOG features (camp's batched ones and scikit-image's per-image
 `hog`, on the same inputs), and the forward pass of camp's default CNN (the warm-start architecture, untrained
 weights: speed does not depend on them) at 64 and 48 px, as `predict_on_batch`, under XLA
-(`tf.function(jit_compile=True)`), and with int8 weights as camp serves them (`camp.quantize`). Every figure
-is images per second, the median of `--repeats` calls.
+(`tf.function(jit_compile=True)`), and as the TensorFlow Lite flatbuffers camp serves (`camp.quantize`: float32
+and int8 weights). Every figure is images per second, the median of `--repeats` calls.
 
     .venv/bin/python bench/serving_parts.py [--data data/clothing-small] [--batch 256]
 
@@ -79,9 +79,10 @@ def main() -> int:
                                                        len(batch), args.repeats)
         rates[f"cnn {size}px xla"] = rate(lambda compiled=compiled, batch=batch: compiled(tf.constant(batch)).numpy(),
                                           len(batch), args.repeats)
-        served = quantize.QuantizedModel(quantize.convert(model))
-        rates[f"cnn {size}px int8 weights (camp.quantize)"] = rate(
-            lambda served=served, batch=batch: served.predict_on_batch(batch), len(batch), args.repeats)
+        for precision in quantize.PRECISIONS:
+            served = quantize.LiteModel(quantize.convert(model, precision))
+            rates[f"cnn {size}px {precision} flatbuffer (camp.quantize)"] = rate(
+                lambda served=served, batch=batch: served.predict_on_batch(batch), len(batch), args.repeats)
     print(json.dumps(result, indent=2))
     return 0
 

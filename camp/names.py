@@ -79,8 +79,8 @@ MEMBERS = "camp.members"
 MEMBER_TRIALS = "camp.member_trials"
 MEMBER_WEIGHTS = "camp.member_weights"
 TTA = "camp.tta"  # test-time augmentation of a registered model: none | flip
-# how a logged pyfunc serves its CNNs (camp.quantize): int8 | float, and the share of validation images
-# whose served label the int8 weights keep
+# how a logged pyfunc serves its CNNs (camp.quantize): int8 | tflite-float32 (TensorFlow Lite flatbuffers)
+# | float (the Keras models), and the share of validation images whose served label the flatbuffers keep
 SERVING = "camp.serving"
 SERVING_AGREEMENT = "camp.serving_agreement"
 SERVING_SPEED = "camp.serving_images_per_second"  # batch throughput measured at registration, on that machine

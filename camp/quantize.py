@@ -1,13 +1,16 @@
-"""The served CNNs with 8-bit weights: TensorFlow Lite dynamic-range quantization of a trained Keras model,
-kept only where it predicts like the float model on the run's validation images.
+"""The served CNNs as TensorFlow Lite flatbuffers: a trained Keras model converted with int8 weights
+(dynamic-range quantization), or with float32 weights where the int8 ones change too many labels, kept only
+where it predicts like the Keras model on the run's validation images.
 
-Why: on 2 CPU cores a 64 px CNN's float forward pass runs ~380 images/s, so an ensemble of two of them
-cannot serve 300 images/s; with int8 weights (activations quantized per batch, on XNNPACK) the same
-network runs ~1,000-1,300 images/s (bench/serving_parts.py). When a model is registered,
-`quantize_bundle` writes `model.tflite` beside each CNN's `model.keras` in the served bundle, scores the
-validation images both ways, and deletes the quantized files again when the served labels differ on more
-than `1 - MIN_AGREEMENT` of them. `CampClassifier` then serves `model.tflite` where it exists and the
-interpreter can be loaded, and the Keras model otherwise (or always, with $CAMP_SERVE_FLOAT=1).
+Why: Keras' `predict_on_batch` is the slowest way to run a camp CNN on a CPU. Served with int8 weights (on
+XNNPACK, activations quantized per batch) a 64 px CNN ran 3.5x faster on an AVX-512 machine; on an AVX2 one,
+int8 and float32 flatbuffers served 1.6-1.7x and 1.4-1.6x Keras' images/s (bench/serving_parts.py,
+bench/serving_precision.py, BENCHMARKS.md). int8 weights move probabilities by up to ~0.03, and on one
+trained CNN they changed 1.3% of the validation labels; a float32 flatbuffer keeps them (probabilities
+within 1e-6). When a model is registered, `quantize_bundle` writes `model.tflite` beside each CNN's
+`model.keras` in the served bundle, int8 first, float32 where int8's served labels agree with Keras' on less
+than `MIN_AGREEMENT` of the validation images, and deletes it again where neither does. `CampClassifier` then serves `model.tflite` where it exists and the interpreter can be
+loaded, and the Keras model otherwise (or always, with $CAMP_SERVE_FLOAT=1).
 """
 
 from __future__ import annotations
@@ -19,10 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
-QUANTIZED_FILE = "model.tflite"
-FLOAT_ENV = "CAMP_SERVE_FLOAT"  # 1: serve the Keras models even where a bundle has quantized ones
-MIN_AGREEMENT = 0.99  # of validation images whose served label the quantized model must keep
+LITE_FILE = "model.tflite"
+FLOAT_ENV = "CAMP_SERVE_FLOAT"  # 1: serve the Keras models even where a bundle has flatbuffers
+MIN_AGREEMENT = 0.99  # of validation images whose served label the flatbuffers must keep
 CHUNK = 16  # images per interpreter call: as fast per image as 256 here, with far smaller buffers
+PRECISIONS = ("int8", "float32")  # in the order registration tries them (int8 served faster on both CPUs measured)
+# the camp.serving tag: "float" is the Keras models (the tag's value before flatbuffers had two precisions)
+SERVING = {"int8": "int8", "float32": "tflite-float32", None: "float"}
 
 
 def _interpreter_class():
@@ -38,7 +44,7 @@ def _interpreter_class():
         return None
 
 
-WEIGHTS = ("served", "float")  # what a bundle is loaded with: int8 where registration kept it, or the Keras weights
+WEIGHTS = ("served", "float")  # what a bundle is loaded with: its flatbuffers where registration kept them, or Keras
 
 
 def use_quantized(weights: str = "served") -> bool:
@@ -48,8 +54,11 @@ def use_quantized(weights: str = "served") -> bool:
             and _interpreter_class() is not None)
 
 
-def convert(model) -> bytes:
-    """A Keras CNN (uint8 images in, probabilities out) as a TensorFlow Lite flatbuffer with int8 weights."""
+def convert(model, precision: str = "int8") -> bytes:
+    """A Keras CNN (uint8 images in, probabilities out) as a TensorFlow Lite flatbuffer with `precision`
+    weights: int8 (dynamic-range quantization: activations are quantized per batch) or float32."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     import tensorflow as tf
 
     spec = tf.TensorSpec([None, *model.input_shape[1:]], tf.uint8)
@@ -57,13 +66,14 @@ def convert(model) -> bytes:
     # no trackable object: with the model passed, the converter may keep its variables as resource reads
     # that the interpreter never initialises (NaN out, or "READ_VARIABLE failed"); without it they are frozen
     converter = tf.lite.TFLiteConverter.from_concrete_functions([serve.get_concrete_function()])
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]  # no representative data: dynamic-range quantization
+    if precision == "int8":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]  # no representative data: dynamic-range quantization
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return converter.convert()
 
 
-class QuantizedModel:
+class LiteModel:
     """A `model.tflite` with the two calls `camp.model.predict_probabilities` makes of a Keras model.
     One interpreter runs full chunks and another the remainder, so a stream of single images or of
     256-image batches never reallocates; a lock serialises calls (an interpreter is not thread-safe)."""
@@ -77,6 +87,7 @@ class QuantizedModel:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             self._interpreters = [interpreter(model_content=content, num_threads=threads) for _ in range(2)]
+
         # (input, output) tensor details: fixed per interpreter, so read once, not per chunk
         self._details = [(each.get_input_details()[0], each.get_output_details()[0]) for each in self._interpreters]
         self._sizes = [0, 0]
@@ -93,10 +104,16 @@ class QuantizedModel:
         interpreter.invoke()
         return interpreter.get_tensor(target["index"]).copy()
 
+    @property
+    def precision(self) -> str:
+        """int8 where the flatbuffer holds 8-bit weights, else float32."""
+        tensors = self._interpreters[0].get_tensor_details()
+        return "int8" if any(np.dtype(each["dtype"]) == np.int8 for each in tensors) else "float32"
+
     def predict_on_batch(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x)
         if x.dtype != np.uint8:
-            raise ValueError(f"the quantized model takes uint8 images, got {x.dtype}")
+            raise ValueError(f"the served flatbuffer takes uint8 images, got {x.dtype}")
         full = len(x) - len(x) % CHUNK
         with self._lock:
             parts = [self._run(0, x[start:start + CHUNK]) for start in range(0, full, CHUNK)]
@@ -110,13 +127,13 @@ class QuantizedModel:
         return self.predict_on_batch(x)
 
 
-def load(bundle: Path, weights: str = "served") -> QuantizedModel | None:
-    """The bundle's quantized CNN when it has one and camp is to serve it (`weights="served"`, and no
+def load(bundle: Path, weights: str = "served") -> LiteModel | None:
+    """The bundle's flatbuffer CNN when it has one and camp is to serve it (`weights="served"`, and no
     $CAMP_SERVE_FLOAT); else None (serve `model.keras`)."""
-    path = Path(bundle) / QUANTIZED_FILE
+    path = Path(bundle) / LITE_FILE
     if not use_quantized(weights) or not path.is_file():
         return None
-    return QuantizedModel(path.read_bytes())
+    return LiteModel(path.read_bytes())
 
 
 def cnn_bundles(bundle: Path) -> list[Path]:
@@ -127,37 +144,44 @@ def cnn_bundles(bundle: Path) -> list[Path]:
 
 
 def quantize_bundle(bundle: Path, validation_paths: list[str], load_served) -> dict:
-    """Write `model.tflite` beside each CNN in `bundle` and keep them only if the served model's labels on
-    `validation_paths` stay the same for at least MIN_AGREEMENT of the readable images.
+    """Write `model.tflite` beside each CNN in `bundle`: int8 weights, kept only if the served model's labels
+    on `validation_paths` stay the same for at least MIN_AGREEMENT of the readable images; else float32
+    weights, checked alike; else none (the Keras models are served).
     `load_served(bundle, weights=...)` loads the bundle as served (`CampClassifier().load_bundle`), and what
     it returns has `keras_models()`: {folder: the Keras model loaded from it}, so each is loaded once.
     Returns what was decided, for tags."""
     folders = cnn_bundles(bundle)
     if not folders:
-        return {"serving": "float", "reason": "no CNN to quantize"}
+        return {"serving": SERVING[None], "reason": "no CNN to quantize"}
     if _interpreter_class() is None:
-        return {"serving": "float", "reason": "this TensorFlow has no tf.lite.Interpreter"}
+        return {"serving": SERVING[None], "reason": "this TensorFlow has no tf.lite.Interpreter"}
     float_served = load_served(bundle, weights="float")
     float_probabilities = float_served.predict_files(validation_paths)
     loaded = {Path(folder).resolve(): model for folder, model in float_served.keras_models().items()}
+    contents = {}
     for folder in folders:
         model = loaded.get(folder.resolve())
         if model is None:
             import keras
 
             model = keras.models.load_model(folder / "model.keras", compile=False)
-        (folder / QUANTIZED_FILE).write_bytes(convert(model))
+        contents[folder] = {precision: convert(model, precision) for precision in PRECISIONS}
     del float_served, loaded
-    quantized_probabilities = load_served(bundle).predict_files(validation_paths)
     readable = (float_probabilities["error"] == "").to_numpy()
     columns = [c for c in float_probabilities.columns if c.startswith("p_")]
     before = float_probabilities.loc[readable, columns].to_numpy(dtype=np.float64)
-    after = quantized_probabilities.loc[readable, columns].to_numpy(dtype=np.float64)
-    agreement = float((before.argmax(axis=1) == after.argmax(axis=1)).mean()) if len(before) else 0.0
-    decision = {"agreement": round(agreement, 4), "max_probability_change": round(float(np.abs(before - after).max()), 4)
-                if len(before) else None, "images": int(readable.sum()), "members": len(folders)}
-    if len(before) and agreement >= MIN_AGREEMENT:
-        return {"serving": "int8", **decision}
+    tried = {}
+    for precision in PRECISIONS:
+        for folder in folders:
+            (folder / LITE_FILE).write_bytes(contents[folder][precision])
+        after = load_served(bundle).predict_files(validation_paths).loc[readable, columns].to_numpy(dtype=np.float64)
+        agreement = float((before.argmax(axis=1) == after.argmax(axis=1)).mean()) if len(before) else 0.0
+        tried[precision] = agreement
+        decision = {"agreement": round(agreement, 4), "max_probability_change": round(float(np.abs(before - after).max()), 4)
+                    if len(before) else None, "images": int(readable.sum()), "members": len(folders)}
+        if len(before) and agreement >= MIN_AGREEMENT:
+            return {"serving": SERVING[precision], **decision}
     for folder in folders:
-        (folder / QUANTIZED_FILE).unlink()
-    return {"serving": "float", "reason": f"labels agreed on {agreement:.3f} < {MIN_AGREEMENT} of validation", **decision}
+        (folder / LITE_FILE).unlink()
+    said = ", ".join(f"{precision} on {agreement:.3f}" for precision, agreement in tried.items())
+    return {"serving": SERVING[None], "reason": f"labels agreed ({said}) < {MIN_AGREEMENT} of validation", **decision}

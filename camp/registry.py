@@ -48,7 +48,7 @@ class CampClassifier(mlflow.pyfunc.PythonModel):
     def load_bundle(self, bundle: str | Path, weights: str = "served"):
         """A trained run's bundle (`camp.json` + `model.keras` or the classical `model.pkl`), or an ensemble
         bundle (`ensemble.json` + `members/<k>/`, each a run's bundle). `weights="float"` serves the Keras
-        weights even where registration kept int8 ones (camp.quantize): to compare the two."""
+        weights even where registration kept TensorFlow Lite flatbuffers (camp.quantize): to compare the two."""
         bundle = Path(bundle)
         self.bundle = bundle
         if (bundle / "ensemble.json").is_file():
@@ -75,7 +75,7 @@ class CampClassifier(mlflow.pyfunc.PythonModel):
         self.labels = list(meta["labels"])
         self.preprocess = PreprocessConfig(**meta["preprocess"])
         if (bundle / "model.keras").is_file():
-            self.model = quantize.load(bundle, weights)  # int8 weights where registration kept them
+            self.model = quantize.load(bundle, weights)  # the flatbuffer where registration kept one
             if self.model is None:
                 import keras
 
@@ -269,8 +269,9 @@ def example_input(image_path: str | Path) -> pd.DataFrame:
 
 def log_pyfunc(bundle_dir: str | Path, x_example: str | Path, validation: list[str] | None = None):
     """Log the bundle as a pyfunc model in the active run; returns MLflow's ModelInfo. Given the paths of
-    its `validation` images, its CNNs are served with int8 weights where that keeps their labels
-    (camp.quantize), and the run is tagged with what was decided."""
+    its `validation` images, its CNNs are served as TensorFlow Lite flatbuffers (int8 weights, else float32
+    ones) where that keeps their labels (camp.quantize), and the run is tagged with
+    what was decided."""
     from mlflow.models import infer_signature
 
     if validation is not None:

@@ -124,16 +124,17 @@ def _heldout_sentence(context: Context, test: float) -> str:
 
 
 def _serving_blocks(tags: dict) -> list:
-    """A sentence where the champion serves int8 weights (camp.quantize): its rows are the served model's;
-    and how fast it served where it was registered."""
+    """A sentence where the champion serves TensorFlow Lite flatbuffers (camp.quantize): its rows are the
+    served model's; and how fast it served where it was registered."""
     blocks = []
     if tags.get(names.SERVING_SPEED):
         blocks.append(Text(f"Registration measured the champion at {float(tags[names.SERVING_SPEED]):.0f} images/s in "
                            "batches of 256 on the machine that registered it (camp.serving_images_per_second; a "
                            "serving floor for finalize is study.finalize.min_images_per_second)."))
-    if tags.get(names.SERVING) != "int8":
+    weights = {"int8": "8-bit weights", "tflite-float32": "float32 weights"}.get(tags.get(names.SERVING))
+    if weights is None:
         return blocks
-    return blocks + [Text("The champion serves its CNNs with 8-bit weights (camp.quantize), as scored here; its members' rows "
-                 "are their float models. On the validation images the served labels agree with the float model's on "
-                 f"{float(tags.get(names.SERVING_AGREEMENT, 'nan')):.1%} of them (registration keeps int8 weights only "
-                 "from 99%).")]
+    return blocks + [Text(f"The champion serves its CNNs as TensorFlow Lite flatbuffers with {weights} (camp.quantize), as "
+                 "scored here; its members' rows are their Keras models. On the validation images the served labels agree "
+                 f"with the Keras models' on {float(tags.get(names.SERVING_AGREEMENT, 'nan')):.1%} of them (registration "
+                 "keeps a flatbuffer only from 99%).")]

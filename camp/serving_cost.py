@@ -2,8 +2,8 @@
 those an estimate puts at or above the floor, as AutoGluon's `infer_limit` does.
 
 Each candidate trial is served alone on this machine (its CNN converted to int8 weights, as registration
-serves it where the labels agree: camp.quantize) and timed on batches of validation images sent as base64
-text, as `make serve` receives them. Its cost per image is split into its preprocessing (vetting, decoding,
+serves it where the labels agree: camp.quantize; where they do not, its float32 flatbuffer serves ~10% slower)
+and timed on batches of validation images sent as base64 text, as `make serve` receives them. Its cost per image is split into its preprocessing (vetting, decoding,
 preprocessing: paid once per distinct preprocessing in an ensemble) and its model (paid per member and per
 test-time view). An ensemble's estimate is the sum of its parts: on a 2-core machine each part already
 uses both cores, so they add up (BENCHMARKS.md, "Serving: where a batch's time goes"). Against the served
@@ -55,8 +55,8 @@ def measure(pool, paths: list[str]) -> Costs:
                                                               artifact_path="bundle",
                                                               dst_path=str(Path(directory) / str(position))))
             served = CampClassifier().load_bundle(bundle, weights="float")
-            for folder, model in served.keras_models().items():  # served as registration would: int8
-                (Path(folder) / quantize.QUANTIZED_FILE).write_bytes(quantize.convert(model))
+            for folder, model in served.keras_models().items():  # served as registration would: int8 first
+                (Path(folder) / quantize.LITE_FILE).write_bytes(quantize.convert(model))
             add(costs, CampClassifier().load_bundle(bundle), batches)
     return costs
 

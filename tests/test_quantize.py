@@ -1,6 +1,7 @@
-"""camp.quantize: a Keras CNN converted to int8 weights predicts like the float model in any chunking; a
-served bundle keeps its quantized CNNs only when the validation labels agree, serves them (or the Keras
-models with $CAMP_SERVE_FLOAT=1), and falls back to Keras where TensorFlow has no interpreter."""
+"""camp.quantize: a Keras CNN converted to a TensorFlow Lite flatbuffer (float32 or int8 weights) predicts
+like the Keras model in any chunking; a served bundle keeps int8 weights where the validation labels agree,
+else float32 ones where those agree, serves it (or the Keras models with
+$CAMP_SERVE_FLOAT=1), and falls back to Keras where TensorFlow has no interpreter."""
 
 from __future__ import annotations
 
@@ -44,45 +45,74 @@ def images(tmp_path) -> list[str]:
     return paths
 
 
-def test_int8_weights_predict_like_the_float_model_in_any_chunking(keras_model):
-    served = quantize.QuantizedModel(quantize.convert(keras_model))
+@pytest.mark.parametrize("precision, tolerance", [("float32", 1e-5), ("int8", 0.02)])
+def test_flatbuffers_predict_like_the_keras_model_in_any_chunking(keras_model, precision, tolerance):
+    served = quantize.LiteModel(quantize.convert(keras_model, precision))
+    assert served.precision == precision
     x = np.random.default_rng(1).integers(0, 256, (40, 16, 16, 1), dtype=np.uint8)
     expected = np.asarray(keras_model.predict_on_batch(x))
     whole = served.predict_on_batch(x)
-    assert whole.shape == expected.shape and np.abs(whole - expected).max() < 0.02
+    assert whole.shape == expected.shape and np.abs(whole - expected).max() < tolerance
     for size in (1, 16, 17, 40, 3):  # full chunks and remainders, in an order that resizes both interpreters
-        np.testing.assert_allclose(served.predict_on_batch(x[:size]), whole[:size], atol=0.02)
+        np.testing.assert_allclose(served.predict_on_batch(x[:size]), whole[:size], atol=tolerance)
     assert served.predict_on_batch(x[:0]).shape == (0, len(LABELS))
     with pytest.raises(ValueError, match="uint8"):
         served.predict_on_batch(x.astype(np.float32))
+    with pytest.raises(ValueError, match="precision must be one of"):
+        quantize.convert(keras_model, "int4")
 
 
-def test_a_bundle_serves_int8_only_where_the_validation_labels_agree(bundle, images, monkeypatch):
+def _rotated(model):
+    """The same network with its output classes rotated by one: every image's label changes."""
+    import keras
+
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    kernel, bias = clone.layers[-1].get_weights()
+    clone.layers[-1].set_weights([np.roll(kernel, 1, axis=1), np.roll(bias, 1)])
+    return clone
+
+
+def test_a_bundle_serves_a_flatbuffer_only_where_the_validation_labels_agree(bundle, images, monkeypatch):
     from camp.registry import CampClassifier
 
     monkeypatch.delenv(quantize.FLOAT_ENV, raising=False)
-    monkeypatch.setattr(quantize, "MIN_AGREEMENT", 1.01)  # no agreement is enough: the float model stays
+    monkeypatch.setattr(quantize, "MIN_AGREEMENT", 1.01)  # no agreement is enough: the Keras model stays
     decision = quantize.quantize_bundle(bundle, images, CampClassifier().load_bundle)
-    assert decision["serving"] == "float" and "agreed on" in decision["reason"] and decision["images"] == 12
-    assert not (bundle / quantize.QUANTIZED_FILE).exists()
-    assert not isinstance(CampClassifier().load_bundle(bundle).model, quantize.QuantizedModel)
+    assert decision["serving"] == "float" and decision["images"] == 12
+    assert "int8 on" in decision["reason"] and "float32 on 1.000" in decision["reason"]
+    assert not (bundle / quantize.LITE_FILE).exists()
+    assert not isinstance(CampClassifier().load_bundle(bundle).model, quantize.LiteModel)
 
-    monkeypatch.setattr(quantize, "MIN_AGREEMENT", 0.0)
+    monkeypatch.setattr(quantize, "MIN_AGREEMENT", 0.99)
     decision = quantize.quantize_bundle(bundle, images, CampClassifier().load_bundle)
-    assert decision["serving"] == "int8" and 0.0 <= decision["agreement"] <= 1.0 and decision["members"] == 1
+    assert decision["serving"] == "int8" and decision["members"] == 1 and decision["agreement"] >= 0.99
     served = CampClassifier().load_bundle(bundle)
-    assert isinstance(served.model, quantize.QuantizedModel)
+    assert isinstance(served.model, quantize.LiteModel)
+    assert quantize.SERVING[served.model.precision] == decision["serving"]
     frame = served.predict_files(images)
     assert (frame["error"] == "").all() and set(frame["label"]) <= set(LABELS)
 
     float_weights = CampClassifier().load_bundle(bundle, weights="float")  # the same bundle, its Keras weights
-    assert not isinstance(float_weights.model, quantize.QuantizedModel)
+    assert not isinstance(float_weights.model, quantize.LiteModel)
     assert list(float_weights.keras_models()) == [bundle] and not served.keras_models()
-    assert isinstance(CampClassifier().load_bundle(bundle).model, quantize.QuantizedModel)  # the default: served
+    assert isinstance(CampClassifier().load_bundle(bundle).model, quantize.LiteModel)  # the default: served
     monkeypatch.setenv(quantize.FLOAT_ENV, "1")
-    assert not isinstance(CampClassifier().load_bundle(bundle).model, quantize.QuantizedModel)
+    assert not isinstance(CampClassifier().load_bundle(bundle).model, quantize.LiteModel)
     with pytest.raises(ValueError, match="weights must be one of"):
         CampClassifier().load_bundle(bundle, weights="int4")
+
+
+def test_int8_weights_that_change_labels_give_way_to_float32(bundle, images, monkeypatch):
+    from camp.registry import CampClassifier
+
+    monkeypatch.delenv(quantize.FLOAT_ENV, raising=False)
+    real = quantize.convert
+    monkeypatch.setattr(quantize, "convert", lambda model, precision="int8": real(
+        _rotated(model) if precision == "int8" else model, precision))
+    decision = quantize.quantize_bundle(bundle, images, CampClassifier().load_bundle)
+    assert decision["serving"] == "tflite-float32" and decision["agreement"] == 1.0
+    assert CampClassifier().load_bundle(bundle).model.precision == "float32"
 
 
 def test_quantizing_loads_each_keras_model_once(bundle, images, monkeypatch):
@@ -94,7 +124,7 @@ def test_quantizing_loads_each_keras_model_once(bundle, images, monkeypatch):
     monkeypatch.setattr(quantize, "MIN_AGREEMENT", 0.0)
     loads, real_load = [], keras.models.load_model
     monkeypatch.setattr(keras.models, "load_model", lambda *args, **kwargs: loads.append(args[0]) or real_load(*args, **kwargs))
-    assert quantize.quantize_bundle(bundle, images, CampClassifier().load_bundle)["serving"] == "int8"
+    assert quantize.quantize_bundle(bundle, images, CampClassifier().load_bundle)["serving"] != "float"
     assert len(loads) == 1  # the float scoring's model is the one converted
 
 
@@ -103,11 +133,11 @@ def test_without_an_interpreter_camp_serves_the_keras_model(bundle, images, monk
 
     monkeypatch.delenv(quantize.FLOAT_ENV, raising=False)
     monkeypatch.setattr(quantize, "MIN_AGREEMENT", 0.0)
-    assert quantize.quantize_bundle(bundle, images, CampClassifier().load_bundle)["serving"] == "int8"
+    assert quantize.quantize_bundle(bundle, images, CampClassifier().load_bundle)["serving"] != "float"
     monkeypatch.setattr(quantize, "_interpreter_class", lambda: None)
-    assert quantize.load(bundle) is None  # a bundle quantized elsewhere still loads, as float
-    assert not isinstance(CampClassifier().load_bundle(bundle).model, quantize.QuantizedModel)
-    (bundle / quantize.QUANTIZED_FILE).unlink()
+    assert quantize.load(bundle) is None  # a bundle converted elsewhere still loads, as Keras
+    assert not isinstance(CampClassifier().load_bundle(bundle).model, quantize.LiteModel)
+    (bundle / quantize.LITE_FILE).unlink()
     assert quantize.quantize_bundle(bundle, images, CampClassifier().load_bundle)["serving"] == "float"
 
 

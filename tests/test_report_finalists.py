@@ -46,10 +46,12 @@ def test_the_held_out_estimate_is_stated_beside_test_where_the_sweep_logged_one(
     assert report_finalists._heldout_sentence(context, 0.83) == ""
 
 
-def test_an_int8_champion_says_so_and_a_float_one_says_nothing():
+def test_a_flatbuffer_champion_says_so_and_a_keras_one_says_nothing():
     from camp import report_finalists
 
     (block,) = report_finalists._serving_blocks({"camp.serving": "int8", "camp.serving_agreement": "0.9968"})
     assert "8-bit weights" in block.text and "99.7% of them" in block.text
+    (block,) = report_finalists._serving_blocks({"camp.serving": "tflite-float32", "camp.serving_agreement": "1.0"})
+    assert "float32 weights" in block.text and "100.0% of them" in block.text
     assert report_finalists._serving_blocks({"camp.serving": "float"}) == []
     assert report_finalists._serving_blocks({}) == []  # a version logged before camp quantized
