@@ -4,7 +4,7 @@ where it predicts like the Keras model on the run's validation images.
 
 Why: Keras' `predict_on_batch` is the slowest way to run a camp CNN on a CPU. Served with int8 weights (on
 XNNPACK, activations quantized per batch) a 64 px CNN ran 3.5x faster on an AVX-512 machine; on an AVX2 one,
-int8 and float32 flatbuffers served 1.6-1.7x and 1.4-1.6x Keras' images/s (bench/serving_parts.py,
+int8 and float32 flatbuffers served 1.5-1.7x and 1.4-1.6x Keras' images/s (bench/serving_parts.py,
 bench/serving_precision.py, BENCHMARKS.md). int8 weights move probabilities by up to ~0.03, and on one
 trained CNN they changed 1.3% of the validation labels; a float32 flatbuffer keeps them (probabilities
 within 1e-6). When a model is registered, `quantize_bundle` writes `model.tflite` beside each CNN's
