@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from camp import names  # noqa: E402 - after the path: the bench runs from a checkout
+from camp import names, quantize  # noqa: E402 - after the path: the bench runs from a checkout
 
 
 def scores(predict, dataset, split: str, keep: dict | None = None) -> dict:
@@ -76,9 +76,9 @@ def main() -> int:
                            for split in ("validation", "test")}}
     # the served model's CNNs may be TensorFlow Lite flatbuffers (camp.quantize): the same model with its Keras
     # weights, side by side, says what converting cost
-    result["serving"] = {"weights": champion.run.data.tags.get(names.SERVING, "float"),
+    result["serving"] = {"weights": champion.run.data.tags.get(names.SERVING, quantize.SERVING[None]),
                          "validation_agreement": champion.run.data.tags.get(names.SERVING_AGREEMENT)}
-    if result["serving"]["weights"] not in ("float", None):
+    if result["serving"]["weights"] != quantize.SERVING[None]:
         served = Path(mlflow.artifacts.download_artifacts(artifact_uri=champion.uri)) / "artifacts" / "bundle"
         float_weights = CampClassifier().load_bundle(served, weights="float")
         result["champion_float_weights"] = {split: scores(float_weights.predict_files, dataset, split)

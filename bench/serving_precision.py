@@ -47,13 +47,13 @@ def main() -> int:
     # versions registered before 4342ade kept a distilled student's bundle under another name
     registered = artifacts / "bundle" if (artifacts / "bundle").is_dir() else next(p for p in artifacts.iterdir() if p.is_dir())
     with tempfile.TemporaryDirectory() as directory:
-        copies = {}
-        for precision in quantize.PRECISIONS:
-            copies[precision] = Path(directory) / precision
-            shutil.copytree(registered, copies[precision])
-            for folder in quantize.cnn_bundles(copies[precision]):
-                model = keras.models.load_model(folder / "model.keras", compile=False)
-                (folder / quantize.LITE_FILE).write_bytes(quantize.convert(model, precision))
+        copies = {precision: Path(directory) / precision for precision in quantize.PRECISIONS}
+        for copy in copies.values():
+            shutil.copytree(registered, copy)
+        for folder in quantize.cnn_bundles(registered):
+            model = keras.models.load_model(folder / "model.keras", compile=False)
+            for precision, copy in copies.items():
+                (copy / folder.relative_to(registered) / quantize.LITE_FILE).write_bytes(quantize.convert(model, precision))
         ways = {"keras": CampClassifier().load_bundle(registered, weights="float"),
                 **{f"{precision} flatbuffers": CampClassifier().load_bundle(copies[precision])
                    for precision in quantize.PRECISIONS}}

@@ -158,22 +158,21 @@ def quantize_bundle(bundle: Path, validation_paths: list[str], load_served) -> d
     float_served = load_served(bundle, weights="float")
     float_probabilities = float_served.predict_files(validation_paths)
     loaded = {Path(folder).resolve(): model for folder, model in float_served.keras_models().items()}
-    contents = {}
+    models = {}
     for folder in folders:
-        model = loaded.get(folder.resolve())
-        if model is None:
+        models[folder] = loaded.get(folder.resolve())
+        if models[folder] is None:
             import keras
 
-            model = keras.models.load_model(folder / "model.keras", compile=False)
-        contents[folder] = {precision: convert(model, precision) for precision in PRECISIONS}
+            models[folder] = keras.models.load_model(folder / "model.keras", compile=False)
     del float_served, loaded
     readable = (float_probabilities["error"] == "").to_numpy()
     columns = [c for c in float_probabilities.columns if c.startswith("p_")]
     before = float_probabilities.loc[readable, columns].to_numpy(dtype=np.float64)
     tried = {}
-    for precision in PRECISIONS:
-        for folder in folders:
-            (folder / LITE_FILE).write_bytes(contents[folder][precision])
+    for precision in PRECISIONS:  # converted only when the one before it changed too many labels
+        for folder, model in models.items():
+            (folder / LITE_FILE).write_bytes(convert(model, precision))
         after = load_served(bundle).predict_files(validation_paths).loc[readable, columns].to_numpy(dtype=np.float64)
         agreement = float((before.argmax(axis=1) == after.argmax(axis=1)).mean()) if len(before) else 0.0
         tried[precision] = agreement

@@ -10,7 +10,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from camp import metrics, names
+from camp import metrics, names, quantize
 from camp import report_context as core
 from camp.report_context import Context
 from camp.report_html import Heading, Table, Text
@@ -131,7 +131,8 @@ def _serving_blocks(tags: dict) -> list:
         blocks.append(Text(f"Registration measured the champion at {float(tags[names.SERVING_SPEED]):.0f} images/s in "
                            "batches of 256 on the machine that registered it (camp.serving_images_per_second; a "
                            "serving floor for finalize is study.finalize.min_images_per_second)."))
-    weights = {"int8": "8-bit weights", "tflite-float32": "float32 weights"}.get(tags.get(names.SERVING))
+    weights = {quantize.SERVING["int8"]: "8-bit weights", quantize.SERVING["float32"]: "float32 weights"}.get(
+        tags.get(names.SERVING))
     if weights is None:
         return blocks
     return blocks + [Text(f"The champion serves its CNNs as TensorFlow Lite flatbuffers with {weights} (camp.quantize), as "

@@ -3,9 +3,9 @@ those an estimate puts at or above the floor, as AutoGluon's `infer_limit` does.
 
 Each candidate trial is served alone on this machine (its CNN converted to int8 weights, as registration
 serves it where the labels agree: camp.quantize; where they do not, its float32 flatbuffer serves ~10% slower)
-and timed on batches of validation images sent as base64 text, as `make serve` receives them. Its cost per image is split into its preprocessing (vetting, decoding,
-preprocessing: paid once per distinct preprocessing in an ensemble) and its model (paid per member and per
-test-time view). An ensemble's estimate is the sum of its parts: on a 2-core machine each part already
+and timed on batches of validation images sent as base64 text, as `make serve` receives them. Its cost per
+image is split into its preprocessing (vetting, decoding, preprocessing: paid once per distinct preprocessing
+in an ensemble) and its model (paid per member and per test-time view). An ensemble's estimate is the sum of its parts: on a 2-core machine each part already
 uses both cores, so they add up (BENCHMARKS.md, "Serving: where a batch's time goes"). Against the served
 champions of the tenth round the sum was 1-20% optimistic (BENCHMARKS.md), so a floor with no margin can
 be missed by that much; HOG members sharing one feature shape are counted twice, which errs the other way.
