@@ -151,8 +151,15 @@ class FinalizeConfig:
     min_images_per_second: float = 0.0
     # distill: epochs of one CNN trained on the chosen ensemble's probabilities, registered instead of it (camp.distill)
     distill: int = 0
+    # cascade: a registered ensemble lets one member alone answer where it is sure, at the lowest threshold that
+    # keeps the ensemble's validation labels on at least this share (camp.cascade; 0: off; not with distill)
+    cascade: float = 0.0
 
     def __post_init__(self):
+        if self.cascade and not (0.9 <= self.cascade <= 1.0 and not self.distill and not self.train_on_validation):
+            raise ValueError(f"finalize.cascade must be 0 (off) or a label agreement in [0.9, 1] with distill and "
+                             f"train_on_validation off, got {self.cascade}" + (f" with distill {self.distill}"
+                             if self.distill else " with train_on_validation" if self.train_on_validation else ""))
         if not 0 <= self.distill <= 100 or (self.distill and self.train_on_validation):
             raise ValueError(f"finalize.distill must be in [0, 100] epochs (0: off) and needs train_on_validation off, "
                              f"got {self.distill}" + (" with train_on_validation" if self.train_on_validation else ""))

@@ -21,7 +21,7 @@ import numpy as np
 import optuna
 import yaml
 
-from camp import distill, ensemble, metrics, names, promotion, refit_full, registry, run_config, serving_cost, tracking
+from camp import cascade, distill, ensemble, metrics, names, promotion, refit_full, registry, run_config, serving_cost, tracking
 from camp.sweep_summary import champion_lock, register_champion
 
 STATE = optuna.trial.TrialState
@@ -239,6 +239,18 @@ def _log_and_register(study, plan, summary, parent_run_id, members, selection, y
         y, relpaths = np.asarray(scored[0]["y_true"]), scored[0]["relpaths"]
     prefix = names.split_prefix(split)
     combined = ensemble.average(probabilities, selection.weights)
+    gated = None
+    if plan.study_file.study.finalize.cascade and split == "validation" and len(members) > 1:
+        plain = {number: p["probabilities"] for number, p in ((t.number, p) for t, p in pool)}
+        gated = cascade.choose({k: np.asarray(plain[t.number], dtype=np.float64) for k, t in enumerate(members)},
+                               combined, plan.study_file.study.finalize.cascade)
+        summary.setdefault("ensemble", {})["cascade"] = (gated.spec() | {"gate_trial": members[gated.gate].number}
+                                                         if gated else None)
+        if gated is not None:  # what the served model answers on validation, and what is scored and compared
+            combined = cascade.combine(np.asarray(plain[members[gated.gate].number]), combined, gated.threshold)
+            print(f"finalize: cascade: trial #{members[gated.gate].number} alone answers the {gated.exit_share:.0%} of "
+                  f"validation images where its top probability is >= {gated.threshold:.3f}, the ensemble the rest; "
+                  f"labels agree with the whole ensemble's on {gated.agreement:.1%}")
     predicted = combined.argmax(axis=1)
     values = _scores(y, combined, labels, prefix)
     best_run = mlflow.get_run(member_runs[0])
@@ -254,7 +266,8 @@ def _log_and_register(study, plan, summary, parent_run_id, members, selection, y
         meta = json.loads((bundle / "members" / member_names[0] / "camp.json").read_text())
         spec = {"labels": labels, "members": member_names, "weights": selection.weights,
                 "method": plan.study_file.study.finalize.ensemble, "tta": tta,
-                "trials": [t.number for t in members], "runs": member_runs}
+                "trials": [t.number for t in members], "runs": member_runs,
+                "cascade": gated.spec() if gated else None}
         (bundle / "ensemble.json").write_text(json.dumps(spec, indent=2))
         # the best member's config stands for the ensemble where one config is needed (report, fold models)
         (bundle / "camp.json").write_text(json.dumps({**meta, "ensemble": spec}, indent=2))
@@ -264,6 +277,9 @@ def _log_and_register(study, plan, summary, parent_run_id, members, selection, y
                 names.MEMBER_WEIGHTS: ",".join(f"{w:.4f}" for w in selection.weights), names.TTA: tta}
         if retrained:
             tags[names.FIT_ON] = names.TRAIN_AND_VALIDATION
+        if gated:
+            tags[names.CASCADE] = (f"gate trial {members[gated.gate].number}, threshold {gated.threshold:.4f}, answers "
+                                   f"{gated.exit_share:.4f}, agreement {gated.agreement:.4f}")
         for name in (names.DATA_FINGERPRINT, names.DATA_ROOT, names.SEED):
             if name in best_run.data.tags:
                 tags[name] = best_run.data.tags[name]
@@ -276,8 +292,9 @@ def _log_and_register(study, plan, summary, parent_run_id, members, selection, y
             mlflow.log_artifacts(str(bundle), "bundle")
             info = registry.log_pyfunc(bundle, run_config.first_validation_path(meta), run_config.validation_paths(meta))
         members_tags = {key: tags[key] for key in (names.MEMBERS, names.MEMBER_TRIALS, names.MEMBER_WEIGHTS, names.TTA,
-                                                   names.FIT_ON) if key in tags}
-        value = selection.value if split == "validation" else values[names.on_split(config.metric, split)]
+                                                   names.FIT_ON, names.CASCADE) if key in tags}
+        value = (selection.value if split == "validation" and gated is None
+                 else values[names.on_split(config.metric, split)])
         student = (_student_run(study, plan, parent_run_id, bundle, members, {**tags, names.TEACHER: run.info.run_id},
                                 Path(directory) / "student" / "bundle", summary)  # pyfunc artifact: "bundle"
                    if plan.study_file.study.finalize.distill and split == "validation" else None)

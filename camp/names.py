@@ -84,6 +84,9 @@ TTA = "camp.tta"  # test-time augmentation of a registered model: none | flip
 SERVING = "camp.serving"
 SERVING_AGREEMENT = "camp.serving_agreement"
 SERVING_SPEED = "camp.serving_images_per_second"  # batch throughput measured at registration, on that machine
+# a registered ensemble served as a confidence cascade (study.finalize.cascade: camp.cascade): its gate trial,
+# threshold, the share of validation images the gate answers alone and the labels' agreement with the ensemble's
+CASCADE = "camp.cascade"
 FINALIST_OF = "camp.finalist_of"  # a finalist trial's run: the trial whose config it trains again, longer
 # what a run, or a registered version's members, was fit on: train (absent) or train+validation
 # (study.finalize.train_on_validation); validation then scores nothing and test is the held-out score

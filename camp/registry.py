@@ -28,9 +28,9 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from camp import classical, ensemble, names, quantize, serving_input
+from camp import cascade, classical, ensemble, names, quantize, serving_input
 from camp.images import UnreadableImage, decode_any, decode_path
-from camp.model import TTAS, predict_probabilities
+from camp.model import TTAS, mirror, predict_probabilities
 from camp.preprocess import PreprocessConfig, preprocess_image
 from camp.run_config import first_validation_path, validation_paths
 
@@ -62,6 +62,7 @@ class CampClassifier(mlflow.pyfunc.PythonModel):
             self.tta = spec.get("tta", "none")  # bundles from before test-time augmentation have none
             if self.tta not in TTAS:
                 raise ValueError(f"{bundle / 'ensemble.json'}: tta must be one of {TTAS}, got {self.tta!r}")
+            self.cascade = cascade.from_spec(spec.get("cascade"), len(self.members), str(bundle / "ensemble.json"))
             memo = classical.FeatureMemo()  # members with one HOG shape share their features per request
             for member in self.members:
                 member.tta = self.tta
@@ -71,7 +72,7 @@ class CampClassifier(mlflow.pyfunc.PythonModel):
             return self
 
         meta = json.loads((bundle / "camp.json").read_text())
-        self.members, self.weights, self.tta = None, None, "none"
+        self.members, self.weights, self.tta, self.cascade = None, None, "none", None
         self.labels = list(meta["labels"])
         self.preprocess = PreprocessConfig(**meta["preprocess"])
         if (bundle / "model.keras").is_file():
@@ -115,7 +116,8 @@ class CampClassifier(mlflow.pyfunc.PythonModel):
     def _probabilities(self, sources, errors) -> tuple[np.ndarray, list]:
         """Probabilities for decodable sources (`serving_input.REFUSED`: already an error); an ensemble
         averages its members', decoding each image once per decode size and preprocessing it once per distinct
-        preprocessing (members at 48 and 64 px share one decode)."""
+        preprocessing (members at 48 and 64 px share one decode). With a cascade (camp.cascade) the members
+        score only the images its gate did not answer."""
         decoded_by_reduction: dict = {}
         inputs_by_preprocess: dict = {}
 
@@ -128,15 +130,31 @@ class CampClassifier(mlflow.pyfunc.PythonModel):
             return inputs_by_preprocess[preprocess]
 
         members, weights = (self.members, self.weights) if self.members else ([self], [1.0])
-        outputs, merged = [], dict(errors)
-        for member in members:
+        gate, pending, merged = None, None, dict(errors)
+        if self.cascade is not None:  # the gate answers the images it is sure of; the rest go to every member
+            x, rows, member_errors = inputs(members[self.cascade.gate].preprocess)
+            gate = np.full((len(sources), len(self.labels)), np.nan)
+            if rows:
+                gate[rows] = predict_probabilities(members[self.cascade.gate].model, x, "none")
+            pending = ~cascade.exits(gate, self.cascade.threshold)
+        outputs = []
+        for position, member in enumerate(members):
             x, rows, member_errors = inputs(member.preprocess)
             merged.update(member_errors)
             probabilities = np.full((len(sources), len(self.labels)), np.nan)
-            if rows:
+            if pending is not None:  # only the rows the gate left
+                keep = [i for i, row in enumerate(rows) if pending[row]]
+                x, rows = (x[keep] if keep else None), [rows[i] for i in keep]
+            if rows and position == getattr(self.cascade, "gate", None):  # its plain pass is the gate's
+                probabilities[rows] = gate[rows] if member.tta == "none" else (
+                    gate[rows] + predict_probabilities(member.model, mirror(x), "none")) / 2
+            elif rows:
                 probabilities[rows] = predict_probabilities(member.model, x, member.tta)
             outputs.append(probabilities)
-        return ensemble.average(outputs, weights), sorted(merged.items())
+        combined = ensemble.average(outputs, weights)
+        if gate is not None:
+            combined = cascade.combine(gate, combined, self.cascade.threshold)
+        return combined, sorted(merged.items())
 
     def _frame(self, probabilities: np.ndarray, errors: list) -> pd.DataFrame:
         count = len(probabilities)

@@ -63,7 +63,8 @@ def finalists_blocks(context: Context) -> list:
     trials = made_of.get(names.MEMBER_TRIALS, "").split(",")
     rows, numbers = [], {}
     kind = [what for what, present in (("ensemble", len(members) > 1 and not teacher), ("distilled", bool(teacher)),
-                                       ("flip test-time augmentation", tags.get(names.TTA) == "flip")) if present]
+                                       ("flip test-time augmentation", tags.get(names.TTA) == "flip"),
+                                       ("confidence cascade", bool(tags.get(names.CASCADE)))) if present]
     row, numbers["champion"] = _macro_f1_row("champion" + (f" ({', '.join(kind)})" if kind else ""),
                                              {s: context.predictions[s] for s in splits}, context.args.bootstrap)
     rows.append(row)
@@ -125,12 +126,17 @@ def _heldout_sentence(context: Context, test: float) -> str:
 
 def _serving_blocks(tags: dict) -> list:
     """A sentence where the champion serves TensorFlow Lite flatbuffers (camp.quantize): its rows are the
-    served model's; and how fast it served where it was registered."""
+    served model's; one where it serves as a confidence cascade; and how fast it served where it was registered."""
     blocks = []
     if tags.get(names.SERVING_SPEED):
         blocks.append(Text(f"Registration measured the champion at {float(tags[names.SERVING_SPEED]):.0f} images/s in "
                            "batches of 256 on the machine that registered it (camp.serving_images_per_second; a "
                            "serving floor for finalize is study.finalize.min_images_per_second)."))
+    if tags.get(names.CASCADE):
+        blocks.append(Text(f"The champion serves as a confidence cascade (study.finalize.cascade, camp.cascade): one member "
+                           "alone answers the images where its top probability reaches a threshold, the whole ensemble "
+                           f"the rest, as scored here. On validation: {tags[names.CASCADE]} (the share it answers, and "
+                           "how often the served labels match the whole ensemble's)."))
     weights = {quantize.SERVING["int8"]: "8-bit weights", quantize.SERVING["float32"]: "float32 weights"}.get(
         tags.get(names.SERVING))
     if weights is None:

@@ -239,6 +239,8 @@ def test_yaml_syntax_error_in_a_study_file_shows_the_line_through_the_cli(isolat
     ("study: {name: d, pruner: {n_warmup_steps: -1}}\n", "pruner.n_warmup_steps", ">= 0"),
     ("study: {name: d, finalize: {tta: mirror}}\n", "finalize.tta", "one of ('none', 'flip', 'auto')"),
     ("study: {name: d, finalize: {heldout_splits: -1}}\n", "finalize.heldout_splits", "[0, 1000]"),
+    ("study: {name: d, finalize: {cascade: 99}}\n", "finalize.cascade", "label agreement in [0.9, 1]"),
+    ("study: {name: d, finalize: {cascade: 0.99, distill: 5}}\n", "finalize.cascade", "with distill 5"),
 ])
 def test_silently_accepted_mistakes_are_refused_by_name_before_any_study_or_run(isolated, synthetic_data, capsys,
                                                                                  text, where, message):

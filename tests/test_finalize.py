@@ -205,6 +205,51 @@ def test_flip_tta_is_served_as_finalize_scored_it(fin_sweep, synthetic_data):
     assert np.abs(plain - served).max() > 1e-3
 
 
+def test_a_cascade_is_chosen_on_validation_registered_and_served_as_scored(fin_sweep, synthetic_data):
+    """`finalize.cascade`: the gate and threshold come from the members' logged validation probabilities, the
+    registered bundle serves exactly what finalize scored, and the version's tags and value say so."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from camp import cascade, ensemble, finalize
+    from camp.config import load_study_file
+    from camp.registry import CampClassifier
+    from camp.sweep import plan_for
+
+    directory, path, study = fin_sweep
+    gated_path = directory / "gated.yaml"
+    gated_path.write_text(path.read_text().replace("min_images_per_second: 1}", "min_images_per_second: 1, cascade: 0.9}"))
+    plan = plan_for(load_study_file(gated_path), 4, None, None, str(synthetic_data))
+    assert plan.study_file.study.finalize.cascade == 0.9
+    pool = [entry for entry in finalize.candidates(study, True) if entry[0].user_attrs.get("mlflow_run_id")][:2]
+    options = finalize.tta_options(pool, "auto")
+    y = np.asarray(pool[0][1]["y_true"])
+    selection = ensemble.select(y, options["flip"], "val/macro_f1", True, "top_k", max_members=2)
+    parent = next(run for run in mlflow.search_runs(output_format="list") if run.data.tags.get("camp.role") == "sweep")
+    summary: dict = {}
+    members = [pool[i][0] for i in selection.members]
+    finalize._log_and_register(study, plan, summary, parent.info.run_id, members, selection, y,
+                               [options["flip"][i] for i in selection.members], pool, "flip")
+    whole = ensemble.average([options["flip"][i] for i in selection.members], selection.weights)
+    expected = cascade.choose({k: options["none"][i] for k, i in enumerate(selection.members)}, whole, 0.9)
+    assert expected is not None and summary["ensemble"]["cascade"]["gate_trial"] == members[expected.gate].number
+    version = MlflowClient().get_model_version("camp-classifier", summary["registered_version"])
+    assert version.tags["camp.cascade"].startswith(f"gate trial {members[expected.gate].number}, threshold")
+    bundle = mlflow.artifacts.download_artifacts(run_id=summary["best_run_id"], artifact_path="bundle",
+                                                 dst_path=str(directory / "gated"))
+    model = CampClassifier().load_bundle(bundle)
+    assert model.cascade == cascade.Cascade(expected.gate, expected.threshold, round(expected.exit_share, 4),
+                                            round(expected.agreement, 4))
+    files = [str(synthetic_data / relpath) for relpath in pool[0][1]["relpaths"]]
+    served, errors = model._probabilities(files, [])
+    assert not errors
+    scored = cascade.combine(options["none"][selection.members[expected.gate]], whole, expected.threshold)
+    np.testing.assert_allclose(served, scored, atol=1e-4)
+    logged = mlflow.artifacts.load_dict(f"runs:/{summary['best_run_id']}/val_predictions.json")
+    np.testing.assert_allclose(logged["probabilities"], scored, atol=1e-5)
+    assert float(version.tags["camp.value"]) == pytest.approx(ensemble.score(y, scored, "val/macro_f1"), abs=1e-4)
+
+
 def _selection(value, best_single_value, members=(0, 1)):
     from camp import ensemble
 

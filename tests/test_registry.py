@@ -168,6 +168,57 @@ def test_an_ensemble_decodes_each_image_once_and_mirrors_only_with_flip_tta(bund
         CampClassifier().load_bundle(ensemble_bundle)
 
 
+def test_a_cascade_serves_its_gate_where_sure_and_sends_only_the_rest_to_every_member(bundle, tmp_path):
+    """With `cascade` in ensemble.json the gate scores every image once, alone and unmirrored; the other
+    member sees only the images the gate left, and those get the whole ensemble's average (the gate's plain
+    pass reused under flip); an unreadable item is an error, never a gate answer."""
+    import json
+    import shutil
+
+    from camp import cascade
+    from camp.model import predict_probabilities
+    from camp.registry import CampClassifier
+
+    ensemble_bundle = tmp_path / "cascade"
+    for name in ("0-a", "1-b"):
+        shutil.copytree(bundle, ensemble_bundle / "members" / name)
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 255, (40, 30, 3), dtype=np.uint8) for _ in range(8)]
+    single = CampClassifier().load_bundle(bundle)
+    x, _, _ = registry._model_inputs(registry._decoded(images, single.preprocess.decode_reduction), single.preprocess)
+    gate = predict_probabilities(single.model, x)
+    threshold = float(np.median(gate.max(axis=1)))
+    spec = {"labels": LABELS, "members": ["0-a", "1-b"], "weights": [0.5, 0.5], "tta": "flip",
+            "cascade": {"gate": 0, "threshold": threshold}}
+    (ensemble_bundle / "ensemble.json").write_text(json.dumps(spec))
+    model = CampClassifier().load_bundle(ensemble_bundle)
+    cropped_preprocess = dataclasses.replace(single.preprocess, crop_top=0.1)
+    model.members[1].preprocess = cropped_preprocess  # so the two members differ
+    cropped = registry._model_inputs(registry._decoded(images, single.preprocess.decode_reduction), cropped_preprocess)[0]
+    seen = []
+
+    class Spy:  # counts what the second member is asked to score
+        def __init__(self, model):
+            self.model = model
+
+        def predict_on_batch(self, batch):
+            seen.append(len(batch))
+            return self.model.predict_on_batch(batch)
+
+    model.members[1].model = Spy(model.members[1].model)
+    served, errors = model.probabilities([*images, b"not an image"])
+    whole = (predict_probabilities(single.model, x, "flip") + predict_probabilities(single.model, cropped, "flip")) / 2
+    answered = cascade.exits(gate, threshold)
+    assert 0 < answered.sum() < len(images)
+    np.testing.assert_allclose(served[:-1], cascade.combine(gate, whole, threshold), atol=1e-5)
+    assert seen == [2 * int((~answered).sum())]  # both views of the rest only
+    assert [index for index, _ in errors] == [8] and np.isnan(served[-1]).all()
+    spec["cascade"]["gate"] = 2
+    (ensemble_bundle / "ensemble.json").write_text(json.dumps(spec))
+    with pytest.raises(ValueError, match=r"ensemble.json: cascade gate must be a member index in \[0, 2\)"):
+        CampClassifier().load_bundle(ensemble_bundle)
+
+
 @pytest.mark.parametrize("uri, message", [
     ("models:/camp-classifier@champion", "no such registered model version"),
     ("models:/camp-classifier/7", "no such registered model version"),

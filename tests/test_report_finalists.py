@@ -55,3 +55,11 @@ def test_a_flatbuffer_champion_says_so_and_a_keras_one_says_nothing():
     assert "float32 weights" in block.text and "100.0% of them" in block.text
     assert report_finalists._serving_blocks({"camp.serving": "float"}) == []
     assert report_finalists._serving_blocks({}) == []  # a version logged before camp quantized
+
+
+def test_a_cascade_champion_says_what_its_gate_answers():
+    from camp import report_finalists
+
+    tag = "gate trial 0, threshold 0.6330, answers 0.7605, agreement 0.9903"
+    (block,) = report_finalists._serving_blocks({"camp.cascade": tag})
+    assert "confidence cascade" in block.text and tag in block.text
