@@ -168,13 +168,22 @@ def choose(y: np.ndarray, options: dict[str, list[np.ndarray]], config, metric: 
 
 def heldout_estimate(y: np.ndarray, options: dict[str, list[np.ndarray]], config, metric: str,
                      direction, affordable: dict | None = None) -> tuple[float, float]:
-    """`choose` as a procedure, scored on validation images it did not choose on (split halves,
-    `config.heldout_splits` splits: camp.ensemble.split_half_estimate): (mean, standard error)."""
+    """`choose` as a procedure (with `config.cascade`, its cascade chosen on the same half), scored on validation
+    images it did not choose on (split halves, `config.heldout_splits` splits: camp.ensemble.split_half_estimate):
+    (mean, standard error)."""
     def procedure(indices):
         tta, selection, _, _ = choose(y[indices], {name: [p[indices] for p in candidates]
                                                    for name, candidates in options.items()},
                                       config, metric, direction, affordable)
-        return lambda other: ensemble.average([options[tta][m][other] for m in selection.members], selection.weights)
+
+        def whole(rows):
+            return ensemble.average([options[tta][m][rows] for m in selection.members], selection.weights)
+        gated = (cascade.choose({k: options["none"][m][indices] for k, m in enumerate(selection.members)},
+                                whole(indices), config.cascade) if config.cascade and len(selection.members) > 1 else None)
+        if gated is None:
+            return whole
+        gate = selection.members[gated.gate]
+        return lambda other: cascade.combine(options["none"][gate][other], whole(other), gated.threshold)
     return ensemble.split_half_estimate(y, procedure, metric, config.heldout_splits)
 
 

@@ -308,6 +308,33 @@ def test_the_held_out_estimate_repeats_the_whole_choice_on_images_it_did_not_cho
     assert selection.value > heldout + 0.05
 
 
+def test_with_a_cascade_the_held_out_estimate_chooses_it_again_on_each_half(monkeypatch):
+    """The version's held-out figure is of what it serves: the cascade is chosen on the same half as the
+    members, and the other half is scored on what it answers."""
+    from camp import cascade, finalize
+    from camp.config import FinalizeConfig
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 5, 240)
+    sure = np.eye(5)[y] * 0.8 + 0.04  # right and confident on its half of the images, noise on the other
+    halves = np.arange(len(y)) % 2 == 0
+    first = np.where(halves[:, None], sure, rng.dirichlet(np.ones(5), len(y)))
+    second = np.where(halves[:, None], rng.dirichlet(np.ones(5), len(y)), sure)
+    options = {"none": [first, second]}
+    config = FinalizeConfig(ensemble="top_k", max_members=2, tta="none", heldout_splits=3, cascade=0.9)
+    seen = []
+    real = cascade.choose
+    monkeypatch.setattr(cascade, "choose", lambda gates, whole, agreement: seen.append((len(whole), agreement))
+                        or real(gates, whole, agreement))
+    with_cascade, _ = finalize.heldout_estimate(y, options, config, "val/macro_f1", "maximize")
+    # once per half chosen on, on that half only (halves are stratified by label, so 119-121 images each)
+    assert len(seen) == 6 and {agreement for _, agreement in seen} == {0.9}
+    assert all(seen[i][0] + seen[i + 1][0] == len(y) and 110 < seen[i][0] < 130 for i in (0, 2, 4))
+    without, _ = finalize.heldout_estimate(y, options, FinalizeConfig(ensemble="top_k", max_members=2, tta="none",
+                                                                      heldout_splits=3), "val/macro_f1", "maximize")
+    assert with_cascade != without
+
+
 @pytest.mark.slow
 def test_a_serving_floor_measures_each_candidate_and_chooses_only_what_it_admits(fin_sweep, capsys):
     """Each candidate is served alone (CNNs as int8) and timed; the floor then keeps the expensive candidates
