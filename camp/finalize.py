@@ -250,13 +250,13 @@ def _log_and_register(study, plan, summary, parent_run_id, members, selection, y
     combined = ensemble.average(probabilities, selection.weights)
     gated = None
     if plan.study_file.study.finalize.cascade and split == "validation" and len(members) > 1:
-        plain = {number: p["probabilities"] for number, p in ((t.number, p) for t, p in pool)}
-        gated = cascade.choose({k: np.asarray(plain[t.number], dtype=np.float64) for k, t in enumerate(members)},
-                               combined, plan.study_file.study.finalize.cascade)
+        plain = {trial.number: predictions["probabilities"] for trial, predictions in pool}
+        gates = {k: np.asarray(plain[t.number], dtype=np.float64) for k, t in enumerate(members)}
+        gated = cascade.choose(gates, combined, plan.study_file.study.finalize.cascade)
         summary.setdefault("ensemble", {})["cascade"] = (gated.spec() | {"gate_trial": members[gated.gate].number}
                                                          if gated else None)
         if gated is not None:  # what the served model answers on validation, and what is scored and compared
-            combined = cascade.combine(np.asarray(plain[members[gated.gate].number]), combined, gated.threshold)
+            combined = cascade.combine(gates[gated.gate], combined, gated.threshold)
             print(f"finalize: cascade: trial #{members[gated.gate].number} alone answers the {gated.exit_share:.0%} of "
                   f"validation images where its top probability is >= {gated.threshold:.3f}, the ensemble the rest; "
                   f"labels agree with the whole ensemble's on {gated.agreement:.1%}")

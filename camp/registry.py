@@ -132,7 +132,7 @@ class CampClassifier(mlflow.pyfunc.PythonModel):
         members, weights = (self.members, self.weights) if self.members else ([self], [1.0])
         gate, pending, merged = None, None, dict(errors)
         if self.cascade is not None:  # the gate answers the images it is sure of; the rest go to every member
-            x, rows, member_errors = inputs(members[self.cascade.gate].preprocess)
+            x, rows, _ = inputs(members[self.cascade.gate].preprocess)  # its errors are merged with its member's
             gate = np.full((len(sources), len(self.labels)), np.nan)
             if rows:
                 gate[rows] = predict_probabilities(members[self.cascade.gate].model, x, "none")
