@@ -127,10 +127,10 @@ def build_plan(config: str, *, name: str, n_trials: int, timeout: float | None =
                exclude: str | None = None, set_aside_dominated: bool = True):
     """camp's `Plan` for study file `config` with the benchmark's overrides, built as `make_plan` builds it:
     `load_study_file`, then `dataclasses.replace` (each replace re-runs the config checks), then
-    `camp.sweep.plan_for` (both knob sections parsed)."""
+    `camp.objective.plan_for` (both knob sections parsed)."""
     from camp.config import load_study_file
     from camp.model import ModelConfig
-    from camp.sweep import plan_for
+    from camp.objective import plan_for
 
     study_file = load_study_file(config)
     study = study_file.study

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from camp import ablate, cli
-from camp import sweep as sweep_module
+from camp import objective as objective_module
 from camp.config import load_study_file
 from camp.run_config import fixed_run_config
 
@@ -118,7 +118,7 @@ def test_after_ctrl_c_a_rerun_trains_only_the_missing_cells(isolated, synthetic_
     base = _file(isolated, HOG_BASE, "base")
     command = ["--base", base, "--data", synthetic_data, "--vary", "model.hog_c=0.05,1.0", "--seeds", "2",
                "--bootstrap", "100"]
-    real_train, calls = sweep_module.train, []
+    real_train, calls = objective_module.train, []
 
     def interrupted_on_the_third(config, **kwargs):
         calls.append(config)
@@ -126,11 +126,11 @@ def test_after_ctrl_c_a_rerun_trains_only_the_missing_cells(isolated, synthetic_
             raise KeyboardInterrupt
         return real_train(config, **kwargs)
 
-    monkeypatch.setattr(sweep_module, "train", interrupted_on_the_third)
+    monkeypatch.setattr(objective_module, "train", interrupted_on_the_third)
     assert _ablate(*command) == 130
     assert len(calls) == 3
     calls.clear()
-    monkeypatch.setattr(sweep_module, "train", lambda config, **kwargs: calls.append(config) or real_train(config, **kwargs))
+    monkeypatch.setattr(objective_module, "train", lambda config, **kwargs: calls.append(config) or real_train(config, **kwargs))
     assert _ablate(*command) == 0
     assert len(calls) == 2  # the interrupted cell and the one never started; not the two complete ones
     assert "2 of 4 cells done, 2 to run" in capsys.readouterr().out

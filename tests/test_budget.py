@@ -16,12 +16,13 @@ def test_no_trial_starts_that_would_not_fit_in_the_timeout(tmp_path, monkeypatch
     and nothing is trained. The worker stops when no kind of trial fits the time left; while a cheaper
     kind (here HOG) still fits, it goes on, up to MAX_SKIPS_IN_A_ROW proposals that do not fit."""
 
-    from camp import budget, sweep
+    from camp import budget
+    from camp import objective as objectives
     from camp.config import load_study_file
 
     path = tmp_path / "fin.yaml"
     path.write_text(textwrap.dedent(STUDY))
-    plan = sweep.plan_for(load_study_file(path), 4, 150.0, None, None)
+    plan = objectives.plan_for(load_study_file(path), 4, 150.0, None, None)
     study = optuna.create_study(direction="maximize")
     distributions = {"model.family": optuna.distributions.CategoricalDistribution(["cnn", "hog_linear"])}
     for family, seconds in (("cnn", 90.0), ("cnn", 110.0), ("hog_linear", hog_seconds)):
@@ -30,14 +31,14 @@ def test_no_trial_starts_that_would_not_fit_in_the_timeout(tmp_path, monkeypatch
                                                                          "size": 24}))
     for _ in range(budget.MAX_SKIPS_IN_A_ROW + 1):
         study.enqueue_trial({"model.family": "cnn"})
-    monkeypatch.setattr(sweep, "train", lambda *a, **k: pytest.fail("a trial that cannot fit was started"))
-    objective = sweep.make_objective(plan, parent_run_id="unused", started=__import__("time").time() - 100)
+    monkeypatch.setattr(objectives, "train", lambda *a, **k: pytest.fail("a trial that cannot fit was started"))
+    objective = objectives.make_objective(plan, parent_run_id="unused", started=__import__("time").time() - 100)
     study.optimize(objective, n_trials=budget.MAX_SKIPS_IN_A_ROW + 1)
     skipped = [t for t in study.trials if "skipped" in t.user_attrs]
     assert all(t.state == optuna.trial.TrialState.PRUNED for t in skipped)
     # stopped at the first skip, or once the sampler proposed MAX_SKIPS_IN_A_ROW trials that do not fit
     assert len(skipped) == (1 if stops else budget.MAX_SKIPS_IN_A_ROW)
-    config = sweep.config_for(optuna.trial.FixedTrial({"model.family": "cnn"}), plan)
+    config = objectives.config_for(optuna.trial.FixedTrial({"model.family": "cnn"}), plan)
     assert budget.expected_seconds(study, config) == 110.0  # median of the complete CNN trials (upper middle)
     assert budget.cheapest_seconds(study) == hog_seconds  # the cheaper of the medians (CNN 110, HOG)
 
@@ -97,14 +98,15 @@ def test_the_sweep_does_not_start_a_dominated_familys_proposals_but_runs_queued_
     import dataclasses
     import types
 
-    from camp import budget, sweep
+    from camp import budget
+    from camp import objective as objectives
     from camp.config import load_study_file
 
     path = tmp_path / "fin.yaml"
     path.write_text(textwrap.dedent(STUDY))
     study_file = load_study_file(path)
     study_file = dataclasses.replace(study_file, study=dataclasses.replace(study_file.study, dominated_time_share=0.1))
-    plan = sweep.plan_for(study_file, 100, None, None, None)
+    plan = objectives.plan_for(study_file, 100, None, None, None)
     study = _family_study("maximize", cnn=(0.15, 30.0), hog=(0.68, 1.5))
     study.sampler = optuna.samplers.PartialFixedSampler({"model.family": "cnn"}, optuna.samplers.RandomSampler(seed=0))
 
@@ -115,10 +117,10 @@ def test_the_sweep_does_not_start_a_dominated_familys_proposals_but_runs_queued_
         raise Started(config.model.family)
 
     run = types.SimpleNamespace(info=types.SimpleNamespace(run_id="r"))
-    monkeypatch.setattr(sweep, "train", train)
+    monkeypatch.setattr(objectives, "train", train)
     monkeypatch.setattr("mlflow.start_run", lambda *a, **k: contextlib.nullcontext(run))
     monkeypatch.setattr("mlflow.set_tag", lambda *a, **k: None)
-    objective = sweep.make_objective(plan, parent_run_id="unused")
+    objective = objectives.make_objective(plan, parent_run_id="unused")
     with pytest.raises(Started, match="cnn"):
         study.optimize(objective, n_trials=budget.MAX_DOMINATED_SKIPS_IN_A_ROW + 1)
     skipped = [t for t in study.trials if "skipped" in t.user_attrs]

@@ -114,7 +114,7 @@ def _register(study, path, synthetic_data, distill_epochs: int) -> dict:
 
     from camp import ensemble, finalize
     from camp.config import load_study_file
-    from camp.sweep import plan_for
+    from camp.objective import plan_for
 
     study_file = load_study_file(path)
     study_file = dataclasses.replace(study_file, study=dataclasses.replace(

@@ -59,7 +59,7 @@ def test_warm_start_runs_first_and_an_ensemble_is_served_as_one_model(fin_sweep,
     from camp import ensemble, finalize
     from camp.config import load_study_file
     from camp.registry import CampClassifier
-    from camp.sweep import plan_for
+    from camp.objective import plan_for
 
     directory, path, study = fin_sweep
     # the sweep's registered version and parent run carry finalize's held-out estimate of its choice
@@ -114,7 +114,7 @@ def test_warm_start_runs_first_and_an_ensemble_is_served_as_one_model(fin_sweep,
 
 def test_with_seed_sets_the_training_and_sampler_seeds(tmp_path):
     from camp.config import load_study_file
-    from camp.sweep import make_plan, with_seed
+    from camp.objective import make_plan, with_seed
 
     path = tmp_path / "fin.yaml"
     path.write_text(textwrap.dedent(STUDY))
@@ -135,19 +135,19 @@ def test_a_warm_start_trial_is_never_pruned(isolated, tmp_path, monkeypatch):
     """The pruner may stop any sampled trial, but not the warm start the study promises to reach."""
     import types
 
-    from camp import sweep
+    from camp import objective
     from camp.config import load_study_file
 
     path = tmp_path / "fin.yaml"
     path.write_text(textwrap.dedent(STUDY))
-    plan = sweep.plan_for(load_study_file(path), 4, None, None, None)
+    plan = objective.plan_for(load_study_file(path), 4, None, None, None)
 
     def fake_train(config, epoch_callback=None, **_):
         for epoch in range(3):
             epoch_callback(epoch, {"val/macro_f1": 0.1, "val/loss": 1.0, "val/accuracy": 0.1})
         return types.SimpleNamespace(value=0.5, cache_hit=False, seconds=1.0)
 
-    monkeypatch.setattr(sweep, "train", fake_train)
+    monkeypatch.setattr(objective, "train", fake_train)
     study = optuna.create_study(direction="maximize", pruner=_AlwaysPrune())
     study.enqueue_trial({"model.family": "cnn"}, user_attrs={"warm_start": "warm_start[1]"})
     study.enqueue_trial({"model.family": "cnn"})
@@ -158,7 +158,7 @@ def test_a_warm_start_trial_is_never_pruned(isolated, tmp_path, monkeypatch):
     tracking.setup()
     with mlflow.start_run() as parent:
         pass
-    study.optimize(sweep.make_objective(plan, parent_run_id=parent.info.run_id), n_trials=2)
+    study.optimize(objective.make_objective(plan, parent_run_id=parent.info.run_id), n_trials=2)
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED]
 
 
@@ -172,7 +172,7 @@ def test_flip_tta_is_served_as_finalize_scored_it(fin_sweep, synthetic_data):
     from camp import ensemble, finalize
     from camp.config import load_study_file
     from camp.registry import CampClassifier
-    from camp.sweep import plan_for
+    from camp.objective import plan_for
 
     directory, path, study = fin_sweep
     plan = plan_for(load_study_file(path), 4, None, None, str(synthetic_data))
@@ -214,7 +214,7 @@ def test_a_cascade_is_chosen_on_validation_registered_and_served_as_scored(fin_s
     from camp import cascade, ensemble, finalize
     from camp.config import load_study_file
     from camp.registry import CampClassifier
-    from camp.sweep import plan_for
+    from camp.objective import plan_for
 
     directory, path, study = fin_sweep
     gated_path = directory / "gated.yaml"

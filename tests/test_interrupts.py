@@ -42,13 +42,13 @@ def test_ctrl_c_in_a_trial_survives_a_locked_store_and_ends_the_run_killed(isola
     not the store's error, leaves `study.optimize` (so the sweep exits 130), and the run still ends KILLED."""
     import mlflow
 
-    from camp import sweep, tracking
+    from camp import objective, tracking
     from camp.config import load_study_file
 
     monkeypatch.setattr("time.sleep", lambda seconds: None)
     path = tmp_path / "stop.yaml"
     path.write_text(textwrap.dedent(STUDY))
-    plan = sweep.plan_for(load_study_file(path), 2, None, None, None)
+    plan = objective.plan_for(load_study_file(path), 2, None, None, None)
 
     def interrupted_train(*args, **kwargs):
         raise KeyboardInterrupt("SIGINT")
@@ -61,13 +61,13 @@ def test_ctrl_c_in_a_trial_survives_a_locked_store_and_ends_the_run_killed(isola
             raise sqlite3.OperationalError("database is locked")
         return real_set_tags(tags, *args, **kwargs)
 
-    monkeypatch.setattr(sweep, "train", interrupted_train)
+    monkeypatch.setattr(objective, "train", interrupted_train)
     monkeypatch.setattr(mlflow, "set_tags", locked_set_tags)
     tracking.setup()
     study = optuna.create_study(direction="maximize")
     with mlflow.start_run(run_name="sweep-stop") as parent:
         with pytest.raises(KeyboardInterrupt):
-            study.optimize(sweep.make_objective(plan, parent.info.run_id), n_trials=2, catch=(Exception,))
+            study.optimize(objective.make_objective(plan, parent.info.run_id), n_trials=2, catch=(Exception,))
     assert len(failures) == 2  # the store was busy, and the bookkeeping went on
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL]  # no second trial started
     run = mlflow.get_run(study.trials[0].user_attrs["mlflow_run_id"])
@@ -81,13 +81,13 @@ def test_an_interrupt_tensorflow_turned_into_another_error_still_stops_the_sweep
 
     import mlflow
 
-    from camp import sweep, tracking
+    from camp import objective, tracking
     from camp.config import load_study_file
     from camp.interrupts import interrupted, interrupts_raise_once
 
     path = tmp_path / "stop.yaml"
     path.write_text(textwrap.dedent(STUDY))
-    plan = sweep.plan_for(load_study_file(path), 2, None, None, None)
+    plan = objective.plan_for(load_study_file(path), 2, None, None, None)
 
     def train_interrupted_inside_tensorflow(*args, **kwargs):
         try:
@@ -95,13 +95,13 @@ def test_an_interrupt_tensorflow_turned_into_another_error_still_stops_the_sweep
         except KeyboardInterrupt:
             raise RuntimeError("Exiting device scope without proper scope nesting") from None
 
-    monkeypatch.setattr(sweep, "train", train_interrupted_inside_tensorflow)
+    monkeypatch.setattr(objective, "train", train_interrupted_inside_tensorflow)
     tracking.setup()
     study = optuna.create_study(direction="maximize")
     with pytest.raises(KeyboardInterrupt) as raised:
         with interrupts_raise_once():
             with mlflow.start_run(run_name="sweep-stop") as parent:
-                study.optimize(sweep.make_objective(plan, parent.info.run_id), n_trials=2, catch=(Exception,))
+                study.optimize(objective.make_objective(plan, parent.info.run_id), n_trials=2, catch=(Exception,))
     assert str(raised.value) == "SIGINT" and interrupted() is None  # forgotten once the command is over
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL]
     run = mlflow.get_run(study.trials[0].user_attrs["mlflow_run_id"])

@@ -122,7 +122,7 @@ def test_a_worse_model_never_takes_the_champion_alias(smoke_sweep, synthetic_dat
 
     from camp import promotion, registry
     from camp.run_config import prepare_dataset
-    from camp.sweep import config_for, make_plan
+    from camp.objective import config_for, make_plan
 
     directory, journal = smoke_sweep
     study = _study(journal)
@@ -181,7 +181,7 @@ def test_a_near_chance_model_is_never_promoted(smoke_sweep, synthetic_data):
 
     from camp import promotion, registry
     from camp.run_config import prepare_dataset
-    from camp.sweep import config_for, make_plan
+    from camp.objective import config_for, make_plan
 
     directory, journal = smoke_sweep
     study = _study(journal)
@@ -241,7 +241,8 @@ def test_bad_search_space_is_rejected_before_any_trial(isolated, synthetic_data,
 
 def test_same_seed_gives_the_same_trial_parameters(isolated, synthetic_data):
     """Two fresh studies from the same file and seed sample identical parameters."""
-    from camp.sweep import config_for, make_plan, make_sampler
+    from camp.objective import config_for, make_plan
+    from camp.sweep import make_sampler
 
     args = cli.build_parser().parse_args(["sweep", SMOKE, "--data", str(synthetic_data)])
     plan = make_plan(args)
@@ -485,12 +486,12 @@ def test_more_workers_than_trials_left_start_only_as_many(isolated, synthetic_da
 
 
 def test_a_sweep_stopped_by_failed_trials_exits_non_zero(isolated, synthetic_data, monkeypatch, capsys):
-    from camp import sweep
+    from camp import objective
 
     def broken(*args, **kwargs):
         raise RuntimeError("out of luck")
 
-    monkeypatch.setattr(sweep, "train", broken)
+    monkeypatch.setattr(objective, "train", broken)
     study = isolated / "failing.yaml"
     study.write_text(Path(SMOKE).read_text().replace("n_trials: 3", "n_trials: 4\n  max_failures: 2"))
     journal = isolated / "optuna.journal"

@@ -8,7 +8,7 @@ import optuna
 import pytest
 
 from camp.config import load_study_file
-from camp.sweep import plan_for
+from camp.objective import plan_for
 from camp.warm_start import enqueue, warm_start_trials
 
 SPACE = """
