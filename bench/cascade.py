@@ -46,7 +46,7 @@ def main() -> int:
 
     from camp import cascade, ensemble, metrics, quantize, run_config
     from camp.registry import CampClassifier, client_batches, seconds_per_image
-    from camp.train import configure_tensorflow
+    from camp.runtime import configure_tensorflow
 
     configure_tensorflow()
     os.environ.pop(quantize.FLOAT_ENV, None)

@@ -30,7 +30,7 @@ through `tf.distribute`'s replica context even without a strategy, which wraps t
 traced inside `tf.function` that registers a `CustomGradient-<uid>` entry in TensorFlow's global gradient
 registry (`tensorflow.python.framework.ops.gradient_registry`) that is never removed, and its closure holds
 tensors of the traced train step, so each trial's whole train-step graph (~66 FuncGraphs) stays alive after the
-model is gone; `keras.backend.clear_session()` does not remove it. `camp.train.released_custom_gradients`
+model is gone; `keras.backend.clear_session()` does not remove it. `camp.runtime.released_custom_gradients`
 removes the entries a run added once it ends. `--keep-custom-gradients` switches that off, to measure the
 growth it removes side by side.
 
@@ -169,7 +169,7 @@ def main() -> int:
             super().__call__(study, trial)
 
     sweep.Progress = RecordingProgress  # run_worker builds its per-trial callback from camp.sweep.Progress
-    if args.keep_custom_gradients:  # camp.train looks the context manager up at each run
+    if args.keep_custom_gradients:  # camp.train looks the context manager (camp.runtime's) up at each run
         import camp.train
 
         camp.train.released_custom_gradients = contextlib.nullcontext

@@ -47,7 +47,7 @@ def main() -> int:
     from camp.model import ModelConfig, build_model
     from camp.preprocess import PreprocessConfig
     from camp.registry import _decoded, _model_inputs
-    from camp.train import configure_tensorflow
+    from camp.runtime import configure_tensorflow
 
     configure_tensorflow()
     import tensorflow as tf

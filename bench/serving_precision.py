@@ -36,7 +36,7 @@ def main() -> int:
 
     from camp import data, quantize
     from camp.registry import CampClassifier, client_batches, seconds_per_image
-    from camp.train import configure_tensorflow
+    from camp.runtime import configure_tensorflow
 
     configure_tensorflow()
     os.environ.pop(quantize.FLOAT_ENV, None)

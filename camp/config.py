@@ -10,65 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import types
-import typing
 from pathlib import Path
 from typing import Any, Optional
 
-import yaml
-
 from camp import names
+from camp.typed_yaml import build_dataclass, load_yaml
 
 SAMPLERS = ("tpe", "random")
 PRUNERS = ("median", "hyperband", "none")
-
-
-def build_dataclass(cls: type, mapping: Any, where: str):
-    """Build the frozen dataclass `cls` from a mapping, naming `where.key` in every error."""
-    if mapping is None:
-        mapping = {}
-    if not isinstance(mapping, dict):
-        raise ValueError(f"{where}: expected a mapping of keys, got {type(mapping).__name__} {mapping!r}")
-    fields = {field.name: field for field in dataclasses.fields(cls)}
-    unknown = sorted(set(mapping) - set(fields), key=str)  # YAML keys may be ints or bools
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {', '.join(map(str, unknown))}; allowed keys: {', '.join(fields)}")
-    hints = typing.get_type_hints(cls)
-    values = {}
-    for key, value in mapping.items():
-        values[key] = coerce(value, hints[key], f"{where}.{key}")
-    try:
-        return cls(**values)
-    except ValueError as error:
-        raise ValueError(f"{where}: {error}") from None
-
-
-def coerce(value: Any, hint: Any, where: str) -> Any:
-    """Check `value` against a simple type hint (int, float, str, bool, Optional, dataclass)."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(hint)
-        if value is None and type(None) in options:
-            return None
-        (inner,) = [option for option in options if option is not type(None)]
-        return coerce(value, inner, where)
-    if dataclasses.is_dataclass(hint):
-        return build_dataclass(hint, value, where)
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-    elif hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif hint is str:
-        if isinstance(value, str):
-            return value
-    else:
-        return value
-    raise ValueError(f"{where}: expected {hint.__name__}, got {type(value).__name__} {value!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -324,48 +273,9 @@ class StudyFile:
 SECTIONS = ("study", "data", "seed", "preprocess", "model")
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, except that a key given twice in one mapping is an error (plain YAML keeps the
-    last one silently)."""
-
-    def construct_mapping(self, node, deep=False):
-        seen: dict = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            try:
-                hash(key)
-            except TypeError:
-                continue  # PyYAML itself refuses unhashable keys, with its own message
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r} (first given on line {seen[key] + 1})", key_node.start_mark)
-            seen[key] = key_node.start_mark.line
-        return super().construct_mapping(node, deep=deep)
-
-
-def load_yaml(path: str | os.PathLike) -> dict:
-    """Read a YAML mapping; a syntax error names the file, line and column."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: no such study file")
-    try:
-        document = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(error, "problem", None) or str(error)
-        kind = "YAML error" if isinstance(error, yaml.constructor.ConstructorError) else "YAML syntax error"
-        raise ValueError(f"{path}: {kind} at {where}{problem}") from None
-    if document is None:
-        document = {}
-    if not isinstance(document, dict):
-        raise ValueError(f"{path}: expected a mapping with keys {', '.join(SECTIONS)}")
-    return document
-
-
 def load_study_file(path: str | os.PathLike) -> StudyFile:
     """Parse and check a study file; the knob sections are validated by `camp.space.parse_space`."""
-    document = load_yaml(path)
+    document = load_yaml(path, SECTIONS)
     unknown = sorted(set(document) - set(SECTIONS), key=str)
     if unknown:
         raise ValueError(f"{path}: unknown section(s) {', '.join(map(str, unknown))}; allowed: {', '.join(SECTIONS)}")
@@ -385,15 +295,3 @@ def load_study_file(path: str | os.PathLike) -> StudyFile:
         preprocess=dict(document.get("preprocess") or {}),
         model=dict(document.get("model") or {}),
     )
-
-
-def flatten(mapping: dict, prefix: str = "") -> dict[str, Any]:
-    """`{"a": {"b": 1}}` -> `{"a.b": 1}`, for MLflow params."""
-    out: dict[str, Any] = {}
-    for key, value in mapping.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flatten(value, name + "."))
-        else:
-            out[name] = value
-    return out

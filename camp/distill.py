@@ -31,7 +31,8 @@ from camp.model import balanced_weights, mirror, predict_probabilities, schedule
 from camp.preprocess import load_arrays
 from camp.registry import CampClassifier
 from camp.run_config import RunConfig, prepare_dataset, run_config_from_meta
-from camp.train import configure_tensorflow, save_model_bundle
+from camp.runtime import configure_tensorflow
+from camp.train import save_model_bundle
 
 TEACHER_SHARE = 0.7  # of the target that is the teacher's probabilities; the rest is the smoothed label
 LABEL_SMOOTHING = 0.05  # of the label's part, as the default study's trials train

@@ -21,7 +21,20 @@ import numpy as np
 import optuna
 import yaml
 
-from camp import cascade, distill, ensemble, metrics, names, promotion, refit_full, registry, run_config, serving_cost, tracking
+from camp import (
+    cascade,
+    distill,
+    ensemble,
+    metrics,
+    names,
+    promotion,
+    refit_full,
+    registry,
+    run_config,
+    serving_cost,
+    tracking,
+)
+from camp.finalize_choice import cascade_of, choose, heldout_estimate, report_floor, tta_options
 from camp.sweep_summary import champion_lock, register_champion
 
 STATE = optuna.trial.TrialState
@@ -89,7 +102,7 @@ def _register_result(study: optuna.Study, plan, summary: dict, storage, parent_r
         affordable, options, notes = serving_cost.budgets(costs, config.min_images_per_second, options)
     tta, selection, use_ensemble, selections = choose(y, options, config, metric, study.direction, affordable)
     if affordable is not None:
-        _report_floor(costs, notes, tta, selection, y, unconstrained, config, metric, study.direction, summary)
+        report_floor(costs, notes, tta, selection, y, unconstrained, config, metric, study.direction, summary)
     plain_best = selections["none"].best_single_value
     members = [pool[i][0] for i in selection.members]
     gain = (selection.value - plain_best) * names.gain_sign(study.direction)
@@ -129,105 +142,8 @@ def _register_result(study: optuna.Study, plan, summary: dict, storage, parent_r
                           [options[tta][i] for i in selection.members], pool, tta, retrained)
 
 
-def tta_options(pool, tta: str) -> dict[str, list[np.ndarray]]:
-    """Candidates' validation probabilities without test-time augmentation, and (when `tta` allows it
-    and every candidate logged them) with it: `probabilities_flip`, each image's averaged with its mirror's."""
-    plain = [np.asarray(p["probabilities"], dtype=np.float64) for _, p in pool]
-    options = {"none": plain}
-    if tta == "none":
-        return options
-    missing = [t.number for t, p in pool if "probabilities_flip" not in p]
-    if missing:
-        print(f"finalize: trial(s) {missing} logged no mirrored validation predictions (trained by an older camp): "
-              "no test-time augmentation")
-        return options
-    options["flip"] = [np.asarray(p["probabilities_flip"], dtype=np.float64) for _, p in pool]
-    return options
-
-
-def choose(y: np.ndarray, options: dict[str, list[np.ndarray]], config, metric: str, direction,
-           affordable: dict | None = None):
-    """finalize's whole choice on validation labels `y` and candidates' probabilities per augmentation
-    (`tta_options`): an ensemble selection per augmentation, the augmentation (`_choose`), and the ensemble or
-    its best single candidate (`_uses_ensemble`); with `affordable` ({tta: predicate}, the serving floor's
-    budget: camp.serving_cost), only member sets it admits. Returns (tta, the registered selection, whether
-    it is an ensemble, every augmentation's selection)."""
-    maximize = names.maximizing(direction)
-    method = config.ensemble if config.ensemble != "none" else "top_k"
-    members_cap = config.max_members if config.ensemble != "none" else 1
-    selections = {tta: ensemble.select(y, probabilities, metric, maximize, method, members_cap, config.rounds,
-                                       affordable=(affordable or {}).get(tta))
-                  for tta, probabilities in options.items()}
-    tta, selection = _choose(selections, config, direction)
-    use_ensemble = _uses_ensemble(selection, config, direction)
-    if not use_ensemble:  # the best single candidate under the chosen augmentation
-        selection = ensemble.Selection([selection.best_single], [1.0], selection.best_single_value,
-                                       selection.best_single, selection.best_single_value)
-    return tta, selection, use_ensemble, selections
-
-
-def heldout_estimate(y: np.ndarray, options: dict[str, list[np.ndarray]], config, metric: str,
-                     direction, affordable: dict | None = None) -> tuple[float, float]:
-    """`choose` as a procedure (with `config.cascade`, its cascade chosen on the same half), scored on validation
-    images it did not choose on (split halves, `config.heldout_splits` splits: camp.ensemble.split_half_estimate):
-    (mean, standard error)."""
-    def procedure(indices):
-        tta, selection, _, _ = choose(y[indices], {name: [p[indices] for p in candidates]
-                                                   for name, candidates in options.items()},
-                                      config, metric, direction, affordable)
-
-        def whole(rows):
-            return ensemble.average([options[tta][m][rows] for m in selection.members], selection.weights)
-        gated = (cascade.choose({k: options["none"][m][indices] for k, m in enumerate(selection.members)},
-                                whole(indices), config.cascade) if config.cascade and len(selection.members) > 1 else None)
-        if gated is None:
-            return whole
-        gate = selection.members[gated.gate]
-        return lambda other: cascade.combine(options["none"][gate][other], whole(other), gated.threshold)
-    return ensemble.split_half_estimate(y, procedure, metric, config.heldout_splits)
-
-
-def _report_floor(costs, notes: list[str], tta: str, chosen, y, unconstrained: dict, config, metric: str, direction,
-                  summary: dict) -> None:
-    """Print and record the serving floor's choice beside the one `choose` makes without it, so the floor's
-    price on validation is plain."""
-    floor = config.min_images_per_second
-    free_tta, free, _, _ = choose(y, unconstrained, config, metric, direction)
-    summary["serving_floor"] = {
-        "min_images_per_second": floor, "estimated_images_per_second": round(costs.images_per_second(chosen.members, tta), 1),
-        "value": round(chosen.value, 4), "without_floor": {
-            "value": round(free.value, 4), "tta": free_tta, "members": len(free.members),
-            "estimated_images_per_second": round(costs.images_per_second(free.members, free_tta), 1)}}
-    for note in notes:
-        print(f"finalize: serving floor: {note}")
-    print(f"finalize: serving floor {floor:g} images/s: {metric} {chosen.value:.4f} at an estimated "
-          f"{costs.images_per_second(chosen.members, tta):.0f} images/s ({len(chosen.members)} member(s), tta {tta}); "
-          f"without the floor {free.value:.4f} at ~{costs.images_per_second(free.members, free_tta):.0f} images/s "
-          f"({len(free.members)} member(s), tta {free_tta})")
-
-
 def _meta(trial) -> dict:
     return mlflow.artifacts.load_dict(f"runs:/{trial.user_attrs['mlflow_run_id']}/bundle/camp.json")
-
-
-def _uses_ensemble(selection: ensemble.Selection, config, direction) -> bool:
-    """Is the ensemble registered, rather than its best single candidate? Two members at least, and a gain
-    over that candidate of more than `min_gain`."""
-    gain = (selection.value - selection.best_single_value) * names.gain_sign(direction)
-    return gain > config.min_gain and len(selection.members) >= 2
-
-
-def _choose(selections: dict, config, direction) -> tuple[str, ensemble.Selection]:
-    """`tta: flip` takes the mirror average whenever it is available; `auto` only where it scores better on
-    validation (ties: none, the cheaper model)."""
-    if "flip" not in selections:
-        return "none", selections["none"]
-
-    def final_value(selection):
-        return selection.value if _uses_ensemble(selection, config, direction) else selection.best_single_value
-    if config.tta == "flip" or names.better(final_value(selections["flip"]), final_value(selections["none"]), direction):
-        return "flip", selections["flip"]
-    return "none", selections["none"]
 
 
 def _log_and_register(study, plan, summary, parent_run_id, members, selection, y, probabilities, pool, tta,
@@ -250,13 +166,13 @@ def _log_and_register(study, plan, summary, parent_run_id, members, selection, y
     combined = ensemble.average(probabilities, selection.weights)
     gated = None
     if plan.study_file.study.finalize.cascade and split == "validation" and len(members) > 1:
-        plain = {trial.number: predictions["probabilities"] for trial, predictions in pool}
-        gates = {k: np.asarray(plain[t.number], dtype=np.float64) for k, t in enumerate(members)}
-        gated = cascade.choose(gates, combined, plan.study_file.study.finalize.cascade)
+        plain_of = {trial.number: predictions["probabilities"] for trial, predictions in pool}  # the gates' own
+        plain = [np.asarray(plain_of[t.number], dtype=np.float64) for t in members]
+        gated = cascade_of(range(len(members)), plain, combined, plan.study_file.study.finalize.cascade)
         summary.setdefault("ensemble", {})["cascade"] = (gated.spec() | {"gate_trial": members[gated.gate].number}
                                                          if gated else None)
         if gated is not None:  # what the served model answers on validation, and what is scored and compared
-            combined = cascade.combine(gates[gated.gate], combined, gated.threshold)
+            combined = cascade.combine(plain[gated.gate], combined, gated.threshold)
             print(f"finalize: cascade: trial #{members[gated.gate].number} alone answers the {gated.exit_share:.0%} of "
                   f"validation images where its top probability is >= {gated.threshold:.3f}, the ensemble the rest; "
                   f"labels agree with the whole ensemble's on {gated.agreement:.1%}")

@@ -106,7 +106,7 @@ PROMOTED_AT = "camp.promoted_at"
 PROMOTION = "camp.promotion"
 REGISTERED_VERSION = "camp.registered_version"  # on a sweep's parent run
 COMPARED_WITH = "camp.compared_with"
-# finalize's choice scored on validation images it did not choose on (camp.finalize.heldout_estimate): on the
+# finalize's choice scored on validation images it did not choose on (camp.finalize_choice.heldout_estimate): on the
 # registered version and the sweep's parent run; the ensemble run logs it as the metric `heldout(metric)`
 HELDOUT_VALUE = "camp.heldout_value"
 HELDOUT_SE = "camp.heldout_se"

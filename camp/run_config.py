@@ -7,12 +7,13 @@ import dataclasses
 from typing import Optional
 
 from camp import names
-from camp.config import DataConfig, StudyFile, build_dataclass
+from camp.config import DataConfig, StudyFile
 from camp.data import Dataset, duplicates_across_splits, file_digest, fingerprint, load_dataset, resolve_data_path
 from camp.images import UnreadableImage, decode_path
 from camp.model import ModelConfig
 from camp.preprocess import PreprocessConfig
 from camp.space import parse_space, resolve
+from camp.typed_yaml import build_dataclass
 
 FIT_ON = ("train", names.TRAIN_AND_VALIDATION)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from camp.config import build_dataclass
+from camp.typed_yaml import build_dataclass
 
 SPEC_KEYS = {"int", "float", "choice", "step", "log", "when", "else"}
 

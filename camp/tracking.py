@@ -68,7 +68,7 @@ def quiet_tensorflow() -> None:
     """Import TensorFlow with stderr silenced. Since 2.19 its C++ side prints oneDNN and CUDA-stub INFO
     lines at import whatever TF_CPP_MIN_LOG_LEVEL says (tensorflow#100442), one set per worker process,
     and they bury camp's own lines. A failed import still raises, and its Python error is shown once
-    stderr is back. The runtime is not started here: `camp.train.configure_tensorflow` must still be able
+    stderr is back. The runtime is not started here: `camp.runtime.configure_tensorflow` must still be able
     to set the thread counts ($CAMP_THREADS), which TensorFlow refuses once it has run an op."""
     if "tensorflow" not in sys.modules:
         with stderr_silenced():

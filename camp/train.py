@@ -4,13 +4,11 @@ epoch on validation and logs everything to one MLflow run. `camp train` and ever
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
 import sys
 import tempfile
-import threading
 import time
 import traceback
 from pathlib import Path
@@ -21,8 +19,8 @@ import yaml
 
 from camp import metrics, names, tracking
 from camp.classical import fit_hog_linear
-from camp.config import flatten
 from camp.data import Dataset, printable
+from camp.epochs import EpochTracker
 from camp.model import (
     balanced_weights,
     build_model,
@@ -36,6 +34,8 @@ from camp.model import (
 from camp.plots import confusion_matrix_plot, shared_preprocessing_grid
 from camp.preprocess import load_arrays
 from camp.run_config import LEAKS, RunConfig, prepare_dataset
+from camp.runtime import configure_tensorflow, memory_usage, released_custom_gradients
+from camp.typed_yaml import flatten
 
 
 @dataclasses.dataclass
@@ -51,61 +51,6 @@ class TrainResult:
     val_relpaths: list
     cache_hit: bool
     seconds: float
-
-
-_GRADIENTS = {"active": 0, "before": set()}
-_GRADIENTS_LOCK = threading.Lock()
-
-
-@contextlib.contextmanager
-def released_custom_gradients():
-    """Drop the `tf.custom_gradient` registrations a training run leaves in TensorFlow's global gradient
-    registry, so a sweep process does not grow with every trial.
-
-    Keras's TensorFlow optimizer sums gradients through `tf.distribute`, which wraps them in
-    `tf.custom_gradient`; each trace registers a `CustomGradient-<uid>` function that nothing removes
-    (`keras.backend.clear_session()` included), and it holds that trial's whole train-step graph: about
-    19 MB per trial (`bench/memory.py`). A registration is only looked up while a gradient is being
-    built, so once no run is training its entries are dead. Entries added while any run is active are
-    removed when the last one ends. TensorFlow's registry is private API: if it moves, nothing is
-    removed (and `bench/memory.py` shows the growth again).
-    """
-    try:
-        from tensorflow.python.framework import ops
-
-        registry = ops.gradient_registry._registry
-    except (ImportError, AttributeError):
-        registry = None
-    with _GRADIENTS_LOCK:
-        if registry is not None and _GRADIENTS["active"] == 0:
-            _GRADIENTS["before"] = set(registry)
-        _GRADIENTS["active"] += 1
-    try:
-        yield
-    finally:
-        with _GRADIENTS_LOCK:
-            _GRADIENTS["active"] -= 1
-            if registry is not None and _GRADIENTS["active"] == 0:
-                for key in [key for key in registry if key not in _GRADIENTS["before"]
-                            and str(key).startswith("CustomGradient-")]:
-                    registry.pop(key, None)
-
-
-def configure_tensorflow() -> None:
-    """Quiet logs and honour CAMP_THREADS (threads per process) before TensorFlow starts."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    threads = os.environ.get("CAMP_THREADS")
-    import tensorflow as tf
-
-    if threads:
-        try:
-            tf.config.threading.set_intra_op_parallelism_threads(int(threads))
-            tf.config.threading.set_inter_op_parallelism_threads(int(threads))
-        except RuntimeError:
-            pass  # already initialised in this process
-    # the first op starts the runtime, which prints CPU-feature and cuInit lines a user cannot act on
-    with tracking.stderr_silenced():
-        tf.constant(0)
 
 
 def train(config: RunConfig, *, epoch_callback: Callable[[int, dict], None] | None = None,
@@ -233,7 +178,7 @@ def _fit_cnn(config: RunConfig, x_train, y_train, x_val, y_val, n_classes: int, 
     model.compile(optimizer=make_optimizer(model_config, steps_per_epoch, rate), loss=make_loss(model_config, weights))
     class_weight = ({i: float(w) for i, w in enumerate(weights) if w > 0}
                     if model_config.loss_weighting == "balanced" else None)
-    tracker = _EpochTracker(config, x_val, y_val, n_classes, epoch_callback, progress)
+    tracker = EpochTracker(config, x_val, y_val, n_classes, epoch_callback, progress)
     if deadline is not None:
         tracker.fit_to(deadline, rate if hasattr(rate, "end_at") else None, steps_per_epoch)
     model.fit(x_train, keras.utils.to_categorical(y_train, n_classes), batch_size=model_config.batch_size,
@@ -269,19 +214,6 @@ def log_datasets(dataset: Dataset, data_fp: str) -> None:
         mlflow.log_input(source, context=context)
 
 
-def memory_usage() -> dict[str, float]:
-    """This process's resident memory now and at its peak, in MiB (Linux), for growth checks across trials."""
-    import resource
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    try:
-        pages = int(Path("/proc/self/statm").read_text().split()[1])
-        current = pages * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
-    except (OSError, ValueError, IndexError):
-        current = float("nan")
-    return {"system/rss_mb": round(current, 1), "system/peak_rss_mb": round(peak, 1)}
-
-
 def save_model_bundle(model, config: RunConfig, labels, directory: Path) -> Path:
     """The trained Keras model plus what the served model needs to preprocess raw images."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -306,90 +238,3 @@ def _log_pictures(dataset, data_fingerprint, y_val, predicted, labels, config) -
                                                       f"{config.scored_on.capitalize()} confusion matrix")))
         mlflow.log_artifact(str(shared_preprocessing_grid(dataset.items, labels, config.preprocess, config.seed,
                                                           data_fingerprint, Path(directory) / "preprocessing.png")))
-
-
-def _now() -> float:
-    return time.time()  # the deadline's clock (a test runs epochs of a known length on another)
-
-
-class _EpochTracker:
-    """Keras callback: per-epoch validation metrics to MLflow, best-epoch weights, early stopping."""
-
-    def __new__(cls, *args, **kwargs):
-        import keras
-
-        class Tracker(keras.callbacks.Callback):
-            def __init__(self, config, x_val, y_val, n_classes, epoch_callback, progress):
-                super().__init__()
-                self.config, self.x_val, self.y_val = config, x_val, y_val
-                self.epoch_callback, self.progress = epoch_callback, progress
-                self.best_value, self.best_epoch, self.best_weights = None, -1, None
-                self.epochs_run, self.since_best, self.error = 0, 0, None
-                self.epoch_started = time.time()
-                self.scheduled = config.model.max_epochs  # brought forward by fit_to's deadline
-                self.deadline, self.schedule, self.steps_per_epoch, self.first_epoch_ended = None, None, 1, None
-
-            def fit_to(self, deadline: float, schedule, steps_per_epoch: int) -> None:
-                self.deadline, self.schedule, self.steps_per_epoch = deadline, schedule, steps_per_epoch
-
-            def _reschedule(self) -> None:
-                """The epochs that fit before the deadline at the pace of the epochs after the first (which
-                also traces the graph), between min_epochs and max_epochs; re-read after every epoch, since
-                the pace moves when the other worker's trial changes."""
-                now = _now()
-                if self.epochs_run == 1:
-                    self.first_epoch_ended = now
-                    return
-                pace = (now - self.first_epoch_ended) / (self.epochs_run - 1)
-                fits = self.epochs_run + int(max(0.0, self.deadline - now) // pace)
-                model_config = self.config.model
-                scheduled = min(model_config.max_epochs, max(fits, model_config.min_epochs, self.epochs_run))
-                if scheduled != self.scheduled:
-                    self.scheduled = scheduled
-                    if self.schedule is not None:  # a constant rate has no end to move
-                        self.schedule.end_at(scheduled * self.steps_per_epoch)
-
-            def on_epoch_begin(self, epoch, logs=None):
-                self.epoch_started = time.time()
-
-            def on_epoch_end(self, epoch, logs=None):
-                import mlflow
-
-                logs = logs or {}
-                values = {names.TRAIN_LOSS: float(logs.get("loss", np.nan))}
-                if self.x_val is not None:  # none when fit on train + validation: nothing is left to score
-                    probabilities = self.model.predict(self.x_val, batch_size=256, verbose=0)
-                    values.update({names.VAL_LOSS: metrics.cross_entropy(self.y_val, probabilities),
-                                   **metrics.classification_metrics(self.y_val, probabilities.argmax(axis=1))})
-                self.epochs_run = epoch + 1
-                if self.deadline is not None:
-                    self._reschedule()
-                    if self.epochs_run >= self.scheduled:
-                        self.model.stop_training = True
-                mlflow.log_metrics(values, step=epoch)
-                if not np.isfinite(values[names.TRAIN_LOSS]):
-                    self.error = FloatingPointError(f"training loss is {values[names.TRAIN_LOSS]} at epoch {epoch}")
-                    self.model.stop_training = True
-                    return
-                if self.x_val is None:
-                    if self.progress:
-                        print(f"  epoch {epoch + 1:>3}/{self.scheduled}  train/loss "
-                              f"{values[names.TRAIN_LOSS]:.4f}  ({time.time() - self.epoch_started:.1f}s)", file=sys.stderr)
-                    return
-                value = values[self.config.metric]
-                improved = names.better(value, self.best_value, self.config.direction)
-                if improved:
-                    self.best_value, self.best_epoch, self.since_best = value, epoch, 0
-                    self.best_weights = self.model.get_weights()
-                else:
-                    self.since_best += 1
-                if self.progress:
-                    print(f"  epoch {epoch + 1:>3}/{self.scheduled}  "
-                          + "  ".join(f"{k} {v:.4f}" for k, v in values.items())
-                          + f"  ({time.time() - self.epoch_started:.1f}s){' *' if improved else ''}", file=sys.stderr)
-                if self.epoch_callback is not None:
-                    self.epoch_callback(epoch, values)  # may raise optuna.TrialPruned
-                if self.since_best >= self.config.model.patience and self.epochs_run >= self.config.model.min_epochs:
-                    self.model.stop_training = True
-
-        return Tracker(*args, **kwargs)

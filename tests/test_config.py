@@ -155,24 +155,6 @@ def test_missing_file(tmp_path):
         config.load_study_file(tmp_path / "absent.yaml")
 
 
-def test_build_dataclass_and_coerce():
-    built = config.build_dataclass(config.SamplerConfig, {"seed": 3}, "here")
-    assert built == config.SamplerConfig(seed=3)
-    assert config.build_dataclass(config.SamplerConfig, None, "here") == config.SamplerConfig()
-    assert config.coerce(3, float, "x") == 3.0 and isinstance(config.coerce(3, float, "x"), float)
-    assert config.coerce(None, config.Optional[int], "x") is None
-    with pytest.raises(ValueError, match="here.seed: expected int"):
-        config.build_dataclass(config.SamplerConfig, {"seed": "3"}, "here")
-    with pytest.raises(ValueError, match=r"^here: sampler.name"):
-        config.build_dataclass(config.SamplerConfig, {"name": "x"}, "here")
-
-
-def test_flatten_and_to_dict():
-    assert config.flatten({"a": {"b": 1, "c": {"d": 2}}, "e": 3}) == {"a.b": 1, "a.c.d": 2, "e": 3}
-    flat = config.flatten(dataclasses.asdict(config.StudyConfig()))
-    assert flat["sampler.seed"] == 42 and flat["pruner.name"] == "median" and flat["n_trials"] == 20
-
-
 # -- study files through `camp sweep`: refused before anything runs -------------------------------------
 
 @pytest.mark.parametrize("knobs, where, allowed", [

@@ -58,8 +58,8 @@ def test_warm_start_runs_first_and_an_ensemble_is_served_as_one_model(fin_sweep,
 
     from camp import ensemble, finalize
     from camp.config import load_study_file
-    from camp.registry import CampClassifier
     from camp.objective import plan_for
+    from camp.registry import CampClassifier
 
     directory, path, study = fin_sweep
     # the sweep's registered version and parent run carry finalize's held-out estimate of its choice
@@ -171,8 +171,8 @@ def test_flip_tta_is_served_as_finalize_scored_it(fin_sweep, synthetic_data):
 
     from camp import ensemble, finalize
     from camp.config import load_study_file
-    from camp.registry import CampClassifier
     from camp.objective import plan_for
+    from camp.registry import CampClassifier
 
     directory, path, study = fin_sweep
     plan = plan_for(load_study_file(path), 4, None, None, str(synthetic_data))
@@ -213,8 +213,8 @@ def test_a_cascade_is_chosen_on_validation_registered_and_served_as_scored(fin_s
 
     from camp import cascade, ensemble, finalize
     from camp.config import load_study_file
-    from camp.registry import CampClassifier
     from camp.objective import plan_for
+    from camp.registry import CampClassifier
 
     directory, path, study = fin_sweep
     gated_path = directory / "gated.yaml"
@@ -250,91 +250,6 @@ def test_a_cascade_is_chosen_on_validation_registered_and_served_as_scored(fin_s
     assert float(version.tags["camp.value"]) == pytest.approx(ensemble.score(y, scored, "val/macro_f1"), abs=1e-4)
 
 
-def _selection(value, best_single_value, members=(0, 1)):
-    from camp import ensemble
-
-    return ensemble.Selection(list(members), [1 / len(members)] * len(members), value, members[0], best_single_value)
-
-
-def test_auto_tta_takes_the_flip_only_where_it_scores_better():
-    from camp import finalize
-    from camp.config import FinalizeConfig
-
-    auto = FinalizeConfig(ensemble="caruana", tta="auto")
-    better_flip = {"none": _selection(0.80, 0.78), "flip": _selection(0.82, 0.79)}
-    assert finalize._choose(better_flip, auto, "maximize")[0] == "flip"
-    worse_flip = {"none": _selection(0.80, 0.78), "flip": _selection(0.79, 0.79)}
-    assert finalize._choose(worse_flip, auto, "maximize")[0] == "none"
-    tie = {"none": _selection(0.80, 0.80), "flip": _selection(0.80, 0.80)}
-    assert finalize._choose(tie, auto, "maximize")[0] == "none"  # ties keep the cheaper model
-    # a min_gain the ensemble does not clear compares the best single models instead
-    gated = FinalizeConfig(ensemble="caruana", tta="auto", min_gain=0.05)
-    assert finalize._choose({"none": _selection(0.80, 0.77), "flip": _selection(0.81, 0.79)}, gated, "maximize")[0] == "flip"
-    assert finalize._choose({"none": _selection(0.80, 0.78), "flip": _selection(0.80, 0.76)}, gated, "maximize")[0] == "none"
-    assert finalize._choose(worse_flip, FinalizeConfig(tta="flip"), "maximize")[0] == "flip"
-    assert finalize._choose({"none": _selection(0.80, 0.78)}, auto, "maximize")[0] == "none"  # old trials: no flip
-
-
-def test_tta_options_need_every_candidate_to_have_mirrored_predictions(capsys):
-    from camp import finalize
-
-    class Trial:
-        def __init__(self, number):
-            self.number = number
-
-    with_flip = {"probabilities": [[0.9, 0.1]], "probabilities_flip": [[0.7, 0.3]]}
-    options = finalize.tta_options([(Trial(0), with_flip)], "auto")
-    np.testing.assert_allclose(options["flip"][0], [[0.7, 0.3]])
-    np.testing.assert_allclose(options["none"][0], [[0.9, 0.1]])
-    assert set(finalize.tta_options([(Trial(0), with_flip)], "none")) == {"none"}
-    old = {"probabilities": [[0.9, 0.1]]}
-    assert set(finalize.tta_options([(Trial(0), with_flip), (Trial(3), old)], "flip")) == {"none"}
-    assert "[3]" in capsys.readouterr().out
-
-
-def test_the_held_out_estimate_repeats_the_whole_choice_on_images_it_did_not_choose_on():
-    """Augmentation, members and the ensemble-or-single rule are all chosen again on each half: among
-    candidates that know nothing, the choice's own validation value flatters it and the estimate does not."""
-    from camp import finalize
-    from camp.config import FinalizeConfig
-
-    rng = np.random.default_rng(2)
-    y = rng.integers(0, 5, 240)
-    options = {tta: [rng.dirichlet(np.ones(5), len(y)) for _ in range(10)] for tta in ("none", "flip")}
-    config = FinalizeConfig(ensemble="caruana", max_members=5, rounds=20, tta="auto", heldout_splits=10)
-    _, selection, _, _ = finalize.choose(y, options, config, "val/macro_f1", "maximize")
-    heldout, error = finalize.heldout_estimate(y, options, config, "val/macro_f1", "maximize")
-    assert abs(heldout - 0.2) < 0.04 and error < 0.01
-    assert selection.value > heldout + 0.05
-
-
-def test_with_a_cascade_the_held_out_estimate_chooses_it_again_on_each_half(monkeypatch):
-    """The version's held-out figure is of what it serves: the cascade is chosen on the same half as the
-    members, and the other half is scored on what it answers."""
-    from camp import cascade, finalize
-    from camp.config import FinalizeConfig
-
-    rng = np.random.default_rng(3)
-    y = rng.integers(0, 5, 240)
-    sure = np.eye(5)[y] * 0.8 + 0.04  # right and confident on its half of the images, noise on the other
-    halves = np.arange(len(y)) % 2 == 0
-    first = np.where(halves[:, None], sure, rng.dirichlet(np.ones(5), len(y)))
-    second = np.where(halves[:, None], rng.dirichlet(np.ones(5), len(y)), sure)
-    options = {"none": [first, second]}
-    config = FinalizeConfig(ensemble="top_k", max_members=2, tta="none", heldout_splits=3, cascade=0.9)
-    seen = []
-    real = cascade.choose
-    monkeypatch.setattr(cascade, "choose", lambda gates, whole, agreement: seen.append((len(whole), agreement))
-                        or real(gates, whole, agreement))
-    with_cascade, _ = finalize.heldout_estimate(y, options, config, "val/macro_f1", "maximize")
-    # once per half chosen on, on that half only (halves are stratified by label, so 119-121 images each)
-    assert len(seen) == 6 and {agreement for _, agreement in seen} == {0.9}
-    assert all(seen[i][0] + seen[i + 1][0] == len(y) and 110 < seen[i][0] < 130 for i in (0, 2, 4))
-    without, _ = finalize.heldout_estimate(y, options, FinalizeConfig(ensemble="top_k", max_members=2, tta="none",
-                                                                      heldout_splits=3), "val/macro_f1", "maximize")
-    assert with_cascade != without
-
-
 @pytest.mark.slow
 def test_a_serving_floor_measures_each_candidate_and_chooses_only_what_it_admits(fin_sweep, capsys):
     """Each candidate is served alone (CNNs as int8) and timed; the floor then keeps the expensive candidates
@@ -362,7 +277,7 @@ def test_a_serving_floor_measures_each_candidate_and_chooses_only_what_it_admits
     summary: dict = {}
     affordable, kept, notes = serving_cost.budgets(fixed, config.min_images_per_second, options)
     tta, selection, _, _ = finalize.choose(y, kept, config, "val/macro_f1", "maximize", affordable)
-    finalize._report_floor(fixed, notes, tta, selection, y, options, config, "val/macro_f1", "maximize", summary)
+    finalize.report_floor(fixed, notes, tta, selection, y, options, config, "val/macro_f1", "maximize", summary)
     assert not set(selection.members) & set(cnn)
     assert fixed.images_per_second(selection.members, tta) >= 1000
     floor = summary["serving_floor"]

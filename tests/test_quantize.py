@@ -17,7 +17,7 @@ LABELS = ["cap_and_hat", "outerwear", "tops", "bottoms", "shoes"]
 @pytest.fixture(scope="module")
 def keras_model():
     from camp.model import ModelConfig, build_model
-    from camp.train import configure_tensorflow
+    from camp.runtime import configure_tensorflow
 
     configure_tensorflow()
     return build_model((16, 16, 1), len(LABELS), ModelConfig(conv_blocks=2, filters=8, dense_units=16,

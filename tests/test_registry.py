@@ -25,7 +25,8 @@ def bundle(tmp_path_factory) -> Path:
     """A tiny untrained model saved as camp's bundle (what the registered pyfunc wraps)."""
     from camp.model import ModelConfig, build_model
     from camp.run_config import RunConfig
-    from camp.train import configure_tensorflow, save_model_bundle
+    from camp.runtime import configure_tensorflow
+    from camp.train import save_model_bundle
 
     configure_tensorflow()
     config = RunConfig(preprocess=PreprocessConfig(mode="gray", size=16),

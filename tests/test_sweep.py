@@ -121,8 +121,8 @@ def test_a_worse_model_never_takes_the_champion_alias(smoke_sweep, synthetic_dat
     from mlflow import MlflowClient
 
     from camp import promotion, registry
-    from camp.run_config import prepare_dataset
     from camp.objective import config_for, make_plan
+    from camp.run_config import prepare_dataset
 
     directory, journal = smoke_sweep
     study = _study(journal)
@@ -180,8 +180,8 @@ def test_a_near_chance_model_is_never_promoted(smoke_sweep, synthetic_data):
     from mlflow import MlflowClient
 
     from camp import promotion, registry
-    from camp.run_config import prepare_dataset
     from camp.objective import config_for, make_plan
+    from camp.run_config import prepare_dataset
 
     directory, journal = smoke_sweep
     study = _study(journal)

@@ -82,7 +82,7 @@ def test_the_quiet_import_leaves_the_thread_counts_to_camp_threads():
     import subprocess
     import sys
 
-    script = ("from camp import tracking, train; tracking.setup(); train.configure_tensorflow(); import tensorflow as tf; "
+    script = ("from camp import runtime, tracking; tracking.setup(); runtime.configure_tensorflow(); import tensorflow as tf; "
               "print(tf.config.threading.get_intra_op_parallelism_threads(), "
               "tf.config.threading.get_inter_op_parallelism_threads())")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,

@@ -235,11 +235,11 @@ def test_a_deadline_shortens_the_cnn_and_its_schedule_still_ends_at_zero(isolate
 
     import mlflow
 
-    from camp import names
+    from camp import epochs, names
     from camp import train as train_module
 
     clock = itertools.count(0.0, 100.0)
-    monkeypatch.setattr(train_module, "_now", lambda: next(clock))
+    monkeypatch.setattr(epochs, "clock", lambda: next(clock))
     path = tmp_path / "deadline.yaml"
     path.write_text(TINY.replace("patience: 5}", "patience: 12, min_epochs: 2, lr_schedule: cosine, warmup_epochs: 1}")
                     % {"epochs": 12})
