@@ -70,8 +70,9 @@ def main() -> None:
     args = parser.parse_args()
     cache = tempfile.mkdtemp(prefix="camp-bench-")
     os.environ["CAMP_CACHE"] = cache
-    from camp import data, images
-    from camp.preprocess import PreprocessConfig, load_arrays
+    from camp import caches, data, images
+    from camp.caches import load_arrays
+    from camp.preprocess import PreprocessConfig
 
     dataset = data.load_dataset(args.data)
     rng = np.random.default_rng(args.seed)
@@ -93,17 +94,17 @@ def main() -> None:
     # warm: the decoded cache is there, the knob set is new (box-finding knobs too, so every step runs)
     results["camp_warm_in_memory"] = rate_all(lambda: load_arrays(
         items, fingerprint, PreprocessConfig(mode="gray", size=48, threshold_block=21, morph_kernel=5), progress=False), items)
-    images._MEMORY.clear()  # as a new process: the decoded cache comes from disk
+    caches._MEMORY.clear()  # as a new process: the decoded cache comes from disk
     results["camp_warm_from_disk"] = rate_all(lambda: load_arrays(
         items, fingerprint, PreprocessConfig(mode="color", size=64, threshold_block=11, median_blur=3), progress=False), items)
     # the default sweep's working scale (0.5 of the original = the decoded size: no resize step)
     results["camp_warm_in_memory_scale_0.5"] = rate_all(lambda: load_arrays(
         items, fingerprint, PreprocessConfig(scale=0.5, mode="gray", size=48, threshold_block=21), progress=False), items)
-    images._MEMORY.clear()
+    caches._MEMORY.clear()
     os.environ["CAMP_CACHE"] = tempfile.mkdtemp(prefix="camp-bench-")  # empty caches again
     results["camp_cold_scale_0.5"] = rate_all(lambda: load_arrays(
         items, fingerprint, PreprocessConfig(scale=0.5), progress=False), items)
-    images._MEMORY.clear()
+    caches._MEMORY.clear()
     os.environ["CAMP_CACHE"] = cache
     results["camp_config_cache"] = rate_all(lambda: load_arrays(items, fingerprint, config, progress=False), items)
     if not load_arrays(items, fingerprint, config, progress=False).cache_hit:

@@ -20,8 +20,8 @@ path, `camp.sweep.run_worker` (sampler and pruner from `make_sampler`/`make_prun
 alternates (camp first for the 1st seed, baseline first for the 2nd, ...) against load drift.
 
 No preprocessing cache (baseline): in the baseline's worker processes `camp.train.load_arrays` is replaced by
-the cache-miss branch of `camp.preprocess.load_arrays` without the writes (decode every image with
-`camp.images.decode_items`, run `preprocess_batch`), and `camp.images._MEMORY` (the in-process decoded cache) is
+the cache-miss branch of `camp.caches.load_arrays` without the writes (decode every image with
+`camp.images.decode_items`, run `preprocess_batch`), and `camp.caches._MEMORY` (the in-process decoded cache) is
 cleared before each trial. So neither the config-keyed array cache nor the decoded cache (disk or memory) is
 read or written, nor the picture cache (`camp.plots.cached_picture`: each trial draws its own preprocessing
 grid): what a harness with no cache pays. After the arm, its $CAMP_CACHE must still be empty and
@@ -192,16 +192,16 @@ def cache_files(directory: Path) -> int:
 
 def install_no_cache() -> None:
     """This process's trials neither read nor write a preprocessing cache (see the module docstring)."""
+    import camp.caches as caches
     import camp.images as image_io
     import camp.plots as plots
-    import camp.preprocess as preprocess
     import camp.sweep as sweep
     import camp.train as train
 
     def load_arrays(items, data_fingerprint, config, progress=True):
-        image_io._MEMORY.clear()
+        caches._MEMORY.clear()
         decoded, skipped = image_io.decode_items(items, config.decode_reduction, progress)
-        return preprocess.arrays_from(items, decoded, skipped, config, config.cache_key(data_fingerprint), progress)
+        return caches.arrays_from(items, decoded, skipped, config, config.cache_key(data_fingerprint), progress)
 
     if not hasattr(train, "load_arrays"):
         raise RuntimeError("camp.train no longer imports load_arrays: update bench/sweep.py's no-cache baseline")
@@ -215,7 +215,7 @@ def install_no_cache() -> None:
         objective = make_objective(plan, parent_run_id, *args, **kwargs)
 
         def uncached(trial):
-            image_io._MEMORY.clear()
+            caches._MEMORY.clear()
             return objective(trial)
 
         return uncached

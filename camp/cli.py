@@ -13,13 +13,13 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def _data_summary(args) -> int:
-    from camp import data, images, plots  # per command: this one needs no MLflow/TensorFlow start-up
+    from camp import caches, data, plots  # per command: this one needs no MLflow/TensorFlow start-up
 
     root = data.resolve_data_path(args.data)
     dataset = data.load_dataset(root, args.label_map, seed=args.seed)
     digests = {item.relpath: data.file_digest(item.path) for item in dataset.items}  # one read serves both uses
     fingerprint = data.fingerprint(dataset.items, [digests[item.relpath] for item in dataset.items])
-    _, skipped = images.load_decoded(dataset.items, fingerprint, 2, progress=not args.json)
+    _, skipped = caches.load_decoded(dataset.items, fingerprint, 2, progress=not args.json)
     skipped_items = [item for item in dataset.items if item.relpath in skipped]
     readable = [item for item in dataset.items if item.relpath not in skipped]
     dataset_readable = data.Dataset(dataset.root, dataset.labels, readable, dataset.dropped, dataset.drop_reasons)

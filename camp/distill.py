@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from camp import ensemble, metrics, names
+from camp.caches import load_arrays
 from camp.model import balanced_weights, mirror, predict_probabilities, schedule, training_seed
-from camp.preprocess import load_arrays
 from camp.registry import CampClassifier
 from camp.run_config import RunConfig, prepare_dataset, run_config_from_meta
 from camp.runtime import configure_tensorflow

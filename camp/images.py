@@ -1,8 +1,8 @@
 """Decoding: any image (path, encoded bytes, array) to an upright 8-bit BGR array, once, cached.
 
 Each image is decoded at reduced resolution where the JPEG decoder allows it (`reduction` 1, 2, 4
-or 8) and the decoded set is cached on disk under the dataset's fingerprint with a checksum, so a
-sweep decodes every photo once. Unreadable files are skipped and named, never fatal.
+or 8); `camp.caches` keeps the decoded set on disk under the dataset's fingerprint, so a sweep decodes
+every photo once. Unreadable files are skipped and named, never fatal.
 
 What counts as readable (each refusal is an `UnreadableImage` naming the file and what to do):
 
@@ -20,14 +20,8 @@ What counts as readable (each refusal is an `UnreadableImage` naming the file an
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import io
-import json
 import os
-import sys
-import threading
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -46,11 +40,6 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 class UnreadableImage(ValueError):
     """An input that is not a decodable image; the message says which and why."""
-
-
-def cache_dir() -> Path:
-    """Where derived arrays go: $CAMP_CACHE, else .cache/camp in the working directory (git-ignored)."""
-    return Path(os.environ.get("CAMP_CACHE", ".cache/camp"))
 
 
 def decode_bytes(data: bytes, reduction: int = 2, where: str = "<bytes>") -> np.ndarray:
@@ -303,96 +292,3 @@ def decode_items(items: list[Item], reduction: int = 2, progress: bool = True):
     images = [image for image, _ in results]
     skipped = {item.relpath: reason for item, (_, reason) in zip(items, results) if reason}
     return images, skipped
-
-
-_MEMORY: dict[str, tuple[list, dict]] = {}
-
-
-def load_decoded(items: list[Item], data_fingerprint: str, reduction: int = 2, progress: bool = True):
-    """Decoded images for `items` (None where unreadable) and the skipped files, from cache when valid."""
-    key = f"decoded-{data_fingerprint}-r{reduction}"
-    if key in _MEMORY:
-        return _MEMORY[key]
-    directory = cache_dir() / "decoded"
-    data_file, index_file = directory / f"{key}.npy", directory / f"{key}.json"
-    loaded = _read_decoded(data_file, index_file, len(items))
-    if loaded is None:
-        images, skipped = decode_items(items, reduction, progress)
-        try:
-            _write_decoded(data_file, index_file, images, skipped)
-        except OSError as error:  # a full or read-only cache disk costs the cache, not the run
-            print(f"warning: could not write the decode cache {data_file} ({error.strerror or error}); "
-                  "continuing without it", file=sys.stderr)
-        loaded = (images, skipped)
-    _MEMORY[key] = loaded
-    return loaded
-
-
-@contextlib.contextmanager
-def atomic_path(path: Path, suffix: str = ".tmp"):
-    """A temporary path beside `path`, unique to this process and thread (sweep workers may write the same
-    cache entry at once): renamed onto `path` when the block succeeds, removed when it fails (a full disk
-    leaves no orphan)."""
-    temporary = path.with_name(f"{path.stem}.{os.getpid()}-{threading.get_ident()}{suffix}")
-    try:
-        yield temporary
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
-def _write_decoded(data_file: Path, index_file: Path, images: list, skipped: dict) -> None:
-    """One .npy of every pixel, image after image (no concatenated copy), and a JSON index with each
-    image's shape, the skipped files and a CRC-32 of the payload (a damaged entry is rebuilt)."""
-    data_file.parent.mkdir(parents=True, exist_ok=True)
-    kept = [np.ascontiguousarray(image) for image in images if image is not None]
-    shapes = [list(image.shape) if image is not None else None for image in images]
-    crc = 0
-    with atomic_path(data_file, ".tmp.npy") as temporary, open(temporary, "wb") as handle:
-        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
-                  "shape": (sum(image.size for image in kept),)}
-        np.lib.format.write_array_header_1_0(handle, header)
-        for image in kept:
-            handle.write(image.data)
-            crc = zlib.crc32(image.data, crc)
-    with atomic_path(index_file) as temporary:
-        temporary.write_text(json.dumps({"shapes": shapes, "skipped": skipped, "crc32": crc}))
-
-
-def _read_decoded(data_file: Path, index_file: Path, count: int):
-    """The cached decode, or None when missing, truncated or not matching its checksum.
-
-    The payload is memory-mapped read-only: the images are views into the OS page cache (shared by
-    every sweep worker on this machine, and nothing can write into the cache through them). The
-    CRC-32 check reads every byte once at several GB/s.
-    """
-    if not (data_file.is_file() and index_file.is_file()):
-        return None
-    try:
-        index = json.loads(index_file.read_text())
-        shapes, skipped, crc = index["shapes"], index["skipped"], index["crc32"]
-        if len(shapes) != count or not isinstance(skipped, dict):
-            return None
-        flat = np.load(data_file, mmap_mode="r")
-        if flat.dtype != np.uint8 or flat.ndim != 1:
-            return None
-        if sum(int(np.prod(shape)) for shape in shapes if shape is not None) != flat.size:
-            return None  # the index does not describe this payload
-        if (zlib.crc32(flat) if flat.size else 0) != crc:
-            return None
-        images, offset = [], 0
-        for shape in shapes:
-            if shape is None:
-                images.append(None)
-                continue
-            size = int(np.prod(shape))
-            images.append(flat[offset:offset + size].reshape(shape))
-            offset += size
-    except (ValueError, OSError, EOFError, KeyError, TypeError):
-        return None
-    return images, skipped
-
-
-def checksum(array: np.ndarray) -> str:
-    return hashlib.blake2b(np.ascontiguousarray(array).data, digest_size=16).hexdigest()

@@ -25,10 +25,8 @@ from typing import Callable
 import mlflow
 import numpy as np
 
-from camp import images as image_io
-from camp import names
+from camp import caches, names
 from camp.data import FOLD_COLUMN
-from camp.preprocess import load_arrays
 from camp.registry import CampClassifier
 from camp.run_config import prepare_dataset
 from camp.train import train
@@ -92,7 +90,7 @@ def out_of_fold(config, folds: int = 3, epochs: int | None = None, fit_predict: 
     epochs = min(epochs or config.model.max_epochs, config.model.max_epochs)
     config = dataclasses.replace(config, data=dataclasses.replace(config.data, exclude=None))
     dataset, fingerprint = prepare_dataset(config)
-    arrays = load_arrays(dataset.items, fingerprint, config.preprocess, progress=False)
+    arrays = caches.load_arrays(dataset.items, fingerprint, config.preprocess, progress=False)
     pool = [index for index, item in enumerate(arrays.items) if item.split in POOL]
     items, x = [arrays.items[index] for index in pool], arrays.x[pool]
     y = np.array([item.label for item in items])
@@ -114,7 +112,7 @@ def out_of_fold(config, folds: int = 3, epochs: int | None = None, fit_predict: 
                 probabilities[test_index] = fit_predict(x[train_index], y[train_index], x[test_index], n_classes)
             else:
                 if decoded is None:
-                    images, _ = image_io.load_decoded(dataset.items, fingerprint, config.preprocess.decode_reduction, False)
+                    images, _ = caches.load_decoded(dataset.items, fingerprint, config.preprocess.decode_reduction, False)
                     decoded = {os.path.abspath(item.path): image for item, image in zip(dataset.items, images)}
                 probabilities[test_index], value = _train_fold(config, items, x, decoded, train_index, test_index, fold,
                                                                epochs)
@@ -150,7 +148,7 @@ def _train_fold(config, items, x_pool, decoded, train_index, test_index, fold: i
                                           data=dataclasses.replace(config.data, path=None, max_per_class=None))
         dataset, fingerprint = prepare_dataset(fold_config)
         memory_key = f"decoded-{fingerprint}-r{config.preprocess.decode_reduction}"
-        image_io._MEMORY[memory_key] = ([decoded[os.path.abspath(item.path)] for item in dataset.items], {})
+        caches._MEMORY[memory_key] = ([decoded[os.path.abspath(item.path)] for item in dataset.items], {})
         try:
             with mlflow.start_run(run_name=f"oof-fold-{fold}", nested=mlflow.active_run() is not None,
                                   tags={names.ROLE: "oof-fold"}):
@@ -159,8 +157,8 @@ def _train_fold(config, items, x_pool, decoded, train_index, test_index, fold: i
                                                          dst_path=directory)
             network = CampClassifier().load_bundle(bundle).model  # a CNN or the classical family alike
         finally:
-            image_io._MEMORY.pop(memory_key, None)
-            (image_io.cache_dir() / "arrays" / f"{fold_config.preprocess.cache_key(fingerprint)}.npz").unlink(missing_ok=True)
+            caches._MEMORY.pop(memory_key, None)
+            (caches.cache_dir() / "arrays" / f"{fold_config.preprocess.cache_key(fingerprint)}.npz").unlink(missing_ok=True)
     return network.predict(x_pool[test_index], batch_size=256, verbose=0), result.value
 
 

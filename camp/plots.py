@@ -15,8 +15,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from camp.caches import atomic_path, cache_dir
 from camp.data import printable
-from camp.images import UnreadableImage, atomic_path, cache_dir, decode_path
+from camp.images import UnreadableImage, decode_path
 from camp.preprocess import preprocess_steps
 
 

@@ -7,7 +7,7 @@ import os
 
 import optuna
 
-from camp.images import cache_dir, load_decoded
+from camp.caches import cache_dir, load_decoded
 from camp.run_config import RunConfig, prepare_dataset
 
 

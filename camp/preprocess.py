@@ -15,8 +15,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import sys
-import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
@@ -25,7 +23,6 @@ import numpy as np
 
 from camp import crop as crop_methods
 from camp import images as image_io
-from camp.data import Item
 
 MODES = ("binary", "gray", "color")
 BOX_RULES = ("union", "largest")
@@ -283,70 +280,3 @@ def preprocess_batch(decoded_images: list, config: PreprocessConfig, progress: b
                       unit="img", disable=not progress, leave=False):
             pass
     return output
-
-
-@dataclasses.dataclass
-class Arrays:
-    """Model inputs for the readable items, in item order, and whether they came from the cache."""
-
-    x: np.ndarray
-    items: list[Item]
-    skipped: dict
-    cache_hit: bool
-    key: str
-
-
-def load_arrays(items: list[Item], data_fingerprint: str, config: PreprocessConfig, progress: bool = True) -> Arrays:
-    """Preprocessed arrays for `items`, from the config-keyed cache when present and intact.
-
-    A cache hit touches no image: the entry stores which items were unreadable, so the decoded
-    cache is only loaded (or built) on a miss.
-    """
-    key = config.cache_key(data_fingerprint)
-    path = image_io.cache_dir() / "arrays" / f"{key}.npz"
-    cached = _read_arrays(path, items, config)
-    if cached is not None:
-        x, skipped = cached
-        return Arrays(x, [item for item in items if item.relpath not in skipped], skipped, True, key)
-    decoded, skipped = image_io.load_decoded(items, data_fingerprint, config.decode_reduction, progress)
-    arrays = arrays_from(items, decoded, skipped, config, key, progress)
-    _write_arrays(path, arrays.x, skipped)
-    return arrays
-
-
-def arrays_from(items: list[Item], decoded: list, skipped: dict, config: PreprocessConfig, key: str,
-                progress: bool = True) -> Arrays:
-    """Model inputs for the items whose decoded image is not None (a cache miss; nothing is cached here)."""
-    kept = [(item, image) for item, image in zip(items, decoded) if image is not None]
-    x = preprocess_batch([image for _, image in kept], config, progress)
-    return Arrays(x, [item for item, _ in kept], skipped, False, key)
-
-
-def _write_arrays(path, x: np.ndarray, skipped: dict) -> None:
-    """Write the cache entry via a temporary file unique to this process and thread (sweep workers may
-    write the same entry at once), renamed into place; a failed write only costs the cache."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with image_io.atomic_path(path, ".tmp.npz") as temporary:
-            np.savez(temporary, x=x, checksum=np.array(image_io.checksum(x)), skipped=np.array(json.dumps(skipped)))
-    except OSError as error:
-        print(f"warning: could not write the array cache {path} ({error.strerror or error}); continuing without it",
-              file=sys.stderr)
-
-
-def _read_arrays(path, items: list[Item], config: PreprocessConfig):
-    """(arrays, skipped) from an intact cache entry, else None (missing, damaged, or not matching)."""
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path) as archive:
-            x, stored = archive["x"], str(archive["checksum"])
-            skipped = json.loads(str(archive["skipped"]))
-    except (ValueError, OSError, EOFError, KeyError, TypeError, zipfile.BadZipFile):
-        return None  # damaged or not ours: rebuilt by the caller
-    if not isinstance(skipped, dict):
-        return None
-    count = sum(item.relpath not in skipped for item in items)
-    if x.shape != (count, *config.input_shape) or image_io.checksum(x) != stored:
-        return None
-    return x, skipped

@@ -18,6 +18,7 @@ import numpy as np
 import yaml
 
 from camp import metrics, names, tracking
+from camp.caches import load_arrays
 from camp.classical import fit_hog_linear
 from camp.data import Dataset, printable
 from camp.epochs import EpochTracker
@@ -32,7 +33,6 @@ from camp.model import (
     training_seed,
 )
 from camp.plots import confusion_matrix_plot, shared_preprocessing_grid
-from camp.preprocess import load_arrays
 from camp.run_config import LEAKS, RunConfig, prepare_dataset
 from camp.runtime import configure_tensorflow, memory_usage, released_custom_gradients
 from camp.typed_yaml import flatten

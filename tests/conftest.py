@@ -34,9 +34,9 @@ def isolated(tmp_path, monkeypatch) -> Path:
 @pytest.fixture()
 def no_memory_cache(monkeypatch):
     """Decoded images (the 8000x8000 one is 48 MB at 1/2) are dropped from memory after the test."""
-    from camp import images
+    from camp import caches
 
-    monkeypatch.setattr(images, "_MEMORY", {})
+    monkeypatch.setattr(caches, "_MEMORY", {})
 
 
 @pytest.fixture(scope="module")

@@ -81,9 +81,9 @@ def test_data_summary_derives_validation_when_absent(isolated, synthetic_data, c
 
 
 def test_data_summary_on_the_real_data(isolated, shared_data, capsys, monkeypatch):
-    from camp import images
+    from camp import caches
 
-    monkeypatch.setattr(images, "_MEMORY", {})  # released after the test
+    monkeypatch.setattr(caches, "_MEMORY", {})  # released after the test
     try:
         summary = summary_json(capsys, "--data", str(shared_data), "--out", str(isolated / "r"))
     finally:

@@ -5,9 +5,7 @@ real-world variants not flagged), and randomly damaged bytes (decoded or refused
 from __future__ import annotations
 
 import io
-import json
 import os
-import uuid
 from pathlib import Path
 
 import cv2
@@ -19,7 +17,6 @@ from hypothesis import strategies as st
 from camp import data, images, preprocess
 from camp.data import Item
 from camp.preprocess import PreprocessConfig
-from tests.conftest import run_concurrently
 from tests.fixtures import bad_files as bad_file_cases  # `bad_files` is this module's fixture of three broken files
 from tests.fixtures.bad_files import CASES, READ, SKIPPED, deny_reading
 from tests.synthetic import make_image_folder
@@ -155,137 +152,6 @@ def test_from_array_and_decode_any(tmp_path):
     assert np.array_equal(images.decode_any(bytearray(data), 2), from_bytes)
     with pytest.raises(images.UnreadableImage, match="row 1: expected a file path"):
         images.decode_any(3.5, 2, "row 1")
-
-
-# -- the decode cache ----------------------------------------------------------------------------------
-
-@pytest.fixture()
-def cached_items(synthetic_data, isolated, tmp_path, monkeypatch):
-    """Twelve synthetic items plus one unreadable one, a unique fingerprint, and a fresh memory cache."""
-    from camp.data import load_dataset
-
-    monkeypatch.setattr(images, "_MEMORY", {})
-    items = load_dataset(synthetic_data).split("validation")[:12]
-    broken = tmp_path / "broken.jpg"
-    broken.write_text("nope")
-    items.append(Item(str(broken), "broken.jpg", "hat", 0, "validation"))
-    return items, f"test-{uuid.uuid4().hex[:8]}"
-
-
-def cache_files(fingerprint: str, reduction: int = 2) -> tuple[Path, Path]:
-    directory = images.cache_dir() / "decoded"
-    key = f"decoded-{fingerprint}-r{reduction}"
-    return directory / f"{key}.npy", directory / f"{key}.json"
-
-
-def forbid_decoding(monkeypatch):
-    def fail(*args, **kwargs):
-        raise AssertionError("decoded again instead of reading the cache")
-
-    monkeypatch.setattr(images, "decode_items", fail)
-
-
-def count_decoding(monkeypatch) -> list:
-    calls = []
-
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return REAL_DECODE_ITEMS(*args, **kwargs)
-
-    monkeypatch.setattr(images, "decode_items", counting)
-    return calls
-
-
-def test_cache_dir_follows_camp_cache(isolated):
-    assert images.cache_dir() == isolated / "cache"
-
-
-def test_load_decoded_second_call_reads_the_disk_cache(cached_items, monkeypatch):
-    items, fingerprint = cached_items
-    calls = count_decoding(monkeypatch)
-    decoded, skipped = images.load_decoded(items, fingerprint, 2, progress=False)
-    assert len(calls) == 1
-    assert all(image.shape == (60, 45, 3) for image in decoded[:-1]) and decoded[-1] is None
-    assert list(skipped) == ["broken.jpg"]
-    data_file, index_file = cache_files(fingerprint)
-    assert data_file.is_file() and index_file.is_file()
-    assert not list(data_file.parent.glob("*tmp*"))  # temporaries renamed into place
-    # same process: the memory cache answers
-    assert images.load_decoded(items, fingerprint, 2, progress=False)[0] is decoded
-    # a new process (memory cleared): the disk cache answers, identical arrays
-    monkeypatch.setattr(images, "_MEMORY", {})
-    forbid_decoding(monkeypatch)
-    again, skipped_again = images.load_decoded(items, fingerprint, 2, progress=False)
-    assert skipped_again == skipped
-    assert [a is None for a in again] == [a is None for a in decoded]
-    assert all(np.array_equal(a, b) for a, b in zip(again[:-1], decoded[:-1]))
-    # another reduction is another cache entry
-    monkeypatch.setattr(images, "_MEMORY", {})
-    calls = count_decoding(monkeypatch)
-    assert images.load_decoded(items, fingerprint, 4, progress=False)[0][0].shape == (30, 23, 3)
-    assert len(calls) == 1
-
-
-def corrupt_npy_payload(path: Path) -> None:
-    raw = bytearray(path.read_bytes())
-    for offset in range(len(raw) - 200, len(raw) - 100):
-        raw[offset] ^= 0x5A
-    path.write_bytes(bytes(raw))
-
-
-@pytest.mark.parametrize("damage", ["payload", "truncated", "header", "index-json", "index-shapes", "index-list",
-                                    "missing-index"])
-def test_corrupt_decode_cache_is_rebuilt_not_trusted(cached_items, monkeypatch, damage):
-    items, fingerprint = cached_items
-    decoded, skipped = images.load_decoded(items, fingerprint, 2, progress=False)
-    data_file, index_file = cache_files(fingerprint)
-    if damage == "payload":
-        corrupt_npy_payload(data_file)
-    elif damage == "truncated":
-        data_file.write_bytes(data_file.read_bytes()[: data_file.stat().st_size // 2])
-    elif damage == "header":
-        data_file.write_bytes(b"garbage" + data_file.read_bytes()[7:])
-    elif damage == "index-json":
-        index_file.write_text(index_file.read_text()[:-5])
-    elif damage == "index-shapes":  # the payload is intact, the shapes describing it are not
-        index = json.loads(index_file.read_text())
-        index["shapes"][0] = [index["shapes"][0][0] + 1, *index["shapes"][0][1:]]
-        index_file.write_text(json.dumps(index))
-    elif damage == "index-list":
-        index_file.write_text("[1, 2, 3]")
-    else:
-        index_file.unlink()
-    monkeypatch.setattr(images, "_MEMORY", {})
-    calls = count_decoding(monkeypatch)
-    rebuilt, skipped_again = images.load_decoded(items, fingerprint, 2, progress=False)
-    assert len(calls) == 1, "a damaged cache must be decoded again"
-    assert skipped_again == skipped
-    assert all(np.array_equal(a, b) for a, b in zip(rebuilt[:-1], decoded[:-1]))
-    # and the rebuilt cache is whole again
-    monkeypatch.setattr(images, "_MEMORY", {})
-    forbid_decoding(monkeypatch)
-    assert all(np.array_equal(a, b) for a, b in zip(images.load_decoded(items, fingerprint, 2, False)[0][:-1],
-                                                   decoded[:-1]))
-
-
-def test_cache_for_a_different_item_count_is_not_used(cached_items, monkeypatch):
-    items, fingerprint = cached_items
-    images.load_decoded(items, fingerprint, 2, progress=False)
-    monkeypatch.setattr(images, "_MEMORY", {})
-    calls = count_decoding(monkeypatch)
-    assert len(images.load_decoded(items[:5], fingerprint, 2, progress=False)[0]) == 5
-    assert len(calls) == 1
-
-
-def test_concurrent_cache_writes_do_not_collide(isolated):
-    """Sweep workers are separate processes that may write the same cache entry at once."""
-    directory = images.cache_dir() / "decoded"
-    data_file, index_file = directory / "decoded-same-r2.npy", directory / "decoded-same-r2.json"
-    arrays = [np.full((50, 40, 3), value, np.uint8) for value in range(30)]
-    assert run_concurrently(lambda: images._write_decoded(data_file, index_file, arrays, {})) == []
-    loaded = images._read_decoded(data_file, index_file, len(arrays))
-    assert loaded is not None and all(np.array_equal(a, b) for a, b in zip(loaded[0], arrays))
-    assert sorted(p.name for p in directory.iterdir()) == ["decoded-same-r2.json", "decoded-same-r2.npy"]
 
 
 # -- data: every file, where it is decoded -------------------------------------------------------------
@@ -523,38 +389,3 @@ def test_damaged_bytes_are_either_decoded_or_refused_never_a_crash(base, edits, 
         assert str(error).startswith("fuzzed: ")
     else:
         assert decoded.dtype == np.uint8 and decoded.ndim == 3 and decoded.shape[2] == 3
-
-
-def test_a_full_cache_disk_costs_only_the_cache_and_leaves_no_temporary_file(isolated, synthetic_data, monkeypatch,
-                                                                               capsys):
-    """ENOSPC while the decode cache and the array cache are written: one warning line each, the images are
-    still decoded and preprocessed, and no `.tmp` file is left beside the entries."""
-    import numpy as np
-
-    from camp.data import load_dataset
-    from camp.preprocess import PreprocessConfig, load_arrays
-
-    monkeypatch.setattr(images, "_MEMORY", {})
-    items = load_dataset(synthetic_data).items[:6]
-
-    def disk_full(handle, *args, **kwargs):
-        handle.write(b"\x93NUMPY partial")
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(np.lib.format, "write_array_header_1_0", disk_full)
-    decoded, skipped = images.load_decoded(items, "full-disk", progress=False)
-    assert len(decoded) == 6 and all(image is not None for image in decoded) and not skipped
-
-    def savez_full(path, **arrays):
-        with open(path, "wb") as handle:
-            handle.write(b"PK partial")
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(np, "savez", savez_full)
-    arrays = load_arrays(items, "full-disk", PreprocessConfig(crop_method="none", mode="gray", size=24), progress=False)
-    assert arrays.x.shape == (6, 24, 24, 1)
-    err = capsys.readouterr().err
-    assert "could not write the decode cache" in err and "could not write the array cache" in err
-    assert "No space left on device" in err and "Traceback" not in err
-    leftovers = [path.name for path in (isolated / "cache").rglob("*") if path.is_file()]
-    assert not [name for name in leftovers if ".tmp" in name], leftovers

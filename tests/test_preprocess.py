@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import uuid
 
 import cv2
 import numpy as np
@@ -15,9 +14,7 @@ from hypothesis import strategies as st
 
 from camp import images as image_io
 from camp import preprocess
-from camp.data import Item, load_dataset
 from camp.preprocess import PreprocessConfig, cut_margins, preprocess_image, preprocess_steps
-from tests.conftest import run_concurrently
 from tests.synthetic import SHAPES, draw_garment
 
 NO_MARGINS = dict(crop_top=0.0, crop_bottom=0.0, crop_left=0.0, crop_right=0.0)
@@ -157,77 +154,6 @@ def test_cache_key_depends_on_every_knob_and_the_data():
     assert base.cache_key("fp") != dataclasses.replace(base, mode="gray").cache_key("fp")
 
 
-# -- the array cache -----------------------------------------------------------------------------------
-
-@pytest.fixture()
-def cache_items(synthetic_data, isolated, tmp_path, monkeypatch):
-    monkeypatch.setattr(image_io, "_MEMORY", {})
-    items = load_dataset(synthetic_data).split("test")[:10]
-    broken = tmp_path / "broken.jpg"
-    broken.write_bytes(b"\xff\xd8\xff\xe0 not really")
-    items.insert(3, Item(str(broken), "broken.jpg", "hat", 0, "test"))
-    return items, f"test-{uuid.uuid4().hex[:8]}"
-
-
-def count_preprocessing(monkeypatch) -> list:
-    calls, real = [], preprocess.preprocess_batch
-
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(preprocess, "preprocess_batch", counting)
-    return calls
-
-
-def test_load_arrays_hits_the_cache_for_the_same_config_only(cache_items, monkeypatch):
-    items, fingerprint = cache_items
-    calls = count_preprocessing(monkeypatch)
-    config = PreprocessConfig(mode="gray", size=16)
-    first = preprocess.load_arrays(items, fingerprint, config, progress=False)
-    assert not first.cache_hit and len(calls) == 1
-    assert first.x.shape == (10, 16, 16, 1) and first.x.dtype == np.uint8
-    assert [item.relpath for item in first.items] == [item.relpath for item in items if item.relpath != "broken.jpg"]
-    assert list(first.skipped) == ["broken.jpg"]
-    assert (image_io.cache_dir() / "arrays" / f"{first.key}.npz").is_file()
-    second = preprocess.load_arrays(items, fingerprint, config, progress=False)
-    assert second.cache_hit and len(calls) == 1 and second.key == first.key
-    assert np.array_equal(second.x, first.x)
-    other = preprocess.load_arrays(items, fingerprint, dataclasses.replace(config, size=24), progress=False)
-    assert not other.cache_hit and len(calls) == 2 and other.x.shape == (10, 24, 24, 1)
-    assert other.key != first.key
-
-
-def damage_middle(path):
-    raw = bytearray(path.read_bytes())
-    for offset in range(len(raw) // 2, len(raw) // 2 + 64):
-        raw[offset] ^= 0x5A
-    path.write_bytes(bytes(raw))
-
-
-@pytest.mark.parametrize("damage", ["middle", "truncated", "wrong-checksum", "wrong-shape"])
-def test_corrupt_arrays_cache_is_rebuilt(cache_items, monkeypatch, damage):
-    items, fingerprint = cache_items
-    config = PreprocessConfig(mode="gray", size=16)
-    first = preprocess.load_arrays(items, fingerprint, config, progress=False)
-    path = image_io.cache_dir() / "arrays" / f"{first.key}.npz"
-    if damage == "middle":
-        damage_middle(path)
-    elif damage == "truncated":
-        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    elif damage == "wrong-checksum":  # a well-formed archive whose payload does not match its checksum
-        x = first.x.copy()
-        x[0, 0, 0, 0] ^= 1
-        np.savez(path, x=x, checksum=np.array(image_io.checksum(first.x)))
-    else:  # intact, but for another number of items
-        np.savez(path, x=first.x[:4], checksum=np.array(image_io.checksum(first.x[:4])))
-    calls = count_preprocessing(monkeypatch)
-    rebuilt = preprocess.load_arrays(items, fingerprint, config, progress=False)
-    assert not rebuilt.cache_hit and len(calls) == 1
-    assert np.array_equal(rebuilt.x, first.x)
-    assert preprocess.load_arrays(items, fingerprint, config, progress=False).cache_hit
-
-
 # -- property: any image, any valid knobs -> the model input shape ------------------------------------
 
 FIELDS = {field.name for field in dataclasses.fields(PreprocessConfig)}
@@ -282,26 +208,6 @@ def test_any_image_and_valid_knobs_give_the_input_shape(image, values):
     assert output.dtype == np.uint8
 
 
-def test_a_config_cache_hit_decodes_nothing(isolated, synthetic_data, monkeypatch):
-    """The arrays cache stores which items were unreadable, so a hit never loads the decoded cache."""
-    from camp import data, images, preprocess
-
-    dataset = data.load_dataset(synthetic_data)
-    fingerprint = data.fingerprint(dataset.items)
-    config = preprocess.PreprocessConfig(mode="gray", size=24)
-    first = preprocess.load_arrays(dataset.items, fingerprint, config, progress=False)
-    images._MEMORY.clear()
-
-    def no_decoding(*args, **kwargs):
-        raise AssertionError("a cache hit must not decode")
-
-    monkeypatch.setattr(images, "load_decoded", no_decoding)
-    second = preprocess.load_arrays(dataset.items, fingerprint, config, progress=False)
-    assert second.cache_hit and not first.cache_hit
-    assert np.array_equal(first.x, second.x)
-    assert [item.relpath for item in second.items] == [item.relpath for item in first.items]
-
-
 def _contour_boxes(edges: np.ndarray) -> np.ndarray:
     """The recipe as the camp wrote it: the boxes of the external contours."""
     contours, _ = cv2.findContours(edges, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
@@ -337,32 +243,6 @@ def test_component_boxes_agree_with_the_recipes_contours(seed, min_area):
         else:  # equally large boxes may differ in place, never in size
             assert box[2] * box[3] == (boxes[:, 2] * boxes[:, 3]).max()
             assert any(tuple(candidate) == box for candidate in boxes)
-
-
-# -- the array cache: concurrent writers, an unwritable disk ---------------------------------------------
-
-def test_concurrent_array_cache_writes_do_not_collide(isolated):
-    """Sweep workers may write the same preprocessed-array entry at once (one temporary name per writer)."""
-    path = image_io.cache_dir() / "arrays" / "same.npz"
-    x = np.random.default_rng(0).integers(0, 255, (200, 24, 24, 1), dtype=np.uint8)
-    assert run_concurrently(lambda: preprocess._write_arrays(path, x, {})) == []
-    items = [Item(f"/{i}.jpg", f"{i}.jpg", "hat", 0, "train") for i in range(200)]
-    cached, skipped = preprocess._read_arrays(path, items, PreprocessConfig(mode="gray", size=24))
-    assert np.array_equal(cached, x) and skipped == {}
-    assert [p.name for p in path.parent.iterdir()] == ["same.npz"]
-
-
-def test_an_unwritable_array_cache_costs_only_the_cache(isolated, synthetic_data, monkeypatch, no_memory_cache,
-                                                        capsys):
-    def disk_full(*args, **kwargs):
-        raise OSError(28, "No space left on device")
-
-    items = load_dataset(synthetic_data).split("test")[:6]
-    monkeypatch.setattr(preprocess.np, "savez", disk_full)
-    arrays = preprocess.load_arrays(items, f"full-{uuid.uuid4().hex[:6]}", PreprocessConfig(size=16), progress=False)
-    assert arrays.x.shape == (6, 16, 16, 1) and not arrays.cache_hit
-    assert "could not write the array cache" in capsys.readouterr().err
-    assert not list((image_io.cache_dir() / "arrays").glob("*tmp*"))
 
 
 # -- property: random images in every encoding, random valid knobs -> the configured shape --------------
