@@ -46,8 +46,9 @@ def main() -> int:
     from camp import classical, data, quantize
     from camp.model import ModelConfig, build_model
     from camp.preprocess import PreprocessConfig
-    from camp.registry import _decoded, _model_inputs
     from camp.runtime import configure_tensorflow
+    from camp.serving_input import decoded as _decoded
+    from camp.serving_input import model_inputs as _model_inputs
 
     configure_tensorflow()
     import tensorflow as tf

@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import mlflow
@@ -29,9 +27,9 @@ import numpy as np
 import pandas as pd
 
 from camp import cascade, classical, ensemble, names, quantize, serving_input
-from camp.images import UnreadableImage, decode_any, decode_path
+from camp.images import decode_path
 from camp.model import TTAS, mirror, predict_probabilities
-from camp.preprocess import PreprocessConfig, preprocess_image
+from camp.preprocess import PreprocessConfig
 from camp.run_config import first_validation_path, validation_paths
 
 MODEL_NAME = "camp-classifier"
@@ -125,8 +123,8 @@ class CampClassifier(mlflow.pyfunc.PythonModel):
             if preprocess not in inputs_by_preprocess:
                 reduction = preprocess.decode_reduction
                 if reduction not in decoded_by_reduction:
-                    decoded_by_reduction[reduction] = _decoded(sources, reduction)
-                inputs_by_preprocess[preprocess] = _model_inputs(decoded_by_reduction[reduction], preprocess)
+                    decoded_by_reduction[reduction] = serving_input.decoded(sources, reduction)
+                inputs_by_preprocess[preprocess] = serving_input.model_inputs(decoded_by_reduction[reduction], preprocess)
             return inputs_by_preprocess[preprocess]
 
         members, weights = (self.members, self.weights) if self.members else ([self], [1.0])
@@ -167,51 +165,6 @@ class CampClassifier(mlflow.pyfunc.PythonModel):
         for index, message in errors:
             frame.loc[index, "error"] = message
         return frame
-
-
-def _threaded(function, indices: list[int]) -> list:
-    """`function` over `indices`, on every core for a batch (decoding and OpenCV release the GIL); one item
-    runs inline, with no pool to start, for latency."""
-    if len(indices) > 1:
-        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-            return list(pool.map(function, indices))
-    return [function(index) for index in indices]
-
-
-def _decoded(sources, reduction: int) -> list:
-    """Each source decoded at 1/`reduction` size: (image, None), (None, error) when it cannot be read, or
-    None for a `serving_input.REFUSED` source."""
-    def one(index: int):
-        try:
-            return decode_any(sources[index], reduction, where=f"item {index}"), None
-        except UnreadableImage as error:
-            return None, str(error)
-
-    wanted = [index for index, source in enumerate(sources) if source is not serving_input.REFUSED]
-    out: list = [None] * len(sources)
-    for index, result in zip(wanted, _threaded(one, wanted)):
-        out[index] = result
-    return out
-
-
-def _model_inputs(decoded: list, preprocess: PreprocessConfig) -> tuple[np.ndarray | None, list[int], list]:
-    """Preprocessed model inputs for the decoded images (`_decoded`): (N, H, W, C) inputs, their rows in
-    the request, and (index, error) for the ones that could not be read or preprocessed."""
-    def one(index: int):
-        image, error = decoded[index]
-        if error is not None:
-            return None, error
-        try:
-            return preprocess_image(image, preprocess), None
-        except UnreadableImage as problem:
-            return None, str(problem)
-
-    wanted = [index for index, result in enumerate(decoded) if result is not None]
-    results = _threaded(one, wanted)
-    inputs = [image for image, _ in results if image is not None]
-    rows = [index for index, (image, _) in zip(wanted, results) if image is not None]
-    errors = [(index, message) for index, (_, message) in zip(wanted, results) if message is not None]
-    return (np.stack(inputs) if inputs else None), rows, errors
 
 
 SPEED_BATCH = 256  # images per call when registration measures the served model's speed
@@ -256,7 +209,7 @@ def preprocessing_seconds_per_image(preprocess: PreprocessConfig, batches: list)
     members with the same preprocessing share it)."""
     def run(values):
         sources, _ = serving_input.vet(values)
-        _model_inputs(_decoded(sources, preprocess.decode_reduction), preprocess)
+        serving_input.model_inputs(serving_input.decoded(sources, preprocess.decode_reduction), preprocess)
     return seconds_per_image(run, batches)
 
 

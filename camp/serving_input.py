@@ -3,7 +3,8 @@ or arrays become image sources; file paths are refused, with one error whatever 
 nothing about the server's files), unless the operator sets $CAMP_SERVE_PATHS to the folders allowed
 (os.pathsep-separated): then a path inside one of them that is a regular file of at most
 $CAMP_SERVE_MAX_BYTES (32 MiB) is read. A request's images may hold at most `MAX_REQUEST_PIXELS` in all
-(each one at most `camp.images.MAX_PIXELS`), counted from their headers.
+(each one at most `camp.images.MAX_PIXELS`), counted from their headers. The vetted sources are then decoded
+(`decoded`: once per decode size) and preprocessed (`model_inputs`: once per preprocessing) on every core.
 """
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from camp.images import UnreadableImage, encoded_size
+from camp.images import UnreadableImage, decode_any, encoded_size
+from camp.preprocess import PreprocessConfig, preprocess_image
 
 
 def to_values(model_input) -> list:
@@ -120,3 +123,47 @@ def vet(values) -> tuple[list, list]:
             errors.append((index, str(error)))
     return sources, errors
 
+
+def _threaded(function, indices: list[int]) -> list:
+    """`function` over `indices`, on every core for a batch (decoding and OpenCV release the GIL); one item
+    runs inline, with no pool to start, for latency."""
+    if len(indices) > 1:
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            return list(pool.map(function, indices))
+    return [function(index) for index in indices]
+
+
+def decoded(sources, reduction: int) -> list:
+    """Each source decoded at 1/`reduction` size: (image, None), (None, error) when it cannot be read, or
+    None for a `REFUSED` source."""
+    def one(index: int):
+        try:
+            return decode_any(sources[index], reduction, where=f"item {index}"), None
+        except UnreadableImage as error:
+            return None, str(error)
+
+    wanted = [index for index, source in enumerate(sources) if source is not REFUSED]
+    out: list = [None] * len(sources)
+    for index, result in zip(wanted, _threaded(one, wanted)):
+        out[index] = result
+    return out
+
+
+def model_inputs(decoded: list, preprocess: PreprocessConfig) -> tuple[np.ndarray | None, list[int], list]:
+    """Preprocessed model inputs for the decoded images (`decoded`): (N, H, W, C) inputs, their rows in
+    the request, and (index, error) for the ones that could not be read or preprocessed."""
+    def one(index: int):
+        image, error = decoded[index]
+        if error is not None:
+            return None, error
+        try:
+            return preprocess_image(image, preprocess), None
+        except UnreadableImage as problem:
+            return None, str(problem)
+
+    wanted = [index for index, result in enumerate(decoded) if result is not None]
+    results = _threaded(one, wanted)
+    inputs = [image for image, _ in results if image is not None]
+    rows = [index for index, (image, _) in zip(wanted, results) if image is not None]
+    errors = [(index, message) for index, (_, message) in zip(wanted, results) if message is not None]
+    return (np.stack(inputs) if inputs else None), rows, errors

@@ -41,6 +41,16 @@ def test_architecture_knobs_change_the_model():
     assert "BatchNormalization" not in plain_names and "RandomFlip" not in plain_names
 
 
+def test_batch_norm_momentum_sets_every_batch_norm_layer():
+    import keras
+
+    def momenta(**knobs):
+        model = build_model((32, 32, 1), 5, ModelConfig(conv_blocks=2, filters=8, **knobs))
+        return {layer.momentum for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)}
+    assert momenta() == {0.99}  # Keras' own default, what every trial before the knob used
+    assert momenta(batch_norm_momentum=0.9) == {0.9}
+
+
 def test_balanced_weights():
     weights = balanced_weights(np.array([0, 0, 0, 1]), 3)
     assert np.allclose(weights, [4 / (2 * 3), 4 / (2 * 1), 0.0])  # n / (k * count); absent class 0
@@ -171,7 +181,8 @@ def test_residual_blocks_add_shortcuts_and_still_train():
 @pytest.mark.parametrize("name, value", [("family", "xgboost"), ("block", "dense"), ("lr_schedule", "step"),
                                          ("warmup_epochs", -1), ("warmup_epochs", 20), ("hog_cell", 1),
                                          ("hog_orientations", 1), ("hog_c", 0.0), ("replica", -1),
-                                         ("replica", 1000), ("replica", True), ("replica", 1.5)])
+                                         ("replica", 1000), ("replica", True), ("replica", 1.5),
+                                         ("batch_norm_momentum", 1.0), ("batch_norm_momentum", -0.1)])
 def test_invalid_new_knobs_name_themselves(name, value):
     with pytest.raises(ValueError, match=name):
         ModelConfig(**{name: value})

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from camp import registry
+from camp import registry, serving_input
 from camp.preprocess import PreprocessConfig
 from tests.fixtures.bad_files import CASES, SKIPPED, deny_reading
 
@@ -142,12 +142,12 @@ def test_an_ensemble_decodes_each_image_once_and_mirrors_only_with_flip_tta(bund
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 255, (40, 30, 3), dtype=np.uint8) for _ in range(3)]
     decoded = []
-    real_decode = registry.decode_any
-    monkeypatch.setattr(registry, "decode_any", lambda *a, **k: decoded.append(1) or real_decode(*a, **k))
+    real_decode = serving_input.decode_any
+    monkeypatch.setattr(serving_input, "decode_any", lambda *a, **k: decoded.append(1) or real_decode(*a, **k))
     served, errors = model.probabilities(images)
     assert not errors and len(decoded) == len(images)  # not once per member
     single = CampClassifier().load_bundle(bundle)
-    x, rows, _ = registry._model_inputs(registry._decoded(images, single.preprocess.decode_reduction),
+    x, rows, _ = serving_input.model_inputs(serving_input.decoded(images, single.preprocess.decode_reduction),
                                         single.preprocess)
     assert rows == [0, 1, 2]
     np.testing.assert_allclose(served, predict_probabilities(single.model, x, "flip"), atol=1e-5)
@@ -158,7 +158,7 @@ def test_an_ensemble_decodes_each_image_once_and_mirrors_only_with_flip_tta(bund
     decoded.clear()
     served, errors = model.probabilities(images)
     assert not errors and len(decoded) == len(images)
-    cropped = registry._model_inputs(registry._decoded(images, single.preprocess.decode_reduction),
+    cropped = serving_input.model_inputs(serving_input.decoded(images, single.preprocess.decode_reduction),
                                      model.members[1].preprocess)[0]
     assert np.abs(cropped.astype(int) - x).max() > 0  # the crop did change the second member's input
     np.testing.assert_allclose(served, (predict_probabilities(single.model, x, "flip")
@@ -186,7 +186,7 @@ def test_a_cascade_serves_its_gate_where_sure_and_sends_only_the_rest_to_every_m
     rng = np.random.default_rng(1)
     images = [rng.integers(0, 255, (40, 30, 3), dtype=np.uint8) for _ in range(8)]
     single = CampClassifier().load_bundle(bundle)
-    x, _, _ = registry._model_inputs(registry._decoded(images, single.preprocess.decode_reduction), single.preprocess)
+    x, _, _ = serving_input.model_inputs(serving_input.decoded(images, single.preprocess.decode_reduction), single.preprocess)
     gate = predict_probabilities(single.model, x)
     threshold = float(np.median(gate.max(axis=1)))
     spec = {"labels": LABELS, "members": ["0-a", "1-b"], "weights": [0.5, 0.5], "tta": "flip",
@@ -195,7 +195,7 @@ def test_a_cascade_serves_its_gate_where_sure_and_sends_only_the_rest_to_every_m
     model = CampClassifier().load_bundle(ensemble_bundle)
     cropped_preprocess = dataclasses.replace(single.preprocess, crop_top=0.1)
     model.members[1].preprocess = cropped_preprocess  # so the two members differ
-    cropped = registry._model_inputs(registry._decoded(images, single.preprocess.decode_reduction), cropped_preprocess)[0]
+    cropped = serving_input.model_inputs(serving_input.decoded(images, single.preprocess.decode_reduction), cropped_preprocess)[0]
     seen = []
 
     class Spy:  # counts what the second member is asked to score

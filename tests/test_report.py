@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from camp import cli
-from camp.report_sections import verdicts
+from camp.report_modes import verdicts
 
 REPO = Path(__file__).resolve().parent.parent
 SMOKE = str(REPO / "sweeps" / "smoke.yaml")
