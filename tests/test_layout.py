@@ -1,5 +1,5 @@
 """The package's shape, read from the source with `ast`: camp's modules import one another without a
-cycle (function-level imports included), none is over 400 lines, each says what it does, and an import
+cycle (function-level imports included), none is over 330 lines, each says what it does, and an import
 made inside a function says why on its line."""
 
 from __future__ import annotations
@@ -65,10 +65,10 @@ def test_camp_imports_have_no_cycle():
     assert find_cycle(graph) is None, f"import cycle: {' -> '.join(find_cycle(graph))}"
 
 
-def test_no_module_is_over_400_lines_and_each_has_a_docstring():
+def test_no_module_is_over_330_lines_and_each_has_a_docstring():
     for name, path in MODULES.items():
         lines = path.read_text().count("\n")
-        assert lines <= 400, f"camp/{name}.py has {lines} lines: split it by what it does"
+        assert lines <= 330, f"camp/{name}.py has {lines} lines: split it by what it does"
         assert ast.get_docstring(ast.parse(path.read_text())), f"camp/{name}.py has no module docstring"
 
 
