@@ -30,6 +30,23 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("MLFLOW_TRACKING_URI", "sqlite:///mlruns/mlflow.db")  # --model reads the store in the working directory
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def train_and_validation(config):
+    """(x_train, y_train, x_val, y_val, labels) at `config.preprocess`, from the array cache a trial's training
+    fills (the same key), so a bench after a sweep decodes nothing."""
+    from camp.caches import load_arrays
+    from camp.run_config import prepare_dataset
+
+    dataset, fingerprint = prepare_dataset(config)
+    used = [item for item in dataset.items if item.split in ("train", "validation")]
+    arrays = load_arrays(used, f"{fingerprint}-train+validation", config.preprocess, progress=False)
+    split = np.array([item.split for item in arrays.items])
+    y = np.array([item.label for item in arrays.items])
+    train, validation = split == "train", split == "validation"
+    return arrays.x[train], y[train], arrays.x[validation], y[validation], dataset.labels
 
 
 def recomputed_statistics(model, x: np.ndarray, batch: int = 256) -> None:
@@ -69,11 +86,9 @@ def main() -> int:
     import optuna
 
     from camp import metrics
-    from camp.caches import load_arrays
     from camp.config import load_study_file
     from camp.model import balanced_weights, build_model, learning_rate, make_loss, make_optimizer, training_seed
     from camp.objective import config_for, plan_for
-    from camp.run_config import prepare_dataset
     from camp.runtime import configure_tensorflow
     from camp.warm_start import warm_start_trials
 
@@ -85,14 +100,8 @@ def main() -> int:
     config = config_for(optuna.trial.FixedTrial(params), plan)
     if config.model.family != "cnn" or not config.model.batch_norm:
         raise SystemExit(f"{args.study}: {label} is not a CNN with batch norm")
-    dataset, fingerprint = prepare_dataset(config)
-    used = [item for item in dataset.items if item.split in ("train", "validation")]
-    arrays = load_arrays(used, f"{fingerprint}-train+validation", config.preprocess, progress=False)
-    split = np.array([item.split for item in arrays.items])
-    y = np.array([item.label for item in arrays.items])
-    x_train, y_train = arrays.x[split == "train"], y[split == "train"]
-    x_val, y_val = arrays.x[split == "validation"], y[split == "validation"]
-    n_classes = len(dataset.labels)
+    x_train, y_train, x_val, y_val, labels = train_and_validation(config)
+    n_classes = len(labels)
     weights = balanced_weights(y_train, n_classes)
     class_weight = ({i: float(w) for i, w in enumerate(weights) if w > 0}
                     if config.model.loss_weighting == "balanced" else None)
@@ -140,16 +149,13 @@ def registered(model_uri: str, data_path: str | None) -> dict:
     import mlflow
 
     from camp import metrics
-    from camp.caches import load_arrays
     from camp.model import mirror
-    from camp.run_config import prepare_dataset, run_config_from_meta
+    from camp.run_config import run_config_from_meta
     from camp.runtime import configure_tensorflow
 
     configure_tensorflow()
     import keras
 
-    os.environ.setdefault("MLFLOW_TRACKING_URI", "sqlite:///mlruns/mlflow.db")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     result = {"bench": "batch_norm", "model": model_uri, "members": []}
     with tempfile.TemporaryDirectory() as directory:
         root = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=directory))
@@ -158,12 +164,7 @@ def registered(model_uri: str, data_path: str | None) -> dict:
             config = run_config_from_meta(meta)
             if data_path:
                 config = dataclasses.replace(config, data_path=data_path)
-            dataset, fingerprint = prepare_dataset(config)
-            used = [item for item in dataset.items if item.split in ("train", "validation")]
-            arrays = load_arrays(used, f"{fingerprint}-train+validation", config.preprocess, progress=False)
-            split = np.array([item.split for item in arrays.items])
-            y = np.array([item.label for item in arrays.items])
-            x_train, x_val, y_val = arrays.x[split == "train"], arrays.x[split == "validation"], y[split == "validation"]
+            x_train, _, x_val, y_val, _ = train_and_validation(config)
             model = keras.models.load_model(path, compile=False)
 
             def read(model=model, x_val=x_val, y_val=y_val) -> dict:

@@ -36,9 +36,14 @@ def cache_dir() -> Path:
 _MEMORY: dict[str, tuple[list, dict]] = {}
 
 
+def decoded_key(data_fingerprint: str, reduction: int) -> str:
+    """The decoded cache's key (in memory, `_MEMORY`, and on disk) for a dataset decoded at 1/`reduction`."""
+    return f"decoded-{data_fingerprint}-r{reduction}"
+
+
 def load_decoded(items: list[Item], data_fingerprint: str, reduction: int = 2, progress: bool = True):
     """Decoded images for `items` (None where unreadable) and the skipped files, from cache when valid."""
-    key = f"decoded-{data_fingerprint}-r{reduction}"
+    key = decoded_key(data_fingerprint, reduction)
     if key in _MEMORY:
         return _MEMORY[key]
     directory = cache_dir() / "decoded"
@@ -137,6 +142,11 @@ class Arrays:
     key: str
 
 
+def arrays_path(key: str) -> Path:
+    """The array cache's entry for `key` (`PreprocessConfig.cache_key`)."""
+    return cache_dir() / "arrays" / f"{key}.npz"
+
+
 def load_arrays(items: list[Item], data_fingerprint: str, config: PreprocessConfig, progress: bool = True) -> Arrays:
     """Preprocessed arrays for `items`, from the config-keyed cache when present and intact.
 
@@ -144,7 +154,7 @@ def load_arrays(items: list[Item], data_fingerprint: str, config: PreprocessConf
     cache is only loaded (or built) on a miss.
     """
     key = config.cache_key(data_fingerprint)
-    path = cache_dir() / "arrays" / f"{key}.npz"
+    path = arrays_path(key)
     cached = _read_arrays(path, items, config)
     if cached is not None:
         x, skipped = cached

@@ -147,7 +147,7 @@ def _train_fold(config, items, x_pool, decoded, train_index, test_index, fold: i
         fold_config = dataclasses.replace(config, model=model, data_path=str(manifest),
                                           data=dataclasses.replace(config.data, path=None, max_per_class=None))
         dataset, fingerprint = prepare_dataset(fold_config)
-        memory_key = f"decoded-{fingerprint}-r{config.preprocess.decode_reduction}"
+        memory_key = caches.decoded_key(fingerprint, config.preprocess.decode_reduction)
         caches._MEMORY[memory_key] = ([decoded[os.path.abspath(item.path)] for item in dataset.items], {})
         try:
             with mlflow.start_run(run_name=f"oof-fold-{fold}", nested=mlflow.active_run() is not None,
@@ -158,7 +158,7 @@ def _train_fold(config, items, x_pool, decoded, train_index, test_index, fold: i
             network = CampClassifier().load_bundle(bundle).model  # a CNN or the classical family alike
         finally:
             caches._MEMORY.pop(memory_key, None)
-            (caches.cache_dir() / "arrays" / f"{fold_config.preprocess.cache_key(fingerprint)}.npz").unlink(missing_ok=True)
+            caches.arrays_path(fold_config.preprocess.cache_key(fingerprint)).unlink(missing_ok=True)
     return network.predict(x_pool[test_index], batch_size=256, verbose=0), result.value
 
 
