@@ -95,13 +95,15 @@ class FinalizeConfig:
     # on the other halves, this many times: a validation figure for the registered model that did not choose
     # it (the version's camp.heldout_value); 0 skips it
     heldout_splits: int = 50
-    # min_images_per_second: a serving floor (0: none); the ensemble, its members and its augmentation are
-    # chosen only among those whose estimated batch throughput on this machine meets it (camp.serving_cost)
+    # min_images_per_second: a serving floor (0: none; camp.serving_cost): with a cascade, the ensemble chosen
+    # without the floor is kept where a cascade can meet it; otherwise the members and augmentation are chosen
+    # only among those whose estimated batch throughput on this machine meets it
     min_images_per_second: float = 0.0
     # distill: epochs of one CNN trained on the chosen ensemble's probabilities, registered instead of it (camp.distill)
     distill: int = 0
     # cascade: a registered ensemble lets one member alone answer where it is sure, at the lowest threshold that
-    # keeps the ensemble's validation labels on at least this share (camp.cascade; 0: off; not with distill)
+    # keeps the ensemble's validation labels on at least this share (camp.cascade; 0: off; not with distill);
+    # with a serving floor, only where the whole ensemble misses it, answering just the share the floor needs
     cascade: float = 0.0
 
     def __post_init__(self):

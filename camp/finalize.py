@@ -11,6 +11,7 @@ those are registered, scored and compared on test.
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import tempfile
@@ -34,7 +35,7 @@ from camp import (
     serving_cost,
     tracking,
 )
-from camp.finalize_choice import cascade_of, choose, heldout_estimate, report_floor, tta_options
+from camp.finalize_choice import calibrate, cascade_of, choose, heldout_estimate, report_floor, tta_options
 from camp.sweep_summary import champion_lock, register_champion
 
 STATE = optuna.trial.TrialState
@@ -95,14 +96,16 @@ def _register_result(study: optuna.Study, plan, summary: dict, storage, parent_r
         return
     metric = plan.study_file.study.metric
     y = np.asarray(pool[0][1]["y_true"])
-    options = tta_options(pool, config.tta)
-    unconstrained, affordable = options, None
+    options, floor = tta_options(pool, config.tta), None
     if config.min_images_per_second:  # the serving floor: each candidate's cost measured here
         costs = serving_cost.measure(pool, run_config.validation_paths(_meta(pool[0][0])))
-        affordable, options, notes = serving_cost.budgets(costs, config.min_images_per_second, options)
-    tta, selection, use_ensemble, selections = choose(y, options, config, metric, study.direction, affordable)
-    if affordable is not None:
-        report_floor(costs, notes, tta, selection, y, unconstrained, config, metric, study.direction, summary)
+        floor, timings = calibrate(y, options, config, metric, study.direction,
+                                   serving_cost.floor(costs, config.min_images_per_second, options),
+                                   functools.partial(serving_cost.served_seconds, costs))
+    tta, selection, use_ensemble, selections = choose(y, options, config, metric, study.direction, floor)
+    if floor is not None:
+        report_floor(floor, tta, selection, y, options, config, metric, study.direction, summary)
+        summary["serving_floor"]["timed"] = timings
     plain_best = selections["none"].best_single_value
     members = [pool[i][0] for i in selection.members]
     gain = (selection.value - plain_best) * names.gain_sign(study.direction)
@@ -110,7 +113,7 @@ def _register_result(study: optuna.Study, plan, summary: dict, storage, parent_r
                            "weights": [round(w, 3) for w in selection.weights], "value": round(selection.value, 4),
                            "best_single_value": round(plain_best, 4), "gain": round(gain, 4)}
     if config.heldout_splits:
-        heldout, error = heldout_estimate(y, options, config, metric, study.direction, affordable)
+        heldout, error = heldout_estimate(y, options, config, metric, study.direction, floor)
         summary["ensemble"]["heldout_value"], summary["ensemble"]["heldout_se"] = round(heldout, 4), round(error, 4)
         print(f"finalize: {metric} {selection.value:.4f} is scored on the images it was chosen on; chosen on half of "
               f"them and scored on the other half ({config.heldout_splits} splits) the same procedure scores "
@@ -122,7 +125,7 @@ def _register_result(study: optuna.Study, plan, summary: dict, storage, parent_r
     if "flip" in selections:
         print(f"finalize: flip test-time augmentation: {metric} {selections['flip'].value:.4f} with, "
               f"{selections['none'].value:.4f} without ({config.tta}: {'flip' if tta == 'flip' else 'none'})"
-              + (", each within the serving floor" if affordable is not None else ""))
+              + (", within the serving floor" if floor is not None else ""))
     retrained = (refit_full.retrain(members, study.study_name, parent_run_id, time_left, workers)
                  if config.train_on_validation else None)
     if tta == "none" and not use_ensemble and retrained is None:
@@ -139,7 +142,7 @@ def _register_result(study: optuna.Study, plan, summary: dict, storage, parent_r
     summary["ensemble"]["fit_on"] = names.TRAIN_AND_VALIDATION if retrained else "train"
     with champion_lock(storage):
         _log_and_register(study, plan, summary, parent_run_id, members, selection, y,
-                          [options[tta][i] for i in selection.members], pool, tta, retrained)
+                          [options[tta][i] for i in selection.members], pool, tta, retrained, floor)
 
 
 def _meta(trial) -> dict:
@@ -147,7 +150,7 @@ def _meta(trial) -> dict:
 
 
 def _log_and_register(study, plan, summary, parent_run_id, members, selection, y, probabilities, pool, tta,
-                      retrained: dict | None = None) -> None:
+                      retrained: dict | None = None, floor=None) -> None:
     """Log the chosen members (their validation `probabilities`, in member order) as one bundle in a run
     nested under the sweep, and register it. With `retrained` ({trial: run}, camp.refit_full) the bundle
     holds those runs' models instead, scored and compared on test."""
@@ -166,13 +169,12 @@ def _log_and_register(study, plan, summary, parent_run_id, members, selection, y
     combined = ensemble.average(probabilities, selection.weights)
     gated = None
     if plan.study_file.study.finalize.cascade and split == "validation" and len(members) > 1:
-        plain_of = {trial.number: predictions["probabilities"] for trial, predictions in pool}  # the gates' own
-        plain = [np.asarray(plain_of[t.number], dtype=np.float64) for t in members]
-        gated = cascade_of(range(len(members)), plain, combined, plan.study_file.study.finalize.cascade)
+        plain = [np.asarray(predictions["probabilities"], dtype=np.float64) for _, predictions in pool]  # the gates' own
+        gated = cascade_of(selection.members, plain, combined, plan.study_file.study.finalize.cascade, floor=floor, tta=tta)
         summary.setdefault("ensemble", {})["cascade"] = (gated.spec() | {"gate_trial": members[gated.gate].number}
                                                          if gated else None)
         if gated is not None:  # what the served model answers on validation, and what is scored and compared
-            combined = cascade.combine(plain[gated.gate], combined, gated.threshold)
+            combined = cascade.combine(plain[selection.members[gated.gate]], combined, gated.threshold)
             print(f"finalize: cascade: trial #{members[gated.gate].number} alone answers the {gated.exit_share:.0%} of "
                   f"validation images where its top probability is >= {gated.threshold:.3f}, the ensemble the rest; "
                   f"labels agree with the whole ensemble's on {gated.agreement:.1%}")

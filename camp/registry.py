@@ -51,23 +51,14 @@ class CampClassifier(mlflow.pyfunc.PythonModel):
         self.bundle = bundle
         if (bundle / "ensemble.json").is_file():
             spec = json.loads((bundle / "ensemble.json").read_text())
-            self.members = [CampClassifier().load_bundle(bundle / "members" / name, weights)
-                            for name in spec["members"]]
-            self.weights = [float(weight) for weight in spec["weights"]]
-            self.labels = list(spec["labels"])
-            if any(member.labels != self.labels for member in self.members):
+            members = [CampClassifier().load_bundle(bundle / "members" / name, weights) for name in spec["members"]]
+            if any(member.labels != list(spec["labels"]) for member in members):
                 raise ValueError(f"{bundle}: ensemble members disagree on the labels")
-            self.tta = spec.get("tta", "none")  # bundles from before test-time augmentation have none
-            if self.tta not in TTAS:
-                raise ValueError(f"{bundle / 'ensemble.json'}: tta must be one of {TTAS}, got {self.tta!r}")
-            self.cascade = cascade.from_spec(spec.get("cascade"), len(self.members), str(bundle / "ensemble.json"))
-            memo = classical.FeatureMemo()  # members with one HOG shape share their features per request
-            for member in self.members:
-                member.tta = self.tta
-                if isinstance(member.model, classical.HogLinear):
-                    member.model.memo = memo
-            self.preprocess = self.members[0].preprocess
-            return self
+            tta = spec.get("tta", "none")  # bundles from before test-time augmentation have none
+            if tta not in TTAS:
+                raise ValueError(f"{bundle / 'ensemble.json'}: tta must be one of {TTAS}, got {tta!r}")
+            gated = cascade.from_spec(spec.get("cascade"), len(members), str(bundle / "ensemble.json"))
+            return self.assemble(members, [float(weight) for weight in spec["weights"]], tta, gated)
 
         meta = json.loads((bundle / "camp.json").read_text())
         self.members, self.weights, self.tta, self.cascade = None, None, "none", None
@@ -81,6 +72,18 @@ class CampClassifier(mlflow.pyfunc.PythonModel):
                 self.model = keras.models.load_model(bundle / "model.keras", compile=False)
         else:
             self.model = classical.load(bundle)
+        return self
+
+    def assemble(self, members: list, weights: list[float], tta: str, gated: cascade.Cascade | None = None):
+        """This model as an ensemble of loaded single models `members` (each set to serve with `tta`), as a
+        registered ensemble bundle loads: also how serving_cost times an ensemble before it is registered."""
+        self.members, self.weights, self.tta, self.cascade = list(members), list(weights), tta, gated
+        self.labels, self.preprocess = list(members[0].labels), members[0].preprocess
+        memo = classical.FeatureMemo()  # members with one HOG shape share their features per request
+        for member in self.members:
+            member.tta = tta
+            if isinstance(member.model, classical.HogLinear):
+                member.model.memo = memo
         return self
 
     def keras_models(self) -> dict:

@@ -77,3 +77,29 @@ def test_a_bad_spec_names_its_file(spec, message):
     assert cascade.from_spec(None, 2, "x") is None
     kept = cascade.from_spec({"gate": 1, "threshold": 0.7, "exit_share": 0.5, "agreement": 0.99}, 2, "x")
     assert kept.spec() == {"gate": 1, "threshold": 0.7, "exit_share": 0.5, "agreement": 0.99}
+
+
+def test_a_floors_cascade_answers_just_the_share_it_needs_with_the_gate_that_changes_fewest_labels():
+    ensemble_labels = np.array([0, 1, 2, 0, 1, 2, 0, 1, 2, 0])
+    confidences = [0.99, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55]
+    gate_labels = ensemble_labels.copy()
+    gate_labels[[2, 5]] = (ensemble_labels[[2, 5]] + 1) % 3  # its 3rd and 6th surest images disagree
+    gate = _gate(confidences, gate_labels)
+    # the highest threshold answering the share: 30% is three images, one of them changed
+    assert cascade.threshold_at_least(gate, ensemble_labels, 0.3, 0.9) == (pytest.approx(0.875), 3, 1)
+    assert cascade.threshold_at_least(gate, ensemble_labels, 0.2, 1.0) == (pytest.approx(0.925), 2, 0)
+    assert cascade.threshold_at_least(gate, ensemble_labels, 0.3, 1.0) is None  # three images change one label
+    assert cascade.threshold_at_least(gate, ensemble_labels, 0.0, 1.0)[1] == 1  # a cascade answers one image at least
+    assert cascade.threshold_at_least(gate, ensemble_labels, 1.0, 0.8) == (pytest.approx(0.5495), 10, 2)
+
+    # with shares to answer, the gate changing fewest labels there wins, not the one answering most
+    ensemble_probabilities = _gate([0.6] * 6, [0, 1, 2, 0, 1, 2])
+    timid = _gate([0.9, 0.8, 0.4, 0.4, 0.4, 0.4], [0, 1, 0, 1, 2, 0])
+    bold = _gate([0.9, 0.9, 0.9, 0.9, 0.5, 0.4], [0, 1, 2, 0, 2, 0])
+    assert cascade.choose({0: timid, 1: bold}, ensemble_probabilities, 1.0).gate == 1  # answers most
+    chosen = cascade.choose({0: timid, 1: bold}, ensemble_probabilities, 1.0, {0: 2 / 6, 1: 2 / 6})
+    assert chosen.gate == 0 and chosen.exit_share == pytest.approx(2 / 6) and chosen.agreement == 1.0  # tie: fewer
+    chosen = cascade.choose({0: timid, 1: bold}, ensemble_probabilities, 1.0, {0: 3 / 6, 1: 3 / 6})
+    assert chosen.gate == 1 and chosen.threshold == pytest.approx(0.7)  # all four at 0.9 exit together
+    assert cascade.choose({0: timid, 1: bold}, ensemble_probabilities, 1.0, {0: 3 / 6}) is None  # gate 1 not asked
+    assert cascade.choose({0: timid, 1: bold}, ensemble_probabilities, 1.0, {1: 5 / 6}) is None  # changes a label

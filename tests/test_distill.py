@@ -83,7 +83,8 @@ def test_distill_settings_are_checked():
 
 def test_serve_fast_is_the_default_study_with_distillation():
     """sweeps/serve-fast.yaml differs from the default study only in its name and finalize's distillation
-    (and the share of the timeout kept for it): a measurement of one is a measurement of the other's search."""
+    (and the share of the timeout kept for it; a student serves in the ensemble's place, so no serving floor or
+    cascade): a measurement of one is a measurement of the other's search."""
     from pathlib import Path
 
     from camp.config import load_study_file
@@ -91,7 +92,9 @@ def test_serve_fast_is_the_default_study_with_distillation():
     sweeps = Path(__file__).resolve().parent.parent / "sweeps"
     default, fast = load_study_file(sweeps / "default.yaml"), load_study_file(sweeps / "serve-fast.yaml")
     assert fast.study.finalize.distill > 0 and fast.study.finalize.share > 0 and default.study.finalize.distill == 0
-    same_finalize = dataclasses.replace(fast.study.finalize, distill=0, share=default.study.finalize.share)
+    same_finalize = dataclasses.replace(fast.study.finalize, distill=0, share=default.study.finalize.share,
+                                        min_images_per_second=default.study.finalize.min_images_per_second,
+                                        cascade=default.study.finalize.cascade)
     assert dataclasses.replace(fast.study, name="default", finalize=same_finalize) == default.study
     assert (fast.preprocess, fast.model, fast.data, fast.seed) == (default.preprocess, default.model, default.data,
                                                                    default.seed)

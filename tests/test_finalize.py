@@ -249,6 +249,21 @@ def test_a_cascade_is_chosen_on_validation_registered_and_served_as_scored(fin_s
     np.testing.assert_allclose(logged["probabilities"], scored, atol=1e-5)
     assert float(version.tags["camp.value"]) == pytest.approx(ensemble.score(y, scored, "val/macro_f1"), abs=1e-4)
 
+    # under a serving floor the whole ensemble misses (8.5 ms an image; 130 images/s is 7.7 ms), the cascade
+    # registered is the one that answers just what the floor needs
+    from camp import serving_cost
+    from camp.finalize_choice import cascade_of
+
+    costs = serving_cost.Costs(["p"] * len(pool), [0.002] * len(pool), {"p": 0.0005})
+    floor = serving_cost.floor(costs, 130, options, margin=1.0)
+    summary = {}
+    finalize._log_and_register(study, plan, summary, parent.info.run_id, members, selection, y,
+                               [options["flip"][i] for i in selection.members], pool, "flip", None, floor)
+    needed = cascade_of(selection.members, options["none"], whole, 0.9, floor=floor, tta="flip")
+    assert needed is not None and summary["ensemble"]["cascade"]["exit_share"] == round(needed.exit_share, 4)
+    assert needed.exit_share >= floor.exit_share_needed(selection.members, "flip", selection.members[needed.gate])
+    assert needed.exit_share <= expected.exit_share  # never more than the agreement alone would let it answer
+
 
 @pytest.mark.slow
 def test_a_serving_floor_measures_each_candidate_and_chooses_only_what_it_admits(fin_sweep, capsys):
@@ -275,9 +290,9 @@ def test_a_serving_floor_measures_each_candidate_and_chooses_only_what_it_admits
     y = np.asarray(pool[0][1]["y_true"])
     options = finalize.tta_options(pool, config.tta)
     summary: dict = {}
-    affordable, kept, notes = serving_cost.budgets(fixed, config.min_images_per_second, options)
-    tta, selection, _, _ = finalize.choose(y, kept, config, "val/macro_f1", "maximize", affordable)
-    finalize.report_floor(fixed, notes, tta, selection, y, options, config, "val/macro_f1", "maximize", summary)
+    serving_floor = serving_cost.floor(fixed, config.min_images_per_second, options)
+    tta, selection, _, _ = finalize.choose(y, options, config, "val/macro_f1", "maximize", serving_floor)
+    finalize.report_floor(serving_floor, tta, selection, y, options, config, "val/macro_f1", "maximize", summary)
     assert not set(selection.members) & set(cnn)
     assert fixed.images_per_second(selection.members, tta) >= 1000
     floor = summary["serving_floor"]

@@ -43,3 +43,43 @@ def test_an_augmentation_no_candidate_can_afford_is_dropped_and_an_impossible_fl
     affordable, kept, notes = budgets(costs, 5000, options)  # 0.2 ms: nothing
     assert set(kept) == {"none"} and affordable["none"]({2}) and not affordable["none"]({0, 2})
     assert "the cheapest one" in notes[-1]
+
+
+def test_a_cascade_pays_every_preprocessing_and_the_gates_pass_for_all_images_the_rest_for_those_it_passes_on():
+    from camp.serving_cost import floor
+
+    costs = _costs()
+    # members 0 and 2 with flip, gate 2 (HOG): 1.5 ms preprocessing + 0.5 ms gate, then 2 x 2 + 0.5 ms for the rest
+    assert costs.cascade_seconds({0, 2}, "flip", 2, 0.0) == pytest.approx(costs.seconds({0, 2}, "flip"))
+    assert costs.cascade_seconds({0, 2}, "flip", 2, 1.0) == pytest.approx(0.002)
+    assert costs.cascade_seconds({0, 2}, "flip", 2, 0.6) == pytest.approx(0.002 + 0.4 * 0.0045)
+    options = {"none": ["p0", "p1", "p2"], "flip": ["f0", "f1", "f2"]}
+    assert floor(costs, 100, options, 1.0).exit_share_needed({0, 2}, "flip", 2) == 0.0  # 6.5 ms whole meets 10 ms
+    needed = floor(costs, 250, options, 1.0).exit_share_needed({0, 2}, "flip", 2)  # 4 ms: (6.5 - 4) / 4.5 answered
+    assert needed == pytest.approx(2.5 / 4.5)
+    assert costs.cascade_seconds({0, 2}, "flip", 2, needed) == pytest.approx(0.004)
+    assert floor(costs, 250, options, 1.0).exit_share_needed({0, 2}, "flip", 0) == pytest.approx((6.5 - 4) / (6.5 - 3.5))
+    assert floor(costs, 300, options, 1.0).exit_share_needed({0, 2}, "flip", 0) is None  # the CNN gate alone: 3.5 ms
+    assert floor(costs, 250, options, 1.0).meets({2}, "flip") and not floor(costs, 250, options, 1.0).meets({0, 2}, "flip")
+    margined = floor(costs, 250, options)  # aims 20% above: 300 images/s, where the CNN gate is too slow
+    assert margined.target == pytest.approx(300) and margined.exit_share_needed({0, 2}, "flip", 0) is None
+    assert floor(costs, 300, options, 1.0).meets({0}, "none") and not floor(costs, 300, options).meets({0}, "none")
+
+
+def test_hog_members_of_one_feature_shape_pay_for_their_features_once():
+    costs = Costs(preprocess_of=["a", "a", "a"], model_seconds=[0.002, 0.001, 0.0012],
+                  preprocess_seconds={"a": 0.001}, features_of=[None, ("a", 8, 9), ("a", 8, 9)])
+    assert costs.seconds({1, 2}, "none") == pytest.approx(0.001 + 0.0012)  # one HOG shape: the dearer reading
+    assert costs.seconds({0, 1, 2}, "flip") == pytest.approx(0.001 + 2 * (0.002 + 0.0012))
+    assert costs.cascade_seconds({0, 1, 2}, "none", 0, 0.5) == pytest.approx(0.001 + 0.002 + 0.5 * 0.0012)
+    apart = Costs(["a", "a", "a"], [0.002, 0.001, 0.0012], {"a": 0.001}, [None, ("a", 8, 9), ("a", 6, 9)])
+    assert apart.seconds({1, 2}, "none") == pytest.approx(0.001 + 0.0022)
+
+
+def test_a_floor_tries_its_target_then_the_floor_itself():
+    from camp.serving_cost import floor
+
+    options = {"none": ["p0", "p1", "p2"]}
+    levels = floor(_costs(), 250, options).levels()
+    assert [level.target for level in levels] == [pytest.approx(300), pytest.approx(250)]
+    assert [level.target for level in floor(_costs(), 250, options, 1.0).levels()] == [pytest.approx(250)]
